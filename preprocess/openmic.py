@@ -109,3 +109,11 @@ def write_openmic(openmic_dir, sample_keys, y_true, y_mask, instruments) -> None
     )
     class_map = {name: index for index, name in enumerate(instruments)}
     (openmic_dir / CLASS_MAP_FILE).write_text(json.dumps(class_map, indent=4) + "\n", encoding="utf-8")
+
+
+def track_id_from_sample_key(sample_key: str) -> str:
+    """'000046_3840' -> '46': the FMA track id (integer, as a string) of an OpenMIC sample key."""
+    prefix = str(sample_key).split("_", 1)[0]
+    if not prefix.isdigit():
+        raise DatasetError(f"OpenMIC sample_key {sample_key!r} does not start with a numeric FMA track id.")
+    return str(int(prefix))

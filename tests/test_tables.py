@@ -1,0 +1,308 @@
+"""Tests of tables.py: published numbers and differences in the right cells, no paper columns for other datasets,
+csv/json round trips, Table 4 only with both models, the labelled generalized zero-shot table, ordering, errors."""
+
+import csv
+import io
+import json
+import math
+
+import pytest
+
+import tables
+
+ANNOTATION = ("AUC-i", "MAP-i", "P@1", "P@5", "P@10")
+
+
+def record(dataset, train, test, task, side_info="instrument-count", model="embedding", part="all",
+           evaluated=100, skipped=3, **values):
+    """A result record as evaluate.py writes it."""
+    out = {"dataset": dataset, "model": model, "side_info": side_info, "train": train, "test": test, "task": task,
+           "part": part}
+    out.update(values)
+    out.update({"evaluated": evaluated, "skipped": skipped})
+    return out
+
+
+def annotation_values(auc=0.88, map_=0.5, p1=0.3, p5=0.4, p10=0.45):
+    return {"AUC-i": auc, "MAP-i": map_, "P@1": p1, "P@5": p5, "P@10": p10}
+
+
+def markdown_tables(text, dataset=None):
+    """{title: [row dicts]} from render_tables(..., fmt="markdown"), keyed by the bold title line before a table;
+    only the tables of the "## Dataset: <dataset>" section when dataset is given."""
+    found, title, lines = {}, None, text.splitlines()
+    section = None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("## Dataset: "):
+            section = line.removeprefix("## Dataset: ")
+        elif line.startswith("**") and line.endswith("**") and dataset in (None, section):
+            title = line.strip("*")
+        elif line.startswith("| ") and title is not None:
+            header = [cell.strip() for cell in line.strip("|").split(" | ")]
+            rows = []
+            i += 2                                     # skip the alignment line
+            while i < len(lines) and lines[i].startswith("| "):
+                rows.append(dict(zip(header, (cell.strip() for cell in lines[i].strip("|").split(" | ")))))
+                i += 1
+            found[title] = rows
+            title = None
+            continue
+        i += 1
+    return found
+
+
+def find_table(found, prefix):
+    matches = [rows for title, rows in found.items() if title.startswith(prefix)]
+    assert len(matches) == 1, f"expected one table titled {prefix!r}, got {list(found)}"
+    return matches[0]
+
+
+def fma_records():
+    return [
+        record("fma", "A-X", "B-Y", "annotation", **annotation_values(auc=0.8800)),
+        record("fma", "A-X", "(B+C)-Y", "retrieval", **{"AUC-l": 0.7000, "MAP-l": 0.1000}),
+        record("msd", "(A+B)-X", "C-(X+Y)", "annotation", side_info="glove", **annotation_values(p10=0.2000)),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Published numbers
+
+
+def test_load_paper_tables():
+    rows = tables.load_paper_tables()
+    # Table 2: 3 train setups x 6 tests x 5 metrics x 2 datasets; Table 3: 3 x 2 x 2 x 2; Table 4: 2 models x 2.
+    assert len(rows) == 180 + 24 + 4
+    cell = [r for r in rows if (r["dataset"], r["train"], r["test"], r["metric"]) == ("fma", "A-X", "B-Y", "AUC-i")]
+    assert cell == [{"table": 2, "dataset": "fma", "model": "embedding", "train": "A-X", "test": "B-Y",
+                     "task": "annotation", "metric": "AUC-i", "value": 0.8736}]
+    table4 = {(r["dataset"], r["model"]): r["value"] for r in rows if r["table"] == 4}
+    assert table4 == {("fma", "embedding"): 0.7381, ("msd", "embedding"): 0.7161,
+                      ("fma", "classification"): 0.7250, ("msd", "classification"): 0.6980}
+
+
+def test_load_paper_tables_missing_column(tmp_path):
+    bad = tmp_path / "paper.csv"
+    bad.write_text("table,dataset,value\n2,fma,0.5\n")
+    with pytest.raises(ValueError, match=r"paper\.csv: missing column"):
+        tables.load_paper_tables(bad)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Paper values in the right cells
+
+
+def test_markdown_paper_value_and_diff_in_the_right_cell():
+    found = markdown_tables(tables.render_tables(fma_records(), fmt="markdown"), dataset="fma")
+    row = find_table(found, "Table 2")[0]
+    assert (row["Train"], row["Test"], row["Side info"]) == ("A-X", "B-Y", "instrument-count")
+    assert row["AUC-i ours"] == "0.8800"
+    assert row["AUC-i paper"] == "0.8736"
+    assert row["AUC-i diff"] == "+0.0064"
+    assert row["MAP-i paper"] == "0.5118" and row["MAP-i diff"] == "-0.0118"      # 0.5 - 0.5118
+    assert row["P@10 paper"] == "0.5008"
+    assert (row["evaluated"], row["skipped"]) == ("100", "3")
+    table3 = find_table(found, "Table 3")
+    assert table3[0]["AUC-l paper"] == "0.6793" and table3[0]["AUC-l diff"] == "+0.0207"
+    assert table3[0]["MAP-l paper"] == "0.0904" and table3[0]["MAP-l diff"] == "+0.0096"
+
+
+def test_msd_cell_uses_msd_numbers():
+    text = tables.render_tables(fma_records(), fmt="markdown")
+    row = find_table(markdown_tables(text, dataset="msd"), "Table 2")[0]
+    assert (row["Train"], row["Test"]) == ("(A+B)-X", "C-(X+Y)")
+    assert row["P@10 paper"] == "0.1780"           # msd, not fma (0.1738)
+    assert row["P@10 diff"] == "+0.0220"
+
+
+def test_plain_table_shows_ours_paper_diff_side_by_side():
+    text = tables.render_tables(fma_records()[:1], fmt="table")
+    assert "Table 2." in text
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("Train"))
+    assert header.split()[:6] == ["Train", "Test", "Side", "info", "ours", "paper"]
+    row = next(line for line in lines if line.startswith("A-X"))
+    assert "0.8800 0.8736 +0.0064" in row
+    assert row.split()[-2:] == ["100", "3"]
+    assert any(line.lstrip().startswith("AUC-i") for line in lines)     # the group label line
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Other datasets: ours alone
+
+
+def demo_records():
+    return [
+        record("demo", "(A+B)-X", "B-Y", "annotation", side_info="instrument-count", **annotation_values(0.80)),
+        record("demo", "(A+B)-X", "(B+C)-Y", "retrieval", side_info="instrument-count",
+               **{"AUC-l": 0.75, "MAP-l": 0.2}),
+        record("demo", "(A+B)-X", "B-Y", "annotation", side_info="random", **annotation_values(0.55)),
+        record("demo", "(A+B)-X", "(B+C)-Y", "retrieval", side_info="random", **{"AUC-l": 0.52, "MAP-l": 0.05}),
+    ]
+
+
+def test_demo_has_no_paper_columns_and_compares_side_info():
+    for fmt in ("table", "markdown"):
+        text = tables.render_tables(demo_records(), fmt=fmt)
+        assert "No published numbers for dataset 'demo'" in text
+        assert "paper" not in text.split("No published numbers")[1].replace("the paper reports", "")
+    found = markdown_tables(tables.render_tables(demo_records(), fmt="markdown"))
+    table2 = find_table(found, "Table 2")
+    assert [(r["Test"], r["Side info"], r["AUC-i"]) for r in table2] == [
+        ("B-Y", "instrument-count", "0.8000"), ("B-Y", "random", "0.5500")]
+    assert set(table2[0]) == {"Train", "Test", "Side info", *ANNOTATION, "evaluated", "skipped"}
+    table3 = find_table(found, "Table 3")
+    assert [(r["Side info"], r["AUC-l"]) for r in table3] == [("instrument-count", "0.7500"), ("random", "0.5200")]
+
+
+def test_rows_follow_the_papers_order():
+    records = [record("fma", train, test, "annotation", **annotation_values())
+               for train in ("(A+B)-X", "B-X", "A-X") for test in ("(B+C)-(X+Y)", "C-Y", "B-Y")]
+    table2 = find_table(markdown_tables(tables.render_tables(records, fmt="markdown")), "Table 2")
+    assert [(r["Train"], r["Test"]) for r in table2] == [
+        (train, test) for train in ("A-X", "B-X", "(A+B)-X") for test in ("B-Y", "C-Y", "(B+C)-(X+Y)")]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# csv / json
+
+
+def test_csv_round_trip():
+    records = fma_records() + demo_records()
+    rows = list(csv.DictReader(io.StringIO(tables.render_tables(records, fmt="csv"))))
+    assert list(rows[0]) == list(tables.LONG_FIELDS)
+    assert len(rows) == 5 + 2 + 5 + 5 + 2 + 5 + 2                        # one row per (record, metric)
+    cell = next(r for r in rows if (r["dataset"], r["train"], r["test"], r["metric"]) == ("fma", "A-X", "B-Y",
+                                                                                         "AUC-i"))
+    assert float(cell["value"]) == 0.88
+    assert float(cell["paper"]) == 0.8736
+    assert float(cell["diff"]) == pytest.approx(0.88 - 0.8736, abs=1e-12)
+    assert cell["table"] == "2" and cell["part"] == "all" and cell["skipped"] == "3"
+    demo = [r for r in rows if r["dataset"] == "demo"]
+    assert demo and all(r["paper"] == "" and r["diff"] == "" for r in demo)
+    assert {float(r["value"]) for r in demo if r["metric"] == "AUC-l"} == {0.75, 0.52}
+
+
+def test_json_round_trip():
+    records = fma_records() + demo_records()
+    rows = json.loads(tables.render_tables(records, fmt="json"))
+    assert isinstance(rows, list) and len(rows) == 26
+    retrieval = next(r for r in rows if r["dataset"] == "fma" and r["metric"] == "MAP-l")
+    assert retrieval["value"] == 0.1 and retrieval["paper"] == 0.0904
+    assert retrieval["diff"] == pytest.approx(0.0096, abs=1e-12) and retrieval["table"] == "3"
+    assert all(r["paper"] is None for r in rows if r["dataset"] == "demo")
+    assert json.loads(tables.render_tables([], fmt="json")) == []
+    assert tables.render_tables([], fmt="csv").strip() == ",".join(tables.LONG_FIELDS)
+
+
+def test_nan_metric_renders_as_na_and_null():
+    records = [record("demo", "A-X", "C-(X+Y)", "annotation", part="seen", evaluated=0, skipped=40,
+                      **annotation_values(auc=float("nan"), map_=None))]
+    rows = json.loads(tables.render_tables(records, fmt="json"))
+    assert [r["value"] for r in rows][:2] == [None, None]
+    assert "n/a" in tables.render_tables(records, fmt="table")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Table 4
+
+
+def table4_records(models):
+    values = {"embedding": 0.7400, "classification": 0.7100}
+    return [record("fma", "A-X", "B-X", "retrieval", model=m, **{"AUC-l": values[m], "MAP-l": 0.3}) for m in models]
+
+
+def test_table4_only_with_both_models():
+    only = tables.render_tables(table4_records(["embedding"]), fmt="table")
+    assert "Table 4." not in only
+    assert "Table 4 omitted" in only and "classification" in only
+    lone = find_table(markdown_tables(tables.render_tables(table4_records(["embedding"]), fmt="markdown")),
+                      "Other results")
+    assert [(r["Train"], r["Test"], r["AUC-l"]) for r in lone] == [("A-X", "B-X", "0.7400")]
+    both = tables.render_tables(table4_records(["classification", "embedding"]), fmt="markdown")
+    table4 = find_table(markdown_tables(both), "Table 4")
+    assert [(r["Model"], r["AUC-l ours"], r["AUC-l paper"], r["AUC-l diff"]) for r in table4] == [
+        ("embedding", "0.7400", "0.7381", "+0.0019"), ("classification", "0.7100", "0.7250", "-0.0150")]
+
+
+def test_unplaced_records_are_shown_not_dropped():
+    records = [record("fma", "B-X", "B-X", "retrieval", **{"AUC-l": 0.9, "MAP-l": 0.4})]
+    found = markdown_tables(tables.render_tables(records, fmt="markdown"))
+    other = find_table(found, "Other results")
+    assert [(r["Train"], r["Test"], r["AUC-l"]) for r in other] == [("B-X", "B-X", "0.9000")]
+    assert not any(title.startswith("Table 4") for title in found)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Generalized zero-shot view
+
+
+def gzsl_records(with_harmonic):
+    records = [
+        record("fma", "A-X", "B-(X+Y)", "annotation", part="all", **annotation_values(0.88)),
+        record("fma", "A-X", "B-(X+Y)", "annotation", part="seen", skipped=1, **annotation_values(0.90, 0.6)),
+        record("fma", "A-X", "B-(X+Y)", "annotation", part="unseen", skipped=7, **annotation_values(0.80, 0.4)),
+    ]
+    if with_harmonic:
+        records.append(record("fma", "A-X", "B-(X+Y)", "annotation", part="harmonic",
+                              **annotation_values(0.1234, 0.48)))
+    return records
+
+
+@pytest.mark.parametrize("with_harmonic", [False, True])
+def test_gzsl_table_labelled_and_separate(with_harmonic):
+    text = tables.render_tables(gzsl_records(with_harmonic), fmt="markdown")
+    found = markdown_tables(text)
+    gzsl = find_table(found, "Beyond the paper: generalized zero-shot view")
+    assert "NOT IN THE PAPER" in text
+    assert len(gzsl) == 1
+    row = gzsl[0]
+    assert (row["AUC-i seen"], row["AUC-i unseen"]) == ("0.9000", "0.8000")
+    # H = 2 * 0.9 * 0.8 / 1.7 = 0.847058..., or the harmonic record's own value when there is one.
+    assert row["AUC-i H"] == ("0.1234" if with_harmonic else "0.8471")
+    assert row["MAP-i H"] == "0.4800"                          # 2 * 0.6 * 0.4 / 1.0
+    assert row["skipped s/u"] == "1/7"
+    # Table 2 holds only the part "all" record; no paper column in the GZSL table.
+    table2 = find_table(found, "Table 2")
+    assert [r["AUC-i ours"] for r in table2] == ["0.8800"]
+    assert not any("paper" in key for key in row)
+    plain = tables.render_tables(gzsl_records(with_harmonic), fmt="table")
+    assert "Beyond the paper: generalized zero-shot view" in plain
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Errors and edge cases
+
+
+def test_unknown_format():
+    with pytest.raises(ValueError, match=r"unknown format 'html'; choose one of table, markdown, csv, json"):
+        tables.render_tables([], fmt="html")
+
+
+def test_malformed_records():
+    with pytest.raises(ValueError, match=r"record 1 lacks \['task'\]"):
+        bad = record("fma", "A-X", "B-Y", "annotation")
+        del bad["task"]
+        tables.render_tables([record("fma", "A-X", "B-Y", "annotation"), bad])
+    with pytest.raises(ValueError, match=r"record 0: metric 'AUC-i' must be a number"):
+        tables.render_tables([record("fma", "A-X", "B-Y", "annotation", **{"AUC-i": "high"})])
+    with pytest.raises(ValueError, match=r"record 0 is a list"):
+        tables.render_tables([["fma"]])
+
+
+def test_empty_records_and_default_part():
+    assert tables.render_tables([]) == "No results to show.\n"
+    legacy = record("fma", "A-X", "B-Y", "annotation", **annotation_values())
+    del legacy["part"]                                   # part defaults to "all"
+    assert "0.8736" in tables.render_tables([legacy])
+
+
+def test_merged_runs_keep_datasets_apart_and_show_run_column():
+    records = demo_records()[:1] + fma_records()[:1]
+    records[0]["run"] = "runs/demo/instrument-count"
+    text = tables.render_tables(records, fmt="table")
+    assert text.index("Dataset: demo") < text.index("Dataset: fma")
+    assert "runs/demo/instrument-count" in text
+    assert math.isclose(json.loads(tables.render_tables(records, fmt="json"))[0]["value"], 0.80)

@@ -65,6 +65,15 @@ def _keys_from_partitions(openmic_dir: Path, n_rows: int, npz_path: Path) -> np.
     return np.array(sorted(keys))
 
 
+def _stored_as_object_array(archive, key: str) -> bool:
+    """True when `key` of an open npz is an object array (its .npy header says dtype '|O'), without loading it."""
+    with archive.zip.open(f"{key}.npy") as member:
+        major, _ = np.lib.format.read_magic(member)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        _, _, dtype = read_header(member)
+    return dtype.hasobject
+
+
 def load_openmic(openmic_dir) -> OpenMIC:
     """Read Y_true, Y_mask, sample_key and the class map from an OpenMIC-2018 folder (never unpickles)."""
     openmic_dir = Path(openmic_dir)
@@ -82,10 +91,10 @@ def load_openmic(openmic_dir) -> OpenMIC:
             raise DatasetError(f"{npz_path} lacks array(s) {', '.join(missing)} (has {', '.join(archive.files)}).")
         y_true = np.asarray(archive["Y_true"], dtype=np.float32)
         y_mask = np.asarray(archive["Y_mask"]).astype(bool)
-        try:
-            sample_keys = np.asarray(archive["sample_key"]).astype(str)
-        except ValueError:  # object array: would need pickle
+        if _stored_as_object_array(archive, "sample_key"):  # reading it would need pickle
             sample_keys = _keys_from_partitions(openmic_dir, len(y_true), npz_path)
+        else:
+            sample_keys = np.asarray(archive["sample_key"]).astype(str)
     if y_true.shape != y_mask.shape or y_true.ndim != 2 or len(sample_keys) != len(y_true):
         raise DatasetError(
             f"{npz_path}: inconsistent shapes Y_true {y_true.shape}, Y_mask {y_mask.shape}, sample_key {sample_keys.shape}."
@@ -114,6 +123,6 @@ def write_openmic(openmic_dir, sample_keys, y_true, y_mask, instruments) -> None
 def track_id_from_sample_key(sample_key: str) -> str:
     """'000046_3840' -> '46': the FMA track id (integer, as a string) of an OpenMIC sample key."""
     prefix = str(sample_key).split("_", 1)[0]
-    if not prefix.isdigit():
+    if not (prefix.isascii() and prefix.isdecimal()):
         raise DatasetError(f"OpenMIC sample_key {sample_key!r} does not start with a numeric FMA track id.")
     return str(int(prefix))

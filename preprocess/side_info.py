@@ -61,6 +61,12 @@ def sum_by_label(track_ids, track_vectors: np.ndarray, annotations: pd.DataFrame
         (labels sorted, (n_labels, dim) sums); every label of `annotations` is listed, with zeros if none of its
         tracks has a vector.
     """
+    track_index = pd.Series(list(track_ids), dtype=str)
+    if track_index.duplicated().any():
+        raise ValueError(
+            f"instrument annotations: track id {track_index[track_index.duplicated()].iloc[0]!r} occurs more than "
+            "once; give one annotation row per track."
+        )
     labels = sorted(annotations["label"].astype(str).unique())
     rows = pd.Index(pd.Series(list(track_ids), dtype=str)).get_indexer(annotations["track_id"].astype(str))
     cols = pd.Index(labels).get_indexer(annotations["label"].astype(str))

@@ -92,6 +92,10 @@ class TrainConfig:
         "default (one device), mirrored (tf.distribute.MirroredStrategy, several GPUs) or multi-worker "
         "(MultiWorkerMirroredStrategy via TF_CONFIG, several machines).", choices=STRATEGIES))
     workers: int = field(default=2, metadata=_flag("parallel data-loading workers."))
+    keep_checkpoints: int = field(default=0, metadata=_flag(
+        "keep only the last N periodic checkpoints (checkpoints/epoch_NNN.keras); 0 keeps all (original)."))
+    verbose: int = field(default=1, metadata=_flag(
+        "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.", choices=(0, 1, 2)))
 
     # ---- derived values ----------------------------------------------------------------------------------------
     def resolved_epochs(self, dataset_name: str) -> int:

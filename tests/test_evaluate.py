@@ -1,0 +1,581 @@
+"""Tests of evaluate.py and embeddings.py on a tiny hand-made world.
+
+The world (built in tmp_path): 10 tracks, seen labels jazz/pop/rock, unseen labels blues/folk, 4-d side vectors
+chosen so that the nearest neighbours are obvious, a mel store written in the documented HDF5 layout (one track,
+c4, has no mel: a failed decode), a hand-built split and a run directory whose config.json records the checksums.
+Fast tests use a placeholder model.keras (everything they check happens before the model is loaded); the tests
+marked slow save an untrained model from models.build_*_model and evaluate it for real.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+import config
+import embeddings
+import evaluate
+import metrics
+import splits
+from preprocess import dataset as ds
+from preprocess.audio import SEGMENT_FRAMES, MelStore
+
+REPO = Path(__file__).resolve().parent.parent
+
+SEEN = ["jazz", "pop", "rock"]
+UNSEEN = ["blues", "folk"]
+LABELS_OF = {
+    "a1": ["jazz"], "a2": ["pop", "rock"], "a3": ["rock"],
+    "b1": ["blues", "jazz"], "b2": ["folk", "pop"], "b3": ["blues", "folk", "rock"],
+    "c1": ["blues"], "c2": ["folk"], "c3": ["blues", "folk"], "c4": ["folk"],
+}
+GROUPS = {"A": ["a1", "a2", "a3"], "B": ["b1", "b2", "b3"], "C": ["c1", "c2", "c3", "c4"]}
+# Frames per stored track: several segments, exactly one, shorter than a segment (tiled), remainders.
+FRAMES = {"a1": 300, "a2": 130, "a3": 50, "b1": 261, "b2": 520, "b3": 129, "c1": 400, "c2": 131, "c3": 260}
+NOT_STORED = "c4"
+# Raw side vectors: the neighbours of "jazz" by cosine are blues (0.949), pop (0.447), rock (0.140), folk (0).
+SIDE = {
+    "jazz": [1.0, 0.0, 0.0, 0.0],
+    "blues": [0.9, 0.3, 0.0, 0.0],
+    "pop": [0.5, 1.0, 0.0, 0.0],
+    "rock": [0.2, 1.0, 1.0, 0.0],
+    "folk": [0.0, 0.0, 1.0, 1.0],
+    "guitar": [1.0, 0.1, 0.0, 0.2],  # has a vector, outside the label set
+}
+STORE_MEAN, STORE_STD = 0.25, 0.5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The world
+# ---------------------------------------------------------------------------------------------------------------
+def write_store(path: Path, frames: dict, seed: int = 0) -> dict:
+    """mels.h5 in the documented layout; returns {track_id: (n, 128) float32 frames}."""
+    rng = np.random.default_rng(seed)
+    mels = {t: rng.standard_normal((n, 128)).astype(np.float32) for t, n in frames.items()}
+    ids = list(mels)
+    offsets = np.concatenate([[0], np.cumsum([len(mels[t]) for t in ids])]).astype(np.int64)
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("track_ids", data=np.asarray(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        handle.create_dataset("offsets", data=offsets)
+        handle.create_dataset("mel", data=np.concatenate([mels[t] for t in ids]))
+        handle.attrs.update({"sample_rate": 22050, "n_fft": 1024, "hop_length": 512, "n_mels": 128,
+                             "mean": STORE_MEAN, "std": STORE_STD})
+    return mels
+
+
+def build_dataset(root: Path) -> Path:
+    data = root / "tiny"
+    (data / "side_info").mkdir(parents=True)
+    (data / "audio").mkdir()
+    tracks = pd.DataFrame({"track_id": list(LABELS_OF), "path": [f"audio/{t}.wav" for t in LABELS_OF]})
+    ds.write_tracks(data / "tracks.csv", tracks)
+    annotations = pd.DataFrame([(t, lab) for t, labs in LABELS_OF.items() for lab in labs],
+                               columns=["track_id", "label"])
+    ds.write_annotations(data / "annotations.csv", annotations)
+    ds.write_side_info(data / "side_info" / "x.csv", list(SIDE), np.asarray(list(SIDE.values())))
+    write_store(data / "mels.h5", FRAMES)
+    split = {
+        "seed": 0, "unseen_fraction": 0.4, "valid_fraction": 0.3,
+        "annotations_sha256": splits.annotations_sha256(annotations),
+        "seen": SEEN, "unseen": sorted(UNSEEN), "A": GROUPS["A"], "B": GROUPS["B"], "C": GROUPS["C"], "dropped": [],
+        "train": {"A": ["a1", "a2"], "B": ["b1", "b2"], "A+B": ["a1", "a2", "b1", "b2"]},
+        "valid": {"A": ["a3"], "B": ["b3"], "A+B": ["a3", "b3"]},
+    }
+    splits.save_split(split, data / "splits" / "split_seed0.json")
+    return data
+
+
+def write_run(run_dir: Path, data: Path, model: str = "embedding", train_setup: str = "A-X") -> Path:
+    """config.json as train.py writes it (CONTRACTS.md) and a placeholder model.keras."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_config = config.TrainConfig(dataset=str(data), train_setup=train_setup, model=model, side_info="x",
+                                      epochs=1, run_dir=str(run_dir))
+    meta = {
+        "config": train_config.to_dict(), "dataset": "tiny", "dataset_dir": str(data),
+        "split_path": str(data / "splits" / "split_seed0.json"), "side_info_path": str(data / "side_info" / "x.csv"),
+        "mels_path": str(data / "mels.h5"), "seen_labels": SEEN,
+        "checksums": {"annotations": ds.sha256_file(data / "annotations.csv"),
+                      "split": ds.sha256_file(data / "splits" / "split_seed0.json"),
+                      "side_info": ds.sha256_file(data / "side_info" / "x.csv"),
+                      "mels": {"mean": STORE_MEAN, "std": STORE_STD, "n_tracks": len(FRAMES)}},
+        "versions": {}, "created": "2024-01-01T00:00:00",
+    }
+    ds.write_json(run_dir / config.CONFIG_FILE, meta)
+    (run_dir / config.MODEL_FILE).write_bytes(b"placeholder: replaced by a real model in the slow tests")
+    return run_dir
+
+
+@pytest.fixture
+def world(tmp_path):
+    data = build_dataset(tmp_path)
+    return data, write_run(tmp_path / "run", data)
+
+
+def run_main(argv, capsys):
+    code = evaluate.main(list(argv) + ["--no-progress"])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_clean_error(code, err, *fragments):
+    assert code == 2
+    assert err.startswith("error: ") and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fast tests (no TensorFlow)
+# ---------------------------------------------------------------------------------------------------------------
+def test_import_is_light_and_reexports_metrics():
+    code = "import sys, evaluate; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+    assert evaluate.annotation_metrics is metrics.annotation_metrics
+    assert evaluate.retrieval_metrics is metrics.retrieval_metrics
+
+
+EXPECTED_SETUPS = {
+    "B-Y": (["b1", "b2", "b3"], ["blues", "folk"]),
+    "C-Y": (["c1", "c2", "c3"], ["blues", "folk"]),
+    "(B+C)-Y": (["b1", "b2", "b3", "c1", "c2", "c3"], ["blues", "folk"]),
+    "B-(X+Y)": (["b1", "b2", "b3"], ["jazz", "pop", "rock", "blues", "folk"]),
+    "C-(X+Y)": (["c1", "c2", "c3"], ["jazz", "pop", "rock", "blues", "folk"]),
+    "(B+C)-(X+Y)": (["b1", "b2", "b3", "c1", "c2", "c3"], ["jazz", "pop", "rock", "blues", "folk"]),
+    "(A+B+C)-Y": (["a1", "a2", "a3", "b1", "b2", "b3", "c1", "c2", "c3"], ["blues", "folk"]),
+    "B-X": (["b1", "b2", "b3"], ["jazz", "pop", "rock"]),
+}
+
+
+@pytest.mark.parametrize("test", list(EXPECTED_SETUPS))
+def test_setup_members_pick_the_hand_built_tracks_and_labels(world, test):
+    run = evaluate.load_run(world[1])
+    tracks, labels, missing = evaluate.setup_members(run.split, test, set(FRAMES))
+    assert (tracks, labels) == EXPECTED_SETUPS[test]
+    assert missing == (1 if "C" in test else 0)  # c4 has no mel
+
+
+def test_setup_plan_per_model_and_training_setup():
+    plan, notes = evaluate.setup_plan("embedding", "A-X")
+    assert plan == [("B-Y", "annotation"), ("C-Y", "annotation"), ("(B+C)-Y", "annotation"),
+                    ("B-(X+Y)", "annotation"), ("C-(X+Y)", "annotation"), ("(B+C)-(X+Y)", "annotation"),
+                    ("(B+C)-Y", "retrieval"), ("(A+B+C)-Y", "retrieval"), ("B-X", "retrieval")]
+    assert notes == []
+    plan, notes = evaluate.setup_plan("embedding", "(A+B)-X")
+    assert len(plan) == 8 and ("B-X", "retrieval") not in plan and "A-X only" in notes[0]
+    assert evaluate.setup_plan("classification", "A-X")[0] == [("B-X", "retrieval")]
+    plan, notes = evaluate.setup_plan("classification", "B-X")
+    assert plan == [] and any("seen labels (X)" in n for n in notes)
+
+
+def test_frames_to_segments_matches_the_store(world):
+    data = world[0]
+    with MelStore(data / "mels.h5") as store:
+        for track, n in FRAMES.items():
+            segments = embeddings.frames_to_segments(store.frames(track), SEGMENT_FRAMES)
+            np.testing.assert_array_equal(segments, store.segments(store.index(track)))
+            assert segments.shape == (max(1, n // SEGMENT_FRAMES), SEGMENT_FRAMES, 128)
+        short = store.frames("a3")  # 50 frames: tiled 50 + 50 + 30
+    tiled = embeddings.frames_to_segments(short, SEGMENT_FRAMES)[0]
+    np.testing.assert_array_equal(tiled[50:100], short)
+    np.testing.assert_array_equal(tiled[100:], short[:30])
+    with pytest.raises(ValueError, match="at least one frame"):
+        embeddings.frames_to_segments(np.zeros((0, 128)), SEGMENT_FRAMES)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 7, 1000])
+def test_batched_segment_means_average_each_items_segments(batch_size):
+    rng = np.random.default_rng(1)
+    items = [rng.standard_normal((k, 5, 3)).astype(np.float32) for k in (1, 4, 2, 9, 1)]
+    calls = []
+
+    def predict(batch):  # a (b, 5, 3) -> (b, 2) feature map, recording the batch shapes
+        calls.append(batch.shape)
+        return np.stack([batch.sum(axis=(1, 2)), batch[:, 0, 0]], axis=1)
+
+    means = embeddings.batched_segment_means(predict, iter(items), len(items), batch_size=batch_size,
+                                             progress=False)
+    expected = np.stack([np.stack([x.sum(axis=(1, 2)), x[:, 0, 0]], axis=1).mean(axis=0) for x in items])
+    np.testing.assert_allclose(means, expected, rtol=1e-5, atol=1e-6)
+    assert all(shape == (batch_size, 5, 3) for shape in calls)  # fixed batch: the last one is padded
+    assert len(calls) == -(-sum(len(x) for x in items) // batch_size)
+
+
+def test_cosine_scores_by_hand():
+    tracks = np.array([[1.0, 0.0], [3.0, 4.0]])
+    labels = np.array([[0.0, 2.0], [1.0, 1.0], [-1.0, 0.0]])
+    expected = np.array([[0.0, 1 / np.sqrt(2), -1.0], [0.8, 7 / 5 / np.sqrt(2), -0.6]])
+    np.testing.assert_allclose(embeddings.cosine_scores(tracks, labels), expected, rtol=1e-6)
+
+
+def test_cache_computes_only_what_is_missing_and_recomputes_when_stale(tmp_path):
+    path = tmp_path / "embeddings.h5"
+    calls = []
+
+    def compute(ids):
+        calls.append(list(ids))
+        return np.asarray([[float(t[1:]), 1.0] for t in ids], dtype=np.float32)
+
+    def labels():
+        calls.append("labels")
+        return np.ones((2, 2), dtype=np.float32)
+
+    fp = {"model_sha256": "a", "store": {"n_tracks": 3}}
+    out, lab, info = embeddings.cached_outputs(path, fp, ["t1", "t2"], compute, ["x", "y"], labels)
+    assert calls == [["t1", "t2"], "labels"] and info["computed_tracks"] == 2
+    out, lab, info = embeddings.cached_outputs(path, fp, ["t3", "t1"], compute, ["x", "y"], labels)
+    assert calls[2:] == [["t3"]] and info == {"cached_tracks": 1, "computed_tracks": 1, "labels_cached": True}
+    np.testing.assert_array_equal(out[:, 0], [3.0, 1.0])
+    out, lab, info = embeddings.cached_outputs(path, fp, ["t2", "t3", "t1"], compute, ["x", "y"], labels)
+    assert len(calls) == 3 and info["computed_tracks"] == 0  # everything from the cache
+    np.testing.assert_array_equal(out[:, 0], [2.0, 3.0, 1.0])
+    stale = {"model_sha256": "b", "store": {"n_tracks": 3}}
+    embeddings.cached_outputs(path, stale, ["t1"], compute, ["x", "y"], labels)
+    assert calls[3:] == [["t1"], "labels"]  # another model: recomputed whole
+    embeddings.cached_outputs(path, stale, ["t1"], compute, ["x", "y"], labels, force=True)
+    assert calls[5:] == [["t1"], "labels"]
+
+
+def test_gzsl_values_seen_unseen_and_harmonic_mean():
+    # 3 tracks x (2 seen + 2 unseen) labels; track 2 has no seen positive, so it is skipped in the seen part.
+    scores = np.array([[0.9, 0.1, 0.8, 0.3], [0.2, 0.7, 0.1, 0.6], [0.5, 0.4, 0.3, 0.2]])
+    labels = np.array([[1, 0, 0, 1], [0, 1, 1, 0], [0, 0, 1, 0]])
+    seen_mask = np.array([True, True, False, False])
+    parts = evaluate.gzsl_values(scores, labels, seen_mask)
+    assert parts["seen"] == metrics.annotation_metrics(scores[:, :2], labels[:, :2])
+    assert parts["unseen"] == metrics.annotation_metrics(scores[:, 2:], labels[:, 2:])
+    # Seen part: tracks 0 and 1 rank their positive first -> AUC 1. Unseen part: tracks 0 (0.3 < 0.8) and 1
+    # (0.1 < 0.6) rank their positive below the negative -> AUC 0; track 2 ranks it first -> AUC 1; mean 1/3.
+    assert parts["seen"]["AUC-i"] == 1.0 and parts["seen"]["skipped"] == 1
+    assert parts["unseen"]["AUC-i"] == pytest.approx(1 / 3)
+    assert parts["harmonic"]["AUC-i"] == pytest.approx(2 * 1.0 * (1 / 3) / (1.0 + 1 / 3))  # = 0.5
+    assert parts["harmonic"]["evaluated"] == 2 and parts["harmonic"]["skipped"] == 1
+
+
+def test_save_scores_npz_reads_back_without_pickle(tmp_path):
+    scores = np.array([[0.5, -0.25]], dtype=np.float32)
+    path = evaluate.save_scores(tmp_path, "(B+C)-(X+Y)", scores, np.array([[1, 0]]), ["7"], ["jazz", "folk"])
+    assert path == tmp_path / "scores" / "BC-XY.npz"
+    with np.load(path, allow_pickle=False) as npz:
+        assert set(npz.files) == {"scores", "labels", "track_ids", "label_names", "test"}
+        np.testing.assert_array_equal(npz["scores"], scores)
+        assert npz["track_ids"].tolist() == ["7"] and npz["label_names"].tolist() == ["jazz", "folk"]
+        assert str(npz["test"]) == "(B+C)-(X+Y)"
+
+
+GLOVE_TEXT = ("the 0.1 0.2 0.3 0.4\n"
+              "jazz 1 2 3 4\n"
+              "jazzy 9 9 9 9\n"
+              "broken 1 2\n"
+              "new york 5 6 7 8\n"
+              "new 4 3 2 1\n"
+              "lovely 0.5 0.25 0 -1")  # last line without a newline
+
+
+@pytest.mark.parametrize("chunk", [5, 13, 1 << 20])
+def test_glove_vector_streams_the_file(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(evaluate, "GLOVE_CHUNK", chunk)  # tiny chunks: matches straddle chunk boundaries
+    path = tmp_path / "glove.txt"
+    path.write_text(GLOVE_TEXT, encoding="utf-8")
+    get = lambda word: evaluate.glove_vector(path, word, 4, progress=False)  # noqa: E731
+    np.testing.assert_array_equal(get("the"), np.float32([0.1, 0.2, 0.3, 0.4]))
+    np.testing.assert_array_equal(get("jazz"), [1, 2, 3, 4])
+    np.testing.assert_array_equal(get("new"), [4, 3, 2, 1])
+    np.testing.assert_array_equal(get("new york"), [5, 6, 7, 8])
+    np.testing.assert_array_equal(get("lovely"), [0.5, 0.25, 0, -1])
+    assert get("broken") is None and get("jaz") is None and get("york") is None
+
+
+def test_word_vector_uses_glove_only_for_glove_side_info(world, tmp_path):
+    data, run_dir = world
+    run = evaluate.load_run(run_dir)
+    np.testing.assert_array_equal(evaluate.word_vector(run, "guitar", progress=False)[0],
+                                  np.float32(SIDE["guitar"]))
+    with pytest.raises(evaluate.EvaluationError, match="'lovely' has no side-information vector"):
+        evaluate.word_vector(run, "lovely", progress=False)
+    run.side_info_kind = "glove"
+    with pytest.raises(evaluate.EvaluationError, match="records no glove_path"):
+        evaluate.word_vector(run, "lovely", progress=False)
+    glove = tmp_path / "glove.txt"
+    ds.write_json(data / "summary.json", {"glove_path": str(glove)})
+    with pytest.raises(evaluate.EvaluationError, match="is gone"):
+        evaluate.word_vector(run, "lovely", progress=False)
+    glove.write_text(GLOVE_TEXT, encoding="utf-8")
+    vector, source = evaluate.word_vector(run, "lovely", progress=False)
+    np.testing.assert_array_equal(vector, [0.5, 0.25, 0, -1])
+    assert source == str(glove)
+    with pytest.raises(evaluate.EvaluationError, match="try 'jazz'"):
+        evaluate.word_vector(run, "JAZZ", progress=False)
+
+
+def fake_record(train="A-X", auc=0.5):
+    return {"dataset": "tiny", "model": "embedding", "side_info": "x", "train": train, "test": "B-Y",
+            "task": "annotation", "part": "all", "AUC-i": auc, "evaluated": 3, "skipped": 0}
+
+
+def test_collect_reuses_fresh_results_and_tells_twin_runs_apart(world, tmp_path):
+    import os
+
+    data, first = world
+    second = write_run(tmp_path / "second", data)
+    third = write_run(tmp_path / "third", data, train_setup="B-X")
+    for run_dir, record in ((first, fake_record(auc=0.25)), (second, fake_record(auc=0.75)),
+                            (third, fake_record("B-X"))):
+        ds.write_json(run_dir / "results.json", [record])
+        os.utime(run_dir / "model.keras", (1, 1))  # older than results.json
+    assert evaluate.reusable_results(first) and not evaluate.reusable_results(first, save=True)
+    records, notes = evaluate.collect([first, second, third])
+    # first and second give the same setup: told apart by "run"; third is unique and stays as it was.
+    assert [(r.get("run"), r["AUC-i"]) for r in records] == [("run", 0.25), ("second", 0.75), (None, 0.5)]
+    assert any("told apart by a 'run' field" in n for n in notes)
+    os.utime(first / "model.keras")  # a resumed training wrote a newer model: results.json is stale
+    assert not evaluate.reusable_results(first)
+
+
+def test_error_missing_model_and_missing_config(world, capsys, tmp_path):
+    run_dir = world[1]
+    (run_dir / config.MODEL_FILE).unlink()
+    code, _, err = run_main(["--run-dir", str(run_dir)], capsys)
+    assert_clean_error(code, err, "has no model.keras", "train.py --run-dir")
+    code, _, err = run_main(["--run-dir", str(tmp_path)], capsys)
+    assert_clean_error(code, err, "has no config.json")
+    code, _, err = run_main(["--collect", str(tmp_path / "nowhere"), str(run_dir)], capsys)
+    assert_clean_error(code, err, "nowhere does not exist")
+
+
+@pytest.mark.parametrize("change, message", [
+    ("annotations", "annotations file"),
+    ("split", "split file"),
+    ("side_info", "side_info file"),
+    ("mels", "mean is 0.25, config.json recorded 0.3"),
+])
+def test_error_when_the_data_no_longer_matches_config_json(world, capsys, change, message):
+    data, run_dir = world
+    if change == "annotations":
+        with open(data / "annotations.csv", "a", encoding="utf-8") as handle:
+            handle.write("a1,pop\n")
+    elif change == "split":
+        with open(data / "splits" / "split_seed0.json", "a", encoding="utf-8") as handle:
+            handle.write("\n")
+    elif change == "side_info":
+        ds.write_side_info(data / "side_info" / "x.csv", list(SIDE), np.asarray(list(SIDE.values())) * 2)
+    else:
+        meta = json.loads((run_dir / "config.json").read_text())
+        meta["checksums"]["mels"]["mean"] = 0.3
+        ds.write_json(run_dir / "config.json", meta)
+    code, _, err = run_main(["--run-dir", str(run_dir)], capsys)
+    assert_clean_error(code, err, "no longer matches its data", message)
+
+
+def test_error_word_without_a_vector(world, capsys):
+    code, _, err = run_main(["--run-dir", str(world[1]), "--query", "banjo"], capsys)
+    assert_clean_error(code, err, "'banjo' has no side-information vector", "x.csv")
+    code, _, err = run_main(["--run-dir", str(world[1]), "--neighbors", "banjo"], capsys)
+    assert_clean_error(code, err, "'banjo' has no side-information vector")
+
+
+def test_error_bad_flags(world, capsys):
+    code, _, err = run_main(["--collect", str(world[1]), "--query", "jazz"], capsys)
+    assert_clean_error(code, err, "use --run-dir, not --collect")
+    code, _, err = run_main(["--run-dir", str(world[1]), "--top", "0", "--query", "jazz"], capsys)
+    assert_clean_error(code, err, "--top must be >= 1")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Slow tests: a real (untrained) model saved to model.keras
+# ---------------------------------------------------------------------------------------------------------------
+def save_model(path: Path, model_kind: str, seed: int = 0):
+    import keras
+
+    import models
+
+    keras.utils.set_random_seed(seed)
+    model = (models.build_embedding_model(len(SIDE["jazz"])) if model_kind == "embedding"
+             else models.build_classification_model(len(SEEN)))
+    model.save(path)
+    return keras.saving.load_model(path, compile=False)
+
+
+def independent_track_outputs(module, data: Path, tracks) -> np.ndarray:
+    """Mean of per-segment outputs, one direct call per track (no batching across tracks, no cache)."""
+    with MelStore(data / "mels.h5") as store:
+        return np.stack([np.asarray(module(store.segments(store.index(t)), training=False)).mean(axis=0)
+                         for t in tracks])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """An embedding run (A-X) evaluated once through the command line with --save-scores."""
+    import models
+
+    root = tmp_path_factory.mktemp("evaluate_world")
+    data = build_dataset(root)
+    run_dir = write_run(root / "run", data)
+    model = save_model(run_dir / config.MODEL_FILE, "embedding")
+    code = evaluate.main(["--run-dir", str(run_dir), "--save-scores", "--format", "json", "--no-progress"])
+    assert code == 0
+    return {"data": data, "run_dir": run_dir, "audio": models.get_audio_module(model),
+            "semantic": models.get_semantic_module(model)}
+
+
+@pytest.mark.slow
+def test_track_embedding_is_the_mean_of_segment_embeddings(trained):
+    run = evaluate.load_run(trained["run_dir"])
+    tracks = list(FRAMES)
+    outputs, label_emb, info = evaluate.track_outputs(run, tracks, progress=False)
+    assert info == {"cached_tracks": 9, "computed_tracks": 0, "labels_cached": True}  # cache from the fixture
+    expected = independent_track_outputs(trained["audio"], trained["data"], tracks)
+    np.testing.assert_allclose(outputs, expected, rtol=1e-4, atol=1e-5)
+    # Label embeddings of every side-information label = the semantic module on the raw vectors.
+    assert run.side_info.labels == sorted(SIDE)  # write_side_info sorts the rows
+    vectors = np.asarray([SIDE[lab] for lab in run.side_info.labels], dtype=np.float32)
+    np.testing.assert_allclose(label_emb, np.asarray(trained["semantic"](vectors)), rtol=1e-5, atol=1e-6)
+    # Computed afresh (force) with a batch size that splits tracks across batches: the same.
+    fresh, _, info = evaluate.track_outputs(run, tracks, force=True, batch_size=3, progress=False)
+    assert info["computed_tracks"] == 9
+    np.testing.assert_allclose(fresh, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_results_json_round_trip_and_metrics_from_saved_scores(trained):
+    run_dir, data = trained["run_dir"], trained["data"]
+    records = json.loads((run_dir / "results.json").read_text())
+    keys = [(r["train"], r["test"], r["task"], r["part"]) for r in records]
+    expected = [("A-X", t, task, "all") for t, task in evaluate.setup_plan("embedding", "A-X")[0]]
+    expected += [("A-X", t, "annotation", p) for t in ("B-(X+Y)", "C-(X+Y)", "(B+C)-(X+Y)")
+                 for p in ("seen", "unseen", "harmonic")]
+    assert sorted(keys) == sorted(expected) and len(set(keys)) == len(keys)
+    assert all(r["dataset"] == "tiny" and r["model"] == "embedding" and r["side_info"] == "x" for r in records)
+
+    run = evaluate.load_run(run_dir)
+    tracks = list(FRAMES)
+    track_emb = independent_track_outputs(trained["audio"], data, tracks)
+    label_emb = np.asarray(trained["semantic"](np.asarray(list(SIDE.values()), dtype=np.float32)))
+    by_key = {(r["test"], r["task"], r["part"]): r for r in records}
+    for test, (want_tracks, want_labels) in EXPECTED_SETUPS.items():
+        with np.load(run_dir / "scores" / f"{evaluate._slug(test)}.npz", allow_pickle=False) as npz:
+            assert npz["track_ids"].tolist() == want_tracks and npz["label_names"].tolist() == want_labels
+            assert str(npz["test"]) == test
+            truth = np.array([[lab in LABELS_OF[t] for lab in want_labels] for t in want_tracks], dtype=np.uint8)
+            np.testing.assert_array_equal(npz["labels"], truth)
+            rows = [tracks.index(t) for t in want_tracks]
+            cols = [list(SIDE).index(lab) for lab in want_labels]
+            a, b = track_emb[rows], label_emb[cols]
+            cosine = (a @ b.T) / np.linalg.norm(a, axis=1)[:, None] / np.linalg.norm(b, axis=1)[None]
+            np.testing.assert_allclose(npz["scores"], cosine, rtol=1e-4, atol=1e-5)
+            scores, labels = npz["scores"], npz["labels"]
+        for task in ("annotation", "retrieval"):
+            if (test, task, "all") in by_key:
+                metric = metrics.annotation_metrics if task == "annotation" else metrics.retrieval_metrics
+                recomputed = metric(scores, labels)
+                record = by_key[(test, task, "all")]
+                for name, value in recomputed.items():
+                    assert record[name] == (None if np.isnan(value) else value), (test, task, name)
+    # C-Y: c3 carries both unseen labels (all positive) -> skipped.
+    assert by_key[("C-Y", "annotation", "all")]["skipped"] == 1
+    # (B+C)-(X+Y) harmonic part = harmonic mean of the seen and unseen parts.
+    seen, unseen = by_key[("(B+C)-(X+Y)", "annotation", "seen")], by_key[("(B+C)-(X+Y)", "annotation", "unseen")]
+    harmonic = by_key[("(B+C)-(X+Y)", "annotation", "harmonic")]
+    assert harmonic["MAP-i"] == pytest.approx(2 * seen["MAP-i"] * unseen["MAP-i"] / (seen["MAP-i"] + unseen["MAP-i"]))
+    assert by_key[("C-(X+Y)", "annotation", "seen")]["AUC-i"] is None  # C tracks have no seen label
+    # A re-evaluation from the cache gives the same records; the label map exists.
+    again, notes = evaluate.evaluate_run(run_dir, progress=False)
+    assert again == records and any("9 from embeddings.h5, 0 computed" in n for n in notes)
+    assert (run_dir / "label_map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_collect_merges_runs_and_prints_tables(trained, tmp_path, capsys):
+    copy = write_run(tmp_path / "second", trained["data"], train_setup="(A+B)-X")
+    (copy / config.MODEL_FILE).write_bytes((trained["run_dir"] / config.MODEL_FILE).read_bytes())
+    code, out, err = run_main(["--collect", str(trained["run_dir"]), str(copy), "--format", "table"], capsys)
+    assert code == 0, err
+    assert "Table 2" in out and "Table 3" in out and "(A+B)-X" in out and "generalized zero-shot" in out
+    assert "reusing results.json" in err
+    merged = json.loads((copy / "results.json").read_text())
+    assert {r["train"] for r in merged} == {"(A+B)-X"} and not any(r["test"] == "B-X" for r in merged)
+
+
+@pytest.mark.slow
+def test_query_and_neighbors_on_a_known_case(trained, capsys):
+    run_dir, data = trained["run_dir"], trained["data"]
+    code, out, err = run_main(["--run-dir", str(run_dir), "--query", "guitar", "--neighbors", "jazz",
+                               "--format", "json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    query = result["query"]
+    assert query["status"] == "outside the label set" and query["n_tracks"] == 9
+    tracks = list(FRAMES)
+    track_emb = independent_track_outputs(trained["audio"], data, tracks)
+    word = np.asarray(trained["semantic"](np.asarray([SIDE["guitar"]], dtype=np.float32)))[0]
+    cosine = track_emb @ word / np.linalg.norm(track_emb, axis=1) / np.linalg.norm(word)
+    assert [r["track_id"] for r in query["tracks"]] == [tracks[i] for i in np.argsort(-cosine)[:5]]
+    assert query["tracks"][0]["labels"] == LABELS_OF[query["tracks"][0]["track_id"]]
+    assert query["tracks"][0]["path"] == f"audio/{query['tracks'][0]['track_id']}.wav"
+
+    near = result["neighbors"]
+    assert near["status"] == "seen label"
+    assert [r["label"] for r in near["side_information"]] == ["blues", "pop", "rock", "folk"]
+    assert [r["unseen"] for r in near["side_information"]] == [True, False, False, True]
+    names = SEEN + UNSEEN
+    emb = np.asarray(trained["semantic"](np.asarray([SIDE[n] for n in names], dtype=np.float32)))
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    sims = unit @ unit[0]
+    assert [r["label"] for r in near["embedding"]] == [names[i] for i in np.argsort(-sims) if names[i] != "jazz"]
+
+    code, out, _ = run_main(["--run-dir", str(run_dir), "--query", "blues", "--top", "2"], capsys)
+    assert code == 0 and "unseen label" in out and len(out.strip().splitlines()) == 4  # title, header, 2 rows
+
+
+@pytest.mark.slow
+def test_annotate_an_audio_file(trained, tmp_path, capsys):
+    import soundfile
+
+    from preprocess.audio import audio_file_frames
+
+    path = tmp_path / "tone.wav"
+    t = np.arange(int(22050 * 4.5)) / 22050
+    soundfile.write(path, 0.3 * np.sin(2 * np.pi * 440 * t) * np.exp(-t), 22050)
+    code, out, err = run_main(["--run-dir", str(trained["run_dir"]), "--annotate", str(path), "--format", "json"],
+                              capsys)
+    assert code == 0, err
+    result = json.loads(out)["annotate"]
+    with MelStore(trained["data"] / "mels.h5") as store:
+        frames = audio_file_frames(path, store)
+    segments = frames[: len(frames) // SEGMENT_FRAMES * SEGMENT_FRAMES].reshape(-1, SEGMENT_FRAMES, 128)
+    assert result["segments"] == len(segments) == 1
+    track = np.asarray(trained["audio"](segments, training=False)).mean(axis=0)
+    names = SEEN + UNSEEN
+    emb = np.asarray(trained["semantic"](np.asarray([SIDE[n] for n in names], dtype=np.float32)))
+    cosine = emb @ track / np.linalg.norm(emb, axis=1) / np.linalg.norm(track)
+    assert [r["label"] for r in result["labels"]] == [names[i] for i in np.argsort(-cosine)]
+    assert {r["label"] for r in result["labels"] if r["unseen"]} == set(UNSEEN)
+    code, out, _ = run_main(["--run-dir", str(trained["run_dir"]), "--annotate", str(path)], capsys)
+    assert "(unseen)" in out
+    code, _, err = run_main(["--run-dir", str(trained["run_dir"]), "--annotate", str(tmp_path / "none.wav")], capsys)
+    assert_clean_error(code, err, "none.wav")
+
+
+@pytest.mark.slow
+def test_classification_run_averages_sigmoids_on_b_x(trained, tmp_path):
+    run_dir = write_run(tmp_path / "clf", trained["data"], model="classification")
+    model = save_model(run_dir / config.MODEL_FILE, "classification", seed=3)
+    records, notes = evaluate.evaluate_run(run_dir, save=True, progress=False)
+    assert [(r["test"], r["task"], r["part"]) for r in records] == [("B-X", "retrieval", "all")]
+    assert any("classification model scores only its seen labels" in n for n in notes)
+    with MelStore(trained["data"] / "mels.h5") as store:
+        expected = np.stack([np.asarray(model(store.segments(store.index(t)), training=False)).mean(axis=0)
+                             for t in EXPECTED_SETUPS["B-X"][0]])
+    with np.load(run_dir / "scores" / "B-X.npz", allow_pickle=False) as npz:
+        np.testing.assert_allclose(npz["scores"], expected, rtol=1e-4, atol=1e-6)
+        assert records[0]["AUC-l"] == metrics.retrieval_metrics(npz["scores"], npz["labels"])["AUC-l"]
+    assert not (run_dir / "label_map.png").exists()
+    with pytest.raises(evaluate.EvaluationError, match="classification model"):
+        evaluate.neighbors(evaluate.load_run(run_dir), "jazz", progress=False)

@@ -860,7 +860,8 @@ def _same(found, expected) -> bool:
 class MelStore:
     """Read a log-mel store: a track's standardized frames, random 130-frame crops, evaluation segments.
 
-    MelStore(path, in_memory=None): None loads the whole `mel` array into RAM when it is smaller than 2 GiB
+    MelStore(path, in_memory=None): None loads the whole `mel` array into RAM (as float32) when it is smaller
+    than 2 GiB on disk
     (then the file is closed), True always, False reads lazily from HDF5 (open one MelStore per process).
     Checks the front-end attributes against this code's constants and the layout; raises AudioError naming
     the file and the attribute otherwise. Use as a context manager (or call close()).
@@ -909,7 +910,8 @@ class MelStore:
         size = mel.shape[0] * mel.shape[1] * mel.dtype.itemsize
         self.in_memory = bool(size < IN_MEMORY_LIMIT_BYTES if in_memory is None else in_memory)
         if self.in_memory:
-            self._mel = mel[...]
+            # Converted once here: a float16 -> float32 cast per training batch costs more than the gather itself.
+            self._mel = mel[...].astype(np.float32, copy=False)
             self._file.close()
             self._file = None
         else:
@@ -1007,7 +1009,7 @@ class MelStore:
         first = rng.integers(0, spans - n_frames + 1) if len(rows) else np.zeros(0, dtype=np.int64)
         within = (first[:, None] + np.arange(n_frames)[None, :]) % lengths[:, None]  # (b, n_frames)
         if self.in_memory:
-            return self._mel[starts[:, None] + within].astype(np.float32)  # (b, n_frames, 128)
+            return self._mel[starts[:, None] + within]  # (b, n_frames, 128) float32, a fresh array
         out = np.empty((len(rows), n_frames, N_MELS), dtype=np.float32)
         for b, (start, length, offset) in enumerate(zip(starts, lengths, first)):
             if length >= n_frames:  # one contiguous HDF5 read

@@ -27,8 +27,8 @@ demo-data: $(STAMP)
 # Trains the paper's default setup ((A+B)-X, deep embedding model) with instrument side information and with the
 # random baseline, then prints Tables 2-3 for both. Rerunning resumes/reuses finished runs; `make clean-demo` resets.
 demo: demo-data
-	$(PY) train.py --dataset demo --side-info instrument-count --seed $(SEED) --run-dir $(DEMO_RUNS)/instrument-count
-	$(PY) train.py --dataset demo --side-info random --seed $(SEED) --run-dir $(DEMO_RUNS)/random
+	$(PY) train.py --dataset demo --side-info instrument-count --seed $(SEED) --verbose 2 --run-dir $(DEMO_RUNS)/instrument-count
+	$(PY) train.py --dataset demo --side-info random --seed $(SEED) --verbose 2 --run-dir $(DEMO_RUNS)/random
 	$(PY) evaluate.py --collect $(DEMO_RUNS)/instrument-count $(DEMO_RUNS)/random
 
 test: $(STAMP)

@@ -1,9 +1,9 @@
 """One configuration for train.py and evaluate.py.
 
 `TrainConfig` holds every training choice with the paper's default (../shared/REFERENCE.md); `build_parser` turns
-it into argparse flags (help text from the field metadata), `TrainConfig.save/load` write and read the run
-directory's config.json, and the registries below feed argparse `choices` so an unknown name fails with the list
-of valid ones. No TensorFlow import here: `--help` must be fast.
+it into argparse flags (help text from the field metadata), `TrainConfig.to_dict/from_dict` go to and from the
+"config" entry of the run directory's config.json, and the registries below feed argparse
+`choices` so an unknown name fails with the list of valid ones. No TensorFlow import here: `--help` must be fast.
 """
 
 from __future__ import annotations
@@ -27,9 +27,6 @@ MODEL_FILE = "model.keras"
 MODELS = ("embedding", "classification")
 STRATEGIES = ("default", "mirrored", "multi-worker")
 LOSS_REDUCTIONS = ("sum", "mean")
-# Training setups, written as in the paper, with the short aliases accepted on the command line.
-TRAIN_SETUPS = {"A-X": "A-X", "B-X": "B-X", "(A+B)-X": "(A+B)-X", "A": "A-X", "B": "B-X", "AB": "(A+B)-X",
-                "A+B": "(A+B)-X", "(A+B)": "(A+B)-X"}
 # Side information picked when --side-info is not given: the first kind the dataset has, in this order.
 DEFAULT_SIDE_INFO_ORDER = ("instrument-count", "glove")
 # Epochs when --epochs is not given. The paper does not state a number; early stopping (patience 20) ends real runs.
@@ -37,12 +34,24 @@ DEFAULT_EPOCHS = {"demo": 40}
 DEFAULT_EPOCHS_OTHER = 200
 
 
+class SetupError(argparse.ArgumentTypeError, ValueError):
+    """An unknown training setup (argparse prints its message as is; callers may catch ValueError)."""
+
+
 def canonical_setup(name: str) -> str:
-    """'AB', 'A+B', '(A+B)-X' -> '(A+B)-X'; unknown names raise ValueError listing the valid ones."""
-    key = str(name).strip().replace(" ", "")
-    if key not in TRAIN_SETUPS:
-        raise ValueError(f"--train-setup {name!r} is not one of A-X, B-X, (A+B)-X (aliases A, B, AB).")
-    return TRAIN_SETUPS[key]
+    """A training setup in the paper's spelling: 'AB', 'A+B', '(A+B)-X' -> '(A+B)-X' (names live in splits/).
+
+    Raises ValueError (argparse turns it into a usage error) for test setups and unknown names.
+    """
+    import splits
+
+    try:
+        setup = splits.canonical_setup(name)
+    except ValueError:
+        setup = None
+    if setup not in splits.TRAIN_SETUPS:
+        raise SetupError(f"{name!r} is not one of {', '.join(splits.TRAIN_SETUPS)} (aliases A, B, AB).")
+    return setup
 
 
 def _flag(help_text: str, **extra):
@@ -84,7 +93,8 @@ class TrainConfig:
     plateau_factor: float = field(default=0.2, metadata=_flag("ReduceLROnPlateau factor (original: 0.2)."))
     min_lr: float = field(default=1.6e-7, metadata=_flag("ReduceLROnPlateau min_lr (original: 1.6e-7)."))
     checkpoint_every: int = field(default=2, metadata=_flag("save a checkpoint every N epochs (original: 2)."))
-    seed: int = field(default=0, metadata=_flag("seed for weights, sampling and the default split."))
+    seed: int = field(default=0, metadata=_flag("seed for weights and sampling. The default split is always split_seed0.json (the paper has one split); "
+        "make others with python -m splits.make --seed N and pass --split."))
     run_dir: str | None = field(default=None, metadata=_flag(
         "run directory (created). Default: a new folder under runs/. Rerunning with an existing run directory "
         "resumes an interrupted run."))

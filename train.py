@@ -116,7 +116,7 @@ def check_config(config: cfg.TrainConfig) -> cfg.TrainConfig:
     try:
         setup = cfg.canonical_setup(config.train_setup)
     except ValueError as exc:
-        raise TrainError(str(exc)) from None
+        raise TrainError(f"--train-setup {exc}") from None
     return dataclasses.replace(config, train_setup=setup)
 
 

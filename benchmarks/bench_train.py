@@ -7,16 +7,19 @@ compares their throughput (samples/s of one epoch, after a first epoch that trac
   end to end   `fit` on train.py's real pipeline (models.pipeline.training_dataset: random crops from a float16
                HDF5 mel store written with the documented layout, label draws, side-vector lookups)
 
+  tf-only      reference, not the pipeline: crops gathered by TensorFlow ops alone (random starts, tf.gather from
+               the whole in-memory mel array, no Python per batch) - the cheapest input a CPU-only machine can
+               feed; its ratio is how much of the gap the cores' sharing alone explains
+
 ratio = end-to-end samples/s / model-only samples/s, the median over --rounds rounds of two adjacent epochs (one
 of each, alternating which goes first), since other processes share the CPU. Prints a human-readable
 report and one JSON line. Exit status 0: a timing miss is reported as MISS, not as a failure, since timings on a
 shared machine are noisy (--strict exits 1 on a miss).
 
-On 2 CPU cores the model step and the loader share the cores, so the loader's CPU time (mostly MelStore's
-float16 -> float32 conversion of the crops) shows up directly in the ratio; on a GPU the model step leaves the
-CPU free for loading.
+On 2 CPU cores the model step and the loader share the cores, so any input work (even TensorFlow's own gather,
+see tf-only) shows up directly in the ratio; on a GPU the model step leaves the CPU free for loading.
 
-    python benchmarks/bench_train.py [--tracks 512] [--frames 650] [--steps 20] [--workers 2] [--rounds 9]
+    python benchmarks/bench_train.py [--tracks 512] [--frames 650] [--steps 100] [--workers 2] [--rounds 9]
 """
 
 from __future__ import annotations
@@ -95,6 +98,29 @@ def epoch_throughput(model, dataset, steps: int, batch_size: int) -> float:
     return steps * batch_size / timer.times[0]
 
 
+def tf_only_dataset(store, vectors: np.ndarray, batch_size: int):
+    """Reference input: random 130-frame crops and label vectors drawn by TensorFlow ops only (no Python per batch)."""
+    import tensorflow as tf
+
+    from preprocess.audio import SEGMENT_FRAMES
+
+    frames_all = np.concatenate([store.frames(i) for i in range(len(store))])  # (frames, 128) float32
+    mel = tf.Variable(frames_all, trainable=False)  # a variable, not a constant: no 2 GB graph limit
+    table = tf.constant(vectors)
+    n_frames, n_labels = int(mel.shape[0]), int(vectors.shape[0])
+    target = tf.tile(tf.constant([[1.0, 0.0]]), [batch_size, 1])
+
+    def batch(_):
+        starts = tf.random.uniform((batch_size, 1), 0, n_frames - SEGMENT_FRAMES, dtype=tf.int64)
+        frames = starts + tf.range(SEGMENT_FRAMES, dtype=tf.int64)[None, :]  # (b, 130)
+        labels = tf.random.uniform((batch_size, 2), 0, n_labels, dtype=tf.int64)
+        inputs = {"mel": tf.gather(mel, frames), "positive": tf.gather(table, labels[:, 0]),
+                  "negatives": tf.gather(table, labels[:, 1:])}
+        return inputs, target
+
+    return tf.data.Dataset.range(1 << 40).map(batch, num_parallel_calls=2).prefetch(2)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -103,7 +129,7 @@ def main(argv=None) -> int:
     parser.add_argument("--labels", type=int, default=50, help="seen labels")
     parser.add_argument("--side-dim", type=int, default=40, help="side-information dimension")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (original: 64)")
-    parser.add_argument("--steps", type=int, default=20, help="steps per epoch")
+    parser.add_argument("--steps", type=int, default=100, help="steps per epoch")
     parser.add_argument("--workers", type=int, default=2, help="loader threads of the real pipeline")
     parser.add_argument("--rounds", type=int, default=9,
                         help="rounds of one model-only epoch and one end-to-end epoch; the ratio is their median")
@@ -140,7 +166,8 @@ def main(argv=None) -> int:
                       "negatives": vectors[rng.integers(0, args.labels, (args.batch_size, 1))]}
             target = np.tile(np.array([[1.0, 0.0]], np.float32), (args.batch_size, 1))
             model_only = tf.data.Dataset.from_tensors((inputs, target)).repeat()
-            trained = {"model_only": build_model(args.side_dim), "end_to_end": build_model(args.side_dim)}
+            tf_only = tf_only_dataset(store, vectors, args.batch_size)
+            trained = {kind: build_model(args.side_dim) for kind in ("model_only", "end_to_end", "tf_only")}
             epoch = 0
 
             def dataset_for(kind):
@@ -148,19 +175,23 @@ def main(argv=None) -> int:
                 epoch += 1
                 if kind == "model_only":
                     return model_only
+                if kind == "tf_only":
+                    return tf_only
                 return training_dataset(sampler, epoch, epoch + 1, args.workers, N_MELS)
 
             for kind in trained:  # trace the step functions
                 epoch_throughput(trained[kind], dataset_for(kind), args.steps, args.batch_size)
-            best = {"model_only": 0.0, "end_to_end": 0.0}
-            paired = []
+            best = {kind: 0.0 for kind in trained}
+            paired, reference = [], []
             for round_index in range(args.rounds):
                 rates = {}
-                order = ("model_only", "end_to_end") if round_index % 2 == 0 else ("end_to_end", "model_only")
+                order = ("model_only", "end_to_end", "tf_only")
+                order = order if round_index % 2 == 0 else order[::-1]
                 for kind in order:  # adjacent epochs, alternating order: bursts of machine load hit both alike
                     rates[kind] = epoch_throughput(trained[kind], dataset_for(kind), args.steps, args.batch_size)
                     best[kind] = max(best[kind], rates[kind])
                 paired.append(rates["end_to_end"] / rates["model_only"])
+                reference.append(rates["tf_only"] / rates["model_only"])
             in_ram = store.in_memory
             start = time.perf_counter()
             for step in range(args.steps):
@@ -168,17 +199,21 @@ def main(argv=None) -> int:
             loader_only = n_samples / (time.perf_counter() - start)
 
     ratio = float(np.median(paired))
+    ceiling = float(np.median(reference))
     best_ratio = best["end_to_end"] / best["model_only"]
     verdict = "PASS" if ratio >= TARGET else "MISS"
     print(f"store: {args.tracks} tracks x ~{args.frames} frames {args.store_dtype} (in memory: {in_ram}); batch "
           f"{args.batch_size}, {args.steps} steps/epoch, {args.workers} loader threads, {os.cpu_count()} CPUs")
     print(f"model only (in-memory tensors): {best['model_only']:8.1f} samples/s")
     print(f"end to end (real pipeline):     {best['end_to_end']:8.1f} samples/s")
+    print(f"tf-only reference input:        {best['tf_only']:8.1f} samples/s  (ratio {ceiling:.3f}: the cost of any "
+          "input on these cores)")
     print(f"loader alone (one thread):      {loader_only:8.1f} samples/s")
     print(f"per-round ratios:               {', '.join(f'{r:.2f}' for r in paired)}")
     print(f"best end-to-end / best model-only: {best_ratio:.3f}")
     print(f"ratio end-to-end / model-only:  {ratio:8.3f}   (median of the rounds) target >= {TARGET}: {verdict}")
-    print(json.dumps({"benchmark": "train_pipeline", "model_only_samples_per_s": round(best["model_only"], 2),
+    print(f"end-to-end / tf-only reference: {ratio / ceiling:8.3f}")
+    print(json.dumps({"benchmark": "train_pipeline", "tf_only_ratio": round(ceiling, 4), "model_only_samples_per_s": round(best["model_only"], 2),
                       "end_to_end_samples_per_s": round(best["end_to_end"], 2),
                       "loader_samples_per_s": round(loader_only, 2), "ratio": round(ratio, 4),
                       "best_ratio": round(best_ratio, 4),

@@ -15,6 +15,12 @@ val_loss), log.csv (one row per epoch: epoch, loss, val_loss, learning_rate = ba
 training_curve.png, train_summary.json (written when the run finishes), checkpoints/ and, while training, backup/.
 Rerunning a finished run directory only prints where it is.
 
+Input pipeline (models/pipeline.py): when the mel store fits in RAM (MelStore's automatic in-memory mode, < 2 GiB
+on disk: the demo and most users' data) the batches are drawn by TensorFlow ops alone from a CPU tf.Variable
+holding all frames ("tensorflow"); a larger store is read lazily by numpy loader threads ("numpy"). Both are
+deterministic in (seed, epoch, step), so a resumed run draws the batches of the uninterrupted one; they draw
+different samples for the same seed. config.json ("train": {"input_pipeline"}) and train_summary.json record which.
+
 Several devices: `--strategy mirrored` (tf.distribute.MirroredStrategy over all GPUs of the machine; without GPUs,
 over all logical CPU devices) or `--strategy multi-worker` (MultiWorkerMirroredStrategy; the cluster comes from
 TF_CONFIG; every worker runs the same command; worker 0 or the chief writes the run directory, the others a scratch
@@ -523,15 +529,44 @@ def make_callbacks(config: cfg.TrainConfig, run_dir: Path) -> tuple[list, object
 # ---------------------------------------------------------------------------------------------------------------
 # run / main
 # ---------------------------------------------------------------------------------------------------------------
-def _print_plan(data: TrainingData, run_dir: Path, steps: int, first_epoch: int, replicas: int) -> None:
+def _print_plan(data: TrainingData, run_dir: Path, steps: int, first_epoch: int, replicas: int,
+                pipeline: str) -> None:
     config = data.config
     side = f"{config.side_info} ({data.side_dim}-d)" if data.side_dim else (config.side_info or "none")
     print(f"dataset {data.dataset} ({data.dataset_dir}), split {data.split_path.name}, setup {config.train_setup}")
     print(f"model {config.model}, side information {side}, {len(data.seen_labels)} seen labels")
     print(f"{len(data.train_tracks)} training / {len(data.valid_tracks)} validation tracks, batch {config.batch_size}, "
           f"{steps} steps per epoch, epochs {first_epoch + 1}..{config.epochs}, strategy {config.strategy} "
-          f"({replicas} replica{'s' if replicas > 1 else ''})")
+          f"({replicas} replica{'s' if replicas > 1 else ''}), {pipeline} input pipeline")
     print(f"run directory {run_dir}" + (f" (resuming after epoch {first_epoch})" if first_epoch else ""), flush=True)
+
+
+def open_samplers(data: TrainingData, replicas: int) -> tuple[dict, object]:
+    """The training and validation samplers ({"train", "valid"}) and the store they read, or None.
+
+    models.pipeline.make_samplers picks the input pipeline: "tensorflow" when the mel store fits in RAM
+    (MelStore's automatic in-memory mode, < 2 GiB), "numpy" for a lazily read store (kept open: close it after
+    training). The TensorFlow samplers hold the frames in a CPU tf.Variable, so the store (and its numpy copy of
+    the frames) is closed and released here: one copy of the frames in RAM during training.
+    """
+    from models.pipeline import make_samplers
+    from preprocess.audio import SEGMENT_FRAMES, MelStore
+
+    config = data.config
+    store = MelStore(data.mels_path)
+    try:
+        samplers = make_samplers(
+            store, {"train": (data.train_store_rows, data.train_positives),
+                    "valid": (data.valid_store_rows, data.valid_positives)},
+            data.label_vectors if config.model == "embedding" else None, n_negatives=config.negatives,
+            batch_size=config.batch_size, seed=config.seed, n_frames=SEGMENT_FRAMES, multiple=replicas)
+    except BaseException:
+        store.close()
+        raise
+    if samplers["train"].pipeline == "tensorflow":
+        store.close()
+        return samplers, None
+    return samplers, store
 
 
 def finish_run(run_dir: Path, data: TrainingData, backup, seconds: float, summary_extra: dict) -> dict:
@@ -568,8 +603,8 @@ def run(config: cfg.TrainConfig) -> Path:
 
     import keras
 
-    from models.pipeline import BatchSampler, training_dataset, validation_dataset
-    from preprocess.audio import N_MELS, SEGMENT_FRAMES, MelStore
+    from models.pipeline import training_dataset, validation_dataset
+    from preprocess.audio import N_MELS
 
     strategy = make_strategy(config.strategy)  # first TensorFlow call (multi-worker needs that)
     replicas = int(strategy.num_replicas_in_sync)
@@ -584,37 +619,43 @@ def run(config: cfg.TrainConfig) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     record["config"]["run_dir"] = str(run_dir)
     data.config = config = dataclasses.replace(config, run_dir=str(run_dir))
-    if not config_path.is_file() or not is_chief:
-        dsio.write_json(run_dir / cfg.CONFIG_FILE, record)
 
-    keras.utils.set_random_seed(config.seed)
-    with strategy.scope():
-        model = build_model(data)
-    if config.strategy == "multi-worker":
-        multi_worker_fixes(model, strategy)
-    callbacks, backup = make_callbacks(config, run_dir)
-    first_epoch = backup.initial_epoch()
-    truncate_log(run_dir / LOG_FILE, first_epoch)
+    samplers, store = open_samplers(data, replicas)  # outside the strategy scope (a CPU variable, not mirrored)
+    try:
+        pipeline = samplers["train"].pipeline
+        record["train"]["input_pipeline"] = pipeline
+        if config_path.is_file() and is_chief:
+            recorded = cfg.read_run_config(run_dir).get("train", {}).get("input_pipeline", pipeline)
+            if recorded != pipeline:
+                print(f"warning: run {run_dir} was started with the {recorded} input pipeline and resumes with the "
+                      f"{pipeline} one (the mel store's size or dtype changed?): the remaining epochs draw other "
+                      "batches than the uninterrupted run would have.", file=sys.stderr)
+        if not config_path.is_file() or not is_chief:
+            dsio.write_json(run_dir / cfg.CONFIG_FILE, record)
 
-    start = time.time()
-    with MelStore(data.mels_path) as store:
-        embedding = config.model == "embedding"
-        vectors = data.label_vectors if embedding else None
-        common = dict(store=store, label_vectors=vectors, n_negatives=config.negatives, batch_size=config.batch_size,
-                      seed=config.seed, n_frames=SEGMENT_FRAMES, multiple=replicas)
-        train_sampler = BatchSampler(store_indices=data.train_store_rows, positives=data.train_positives,
-                                     stream="train", **common)
-        valid_sampler = BatchSampler(store_indices=data.valid_store_rows, positives=data.valid_positives,
-                                     stream="valid", **common)
-        _print_plan(data, run_dir, train_sampler.steps, first_epoch, replicas)
+        keras.utils.set_random_seed(config.seed)
+        with strategy.scope():
+            model = build_model(data)
+        if config.strategy == "multi-worker":
+            multi_worker_fixes(model, strategy)
+        callbacks, backup = make_callbacks(config, run_dir)
+        first_epoch = backup.initial_epoch()
+        truncate_log(run_dir / LOG_FILE, first_epoch)
+
+        start = time.time()
+        train_sampler, valid_sampler = samplers["train"], samplers["valid"]
+        _print_plan(data, run_dir, train_sampler.steps, first_epoch, replicas, pipeline)
         last_epoch = config.epochs
         if first_epoch < last_epoch and not backup.stopped():
             model.fit(training_dataset(train_sampler, first_epoch, last_epoch, config.workers, N_MELS),
                       validation_data=validation_dataset(valid_sampler, config.workers, N_MELS),
                       steps_per_epoch=train_sampler.steps, initial_epoch=first_epoch, epochs=last_epoch,
                       callbacks=callbacks, verbose=config.verbose, shuffle=False)
+    finally:
+        if store is not None:
+            store.close()
     summary = finish_run(run_dir, data, backup, time.time() - start,
-                         {"steps_per_epoch": train_sampler.steps, "replicas": replicas})
+                         {"steps_per_epoch": train_sampler.steps, "replicas": replicas, "input_pipeline": pipeline})
     if summary.get("best_epoch") is not None:
         print(f"best val_loss {summary['best_val_loss']:.4f} at epoch {summary['best_epoch'] + 1}; "
               f"{summary['epochs_completed']} epochs in {summary['train_seconds']} s")

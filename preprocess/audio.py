@@ -984,6 +984,20 @@ class MelStore:
         row = self._row(i)
         return np.array(self._mel[self._offsets[row]:self._offsets[row + 1]], dtype=np.float32)
 
+    def in_memory_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mel (total_frames, 128) float32, offsets (n + 1,) int64) of an in-memory store, without a copy.
+
+        Track i's standardized frames are mel[offsets[i]:offsets[i + 1]]. Both arrays are read-only views of the
+        store's own arrays (the TensorFlow training pipeline copies `mel` into a tf.Variable). ValueError for a
+        store opened lazily (in_memory False), whose frames are not in RAM.
+        """
+        if not self.in_memory:
+            raise ValueError(f"{self.path} is read lazily (in_memory=False); open it with MelStore(path, "
+                             "in_memory=True) to get its arrays.")
+        mel, offsets = self._mel.view(), self._offsets.view()
+        mel.flags.writeable = offsets.flags.writeable = False
+        return mel, offsets
+
     def standardize(self, logmel) -> np.ndarray:
         """(logmel - mean) / std with this store's statistics, float32."""
         return _standardize(logmel, self.mean, self.std)

@@ -26,7 +26,7 @@ import pytest
 import config as cfg
 import splits
 import train
-from models.pipeline import BatchSampler
+from models.pipeline import BatchSampler, TFBatchSampler, make_samplers, training_dataset, validation_dataset
 from preprocess import dataset as dsio
 from preprocess.audio import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE, SEGMENT_FRAMES, MelStore
 
@@ -105,7 +105,7 @@ def read_csv_rows(path: Path) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The input pipeline (numpy only)
+# The numpy input pipeline (lazy stores)
 # --------------------------------------------------------------------------------------------------------------
 class IdStore:
     """A MelStore over frames that encode (track, frame): value = 1000 * track + frame (exact in float32)."""
@@ -216,9 +216,7 @@ def test_classification_targets_are_multi_hot(id_store):
     assert mel.shape == (len(rows), SEGMENT_FRAMES, N_MELS)
 
 
-def test_tf_dataset_matches_sampler_and_epoch_boundaries(id_store):
-    from models.pipeline import training_dataset, validation_dataset
-
+def test_numpy_dataset_matches_sampler_and_epoch_boundaries(id_store):
     store, positives, _ = id_store
     sampler = sampler_for(store, positives)
     batches = list(training_dataset(sampler, 2, 4, workers=2, n_mels=N_MELS).as_numpy_iterator())
@@ -233,6 +231,208 @@ def test_tf_dataset_matches_sampler_and_epoch_boundaries(id_store):
     first = [x["mel"] for x, _ in validation_dataset(valid, 2, N_MELS).as_numpy_iterator()]
     second = [x["mel"] for x, _ in validation_dataset(valid, 1, N_MELS).as_numpy_iterator()]
     assert len(first) == valid.steps and all(np.array_equal(a, b) for a, b in zip(first, second))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The TensorFlow input pipeline (in-memory stores)
+# --------------------------------------------------------------------------------------------------------------
+def tf_sampler_for(store, positives, n_negatives=2, batch_size=4, seed=3, stream="train", side_dim=5, multiple=1,
+                   embedding=True, indices=None):
+    positives = np.asarray(positives, dtype=bool)
+    vectors = np.arange(positives.shape[1] * side_dim, dtype=np.float32).reshape(positives.shape[1], side_dim)
+    mel, offsets = store.in_memory_arrays()
+    indices = np.arange(positives.shape[0]) if indices is None else indices
+    return TFBatchSampler(mel, offsets, indices, positives, vectors if embedding else None, n_negatives, batch_size,
+                          seed, stream, SEGMENT_FRAMES, multiple=multiple)
+
+
+def tf_batch(sampler, epoch, step):
+    """(draw, batch) of one TensorFlow batch as numpy."""
+    draw = {key: value.numpy() for key, value in sampler.draw(epoch, step).items()}
+    return draw, [x.numpy() for x in sampler.batch(epoch, step)]
+
+
+def test_in_memory_arrays(tmp_path):
+    lengths = [5, 3, 7]
+    path = IdStore(tmp_path, lengths).path
+    with MelStore(path, in_memory=True) as store:
+        mel, offsets = store.in_memory_arrays()
+        assert mel.dtype == np.float32 and mel.shape == (15, N_MELS) and offsets.dtype == np.int64
+        np.testing.assert_array_equal(offsets, [0, 5, 8, 15])
+        for i in range(3):
+            np.testing.assert_array_equal(mel[offsets[i]:offsets[i + 1]], store.frames(i))
+        assert not mel.flags.writeable and not offsets.flags.writeable  # the store's own arrays, protected
+        with pytest.raises(ValueError, match="read-only"):
+            mel[0, 0] = 1.0
+    with MelStore(path, in_memory=False) as store, pytest.raises(ValueError, match="read lazily"):
+        store.in_memory_arrays()
+
+
+def test_make_samplers_picks_the_pipeline_by_store_mode(tmp_path):
+    path = IdStore(tmp_path, [200, 90, 300]).path
+    positives = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 1]], dtype=bool)
+    parts = {"train": (np.arange(3), positives), "valid": (np.array([2, 0]), positives[[2, 0]])}
+    common = dict(label_vectors=np.eye(3, dtype=np.float32), n_negatives=1, batch_size=2, seed=0,
+                  n_frames=SEGMENT_FRAMES)
+    with MelStore(path, in_memory=True) as store:
+        samplers = make_samplers(store, parts, **common)
+        numpy_samplers = make_samplers(store, parts, pipeline="numpy", **common)
+        with pytest.raises(ValueError, match="pipeline must be auto or one of tensorflow, numpy"):
+            make_samplers(store, parts, pipeline="torch", **common)
+    assert {type(s) for s in samplers.values()} == {TFBatchSampler}
+    assert samplers["train"].pipeline == "tensorflow" and samplers["valid"].stream == "valid"
+    assert samplers["train"].mel is samplers["valid"].mel  # one copy of the frames for both streams
+    assert {type(s) for s in numpy_samplers.values()} == {BatchSampler}
+    # The TensorFlow samplers no longer need the store: batches still come after it is closed.
+    mel = samplers["valid"].batch(0, 0)[0].numpy()
+    assert mel.shape == (2, SEGMENT_FRAMES, N_MELS) and set((mel[:, 0, 0] // 1000).tolist()) == {0.0, 2.0}
+    with MelStore(path, in_memory=False) as store:
+        assert {type(s) for s in make_samplers(store, parts, **common).values()} == {BatchSampler}
+        with pytest.raises(ValueError, match="needs an in-memory store"):
+            make_samplers(store, parts, pipeline="tensorflow", **common)
+
+
+def test_tf_sampler_epoch_is_a_permutation_of_the_tracks(id_store):
+    store, positives, lengths = id_store
+    sampler = tf_sampler_for(store, positives)
+    assert sampler.steps == 3 and list(sampler.batch_sizes()) == [4, 4, 2]
+    rows = np.concatenate([sampler.draw(5, s)["rows"].numpy() for s in range(sampler.steps)])
+    np.testing.assert_array_equal(np.sort(rows), np.arange(len(lengths)))
+    np.testing.assert_array_equal(rows, sampler.order(5).numpy())
+    assert not np.array_equal(sampler.order(5).numpy(), sampler.order(6).numpy())  # reshuffled every epoch
+    with pytest.raises(IndexError, match="step 3 out of range: an epoch has 3 batches"):
+        sampler.draw(0, 3)
+
+
+def test_tf_sampler_positives_negatives_and_crops(id_store):
+    store, positives, lengths = id_store
+    sampler = tf_sampler_for(store, positives, n_negatives=2)
+    seen_positive = set()
+    for epoch in range(30):
+        for step in range(sampler.steps):
+            choice, (mel, pos_vec, neg_vec, target) = tf_batch(sampler, epoch, step)
+            assert mel.shape == (len(choice["rows"]), SEGMENT_FRAMES, N_MELS) and mel.dtype == np.float32
+            for b, row in enumerate(choice["rows"]):
+                assert positives[row, choice["positive"][b]]  # a real seen positive
+                negs = choice["negatives"][b]
+                assert len(set(negs.tolist())) == 2  # without replacement
+                assert not positives[row, negs].any()  # seen negatives only
+                seen_positive.add((int(row), int(choice["positive"][b])))
+                # The crop comes from this track: values 1000 * row + frame, frames consecutive modulo the length,
+                # starting at the drawn start (mod the length).
+                frames = mel[b, :, 0]
+                assert np.all(frames // 1000 == row)
+                index = frames - 1000 * row
+                assert index[0] == choice["crop_start"][b] % lengths[row]
+                assert np.all(np.diff(index) % lengths[row] == 1 % lengths[row])
+                assert np.all(mel[b] == mel[b, :, :1])
+                np.testing.assert_array_equal(pos_vec[b], sampler.label_vectors[choice["positive"][b]])
+                np.testing.assert_array_equal(neg_vec[b], sampler.label_vectors[negs])
+            np.testing.assert_array_equal(target[:, 0], 1.0)
+            np.testing.assert_array_equal(target[:, 1:], 0.0)
+    assert seen_positive == {(r, j) for r, j in zip(*np.nonzero(positives))}
+
+
+def test_tf_sampler_is_deterministic_per_seed_epoch_and_step(id_store):
+    store, positives, _ = id_store
+    one, two = tf_sampler_for(store, positives), tf_sampler_for(store, positives)
+    for a, b in zip(tf_batch(one, 4, 1)[1], tf_batch(two, 4, 1)[1]):
+        np.testing.assert_array_equal(a, b)
+    two.batch(9, 0)  # whatever was drawn before
+    np.testing.assert_array_equal(one.batch(4, 2)[0].numpy(), two.batch(4, 2)[0].numpy())
+    assert not np.array_equal(one.batch(4, 1)[0].numpy(), one.batch(5, 1)[0].numpy())  # epochs differ
+    assert not np.array_equal(one.batch(4, 0)[0].numpy(), one.batch(4, 1)[0].numpy())  # steps differ
+    other_seed = tf_sampler_for(store, positives, seed=4)
+    assert not np.array_equal(one.batch(4, 1)[0].numpy(), other_seed.batch(4, 1)[0].numpy())
+
+
+def test_tf_validation_stream_is_identical_every_epoch(id_store):
+    store, positives, _ = id_store
+    valid = tf_sampler_for(store, positives, stream="valid")
+    for step in range(valid.steps):
+        for a, b in zip(tf_batch(valid, 0, step)[1], tf_batch(valid, 17, step)[1]):
+            np.testing.assert_array_equal(a, b)
+    train_stream = tf_sampler_for(store, positives)
+    assert not np.array_equal(valid.batch(0, 0)[0].numpy(), train_stream.batch(0, 0)[0].numpy())
+    first = [x["mel"] for x, _ in validation_dataset(valid, 2, N_MELS).as_numpy_iterator()]
+    second = [x["mel"] for x, _ in validation_dataset(valid, 1, N_MELS).as_numpy_iterator()]
+    assert len(first) == valid.steps and all(np.array_equal(a, b) for a, b in zip(first, second))
+    np.testing.assert_array_equal(first[1], valid.batch(0, 1)[0].numpy())
+
+
+def test_tf_batches_cut_to_a_multiple_and_classification_targets(id_store):
+    store, positives, _ = id_store
+    positives = np.concatenate([positives, positives[:1]])  # 11 tracks
+    sampler = tf_sampler_for(store, positives, batch_size=4, multiple=2, embedding=False, indices=np.arange(11) % 10)
+    sizes = [len(sampler.draw(0, s)["rows"]) for s in range(sampler.steps)]
+    assert sizes == [4, 4, 2]  # 11 = 4 + 4 + 3 -> the last batch is cut to 2
+    assert sampler.batch_dim is None  # a partial batch: the batch dimension stays unknown
+    for step in range(sampler.steps):
+        choice, (mel, target) = tf_batch(sampler, 1, step)
+        np.testing.assert_array_equal(target, positives[choice["rows"]].astype(np.float32))
+        np.testing.assert_array_equal(choice["is_positive"], positives[choice["rows"]])
+        assert mel.shape == (sizes[step], SEGMENT_FRAMES, N_MELS)
+    dataset = training_dataset(sampler, 0, 1, 2, N_MELS)
+    assert dataset.element_spec[0].shape.as_list() == [None, SEGMENT_FRAMES, N_MELS]
+    assert [len(y) for _, y in dataset.as_numpy_iterator()] == [4, 4, 2]
+    one = tf_sampler_for(store, positives[:10], batch_size=4, multiple=4, stream="valid")
+    assert one.steps == 2 and one.batch_dim == 4  # 10 = 4 + 4 + 2 -> the last batch would be empty
+    assert training_dataset(one, 0, 1, 1, N_MELS).element_spec[1].shape.as_list() == [4, 3]
+    with pytest.raises(ValueError, match="batch_size 4 must be a multiple of 3"):
+        tf_sampler_for(store, positives, batch_size=4, multiple=3)
+
+
+def test_tf_dataset_matches_sampler_across_epochs_resume_and_workers(id_store, monkeypatch):
+    store, positives, _ = id_store
+    monkeypatch.setattr(TFBatchSampler, "CHUNK_KEYS", 4 * 8 * 2)  # 2 steps per chunk: 2 chunks per epoch
+    sampler = tf_sampler_for(store, positives)
+    assert (sampler.chunk_steps, sampler.n_chunks) == (2, 2)
+    whole = list(training_dataset(sampler, 0, 4, workers=2, n_mels=N_MELS).as_numpy_iterator())
+    assert len(whole) == 4 * sampler.steps
+    for k, (inputs, target) in enumerate(whole):
+        mel, pos_vec, neg_vec, expected_target = tf_batch(sampler, k // sampler.steps, k % sampler.steps)[1]
+        np.testing.assert_array_equal(inputs["mel"], mel)
+        np.testing.assert_array_equal(inputs["positive"], pos_vec)
+        np.testing.assert_array_equal(inputs["negatives"], neg_vec)
+        np.testing.assert_array_equal(target, expected_target)
+    # A run resumed at epoch 2 (initial_epoch=2) draws exactly the batches of the uninterrupted run, whatever the
+    # number of parallel loads.
+    resumed = list(training_dataset(sampler, 2, 4, workers=3, n_mels=N_MELS).as_numpy_iterator())
+    assert len(resumed) == 2 * sampler.steps
+    for (a, ya), (b, yb) in zip(whole[2 * sampler.steps:], resumed):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+        np.testing.assert_array_equal(ya, yb)
+
+
+def chi_square(counts) -> float:
+    counts = np.asarray(counts, dtype=float)
+    expected = counts.sum() / counts.size
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def test_tf_draws_are_uniform(tmp_path):
+    """Positive among 3 positives, the 2 negatives among 4 negatives (6 unordered pairs), the crop start among the
+    71 starts of a 200-frame track and the 51 starts of a tiled 60-frame track (span 180): chi-square statistics
+    below their 0.1 % critical values (2, 5, 70 and 50 degrees of freedom) over 12,000 draws each."""
+    n = 600
+    with MelStore(IdStore(tmp_path, [200, 60]).path, in_memory=True) as store:
+        positives = np.zeros((n, 7), dtype=bool)
+        positives[:, [1, 3, 5]] = True
+        sampler = tf_sampler_for(store, positives, n_negatives=2, batch_size=n, indices=np.arange(n) % 2)
+    draws = [sampler.draw(epoch, 0) for epoch in range(20)]
+    rows = np.concatenate([d["rows"].numpy() for d in draws]) % 2
+    positive = np.concatenate([d["positive"].numpy() for d in draws])
+    negatives = np.sort(np.concatenate([d["negatives"].numpy() for d in draws]), axis=1)
+    starts = np.concatenate([d["crop_start"].numpy() for d in draws])
+    assert chi_square([np.sum(positive == j) for j in (1, 3, 5)]) < 13.82
+    pairs = [(a, b) for a in (0, 2, 4, 6) for b in (0, 2, 4, 6) if a < b]
+    assert chi_square([np.sum((negatives[:, 0] == a) & (negatives[:, 1] == b)) for a, b in pairs]) < 20.52
+    assert set(np.unique(negatives).tolist()) == {0, 2, 4, 6}
+    long, tiled = starts[rows == 0], starts[rows == 1]
+    assert long.min() == 0 and long.max() == 70 and tiled.min() == 0 and tiled.max() == 50
+    assert chi_square(np.bincount(long, minlength=71)) < 112.3
+    assert chi_square(np.bincount(tiled, minlength=51)) < 86.7
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -398,8 +598,10 @@ def test_short_training_run_lowers_the_loss_and_fills_the_run_dir(tmp_path, data
     assert record["checksums"]["annotations"] == dsio.sha256_file(dsio.annotations_path(dataset_dir))
     assert record["checksums"]["mels"] == {"mean": 0.0, "std": 1.0, "n_tracks": 48}
     assert {"tensorflow", "keras", "numpy"} <= set(record["versions"])
+    assert record["train"]["input_pipeline"] == "tensorflow"  # the store is small: in memory
 
     summary = json.loads((run_dir / train.SUMMARY_FILE).read_text())
+    assert summary["input_pipeline"] == "tensorflow"
     val = [float(r["val_loss"]) for r in rows]
     assert summary["best_epoch"] == int(np.argmin(val)) and summary["epochs_completed"] == 4
 
@@ -422,6 +624,19 @@ def test_classification_run(tmp_path, dataset_dir):
     seen = json.loads((run_dir / cfg.CONFIG_FILE).read_text())["seen_labels"]
     assert model.output_shape == (None, len(seen))
     assert model.get_layer("classifier").activation.__name__ == "sigmoid"
+
+
+@pytest.mark.slow
+def test_lazy_store_trains_with_the_numpy_pipeline(tmp_path, dataset_dir, monkeypatch, capsys):
+    """A store above MelStore's in-memory limit is read lazily by the numpy pipeline; train.py says and records it."""
+    import preprocess.audio
+
+    monkeypatch.setattr(preprocess.audio, "IN_MEMORY_LIMIT_BYTES", 0)
+    run_dir = train.run(tiny_config(dataset_dir, tmp_path / "run", epochs=1))
+    assert "numpy input pipeline" in capsys.readouterr().out
+    assert json.loads((run_dir / train.SUMMARY_FILE).read_text())["input_pipeline"] == "numpy"
+    assert json.loads((run_dir / cfg.CONFIG_FILE).read_text())["train"]["input_pipeline"] == "numpy"
+    assert len(read_csv_rows(run_dir / train.LOG_FILE)) == 1
 
 
 @pytest.mark.slow
@@ -520,6 +735,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path, dataset_dir):
     assert result["differences"]["sum"] < 1e-5 and result["differences"]["mean"] < 1e-5
     assert result["moved"]["sum"] > 1e-3 and result["moved"]["mean"] > 1e-4  # the step did change the weights
     assert result["summary"]["replicas"] == 2 and result["summary"]["epochs_completed"] == 1
+    assert result["summary"]["input_pipeline"] == "tensorflow"  # the CPU variable works under MirroredStrategy
     assert (tmp_path / "run" / cfg.MODEL_FILE).is_file()
 
 
@@ -553,6 +769,7 @@ def test_multi_worker_strategy_with_two_local_workers(tmp_path, dataset_dir):
         assert process.returncode == 0, err[-3000:]
     summary = json.loads((run_dir / train.SUMMARY_FILE).read_text())
     assert summary["replicas"] == 2 and summary["epochs_completed"] == 1
+    assert summary["input_pipeline"] == "tensorflow"  # and under MultiWorkerMirroredStrategy (auto-shard DATA)
     assert (run_dir / cfg.MODEL_FILE).is_file()
     assert (run_dir / ".worker1" / train.SUMMARY_FILE).is_file()  # the other worker wrote a scratch copy
     assert "strategy multi-worker (2 replicas)" in outputs[0][0]

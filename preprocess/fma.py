@@ -342,6 +342,15 @@ def store_tracks(out, candidates: pd.DataFrame, audio_dir, jobs: int = 1, max_se
     return StoreResult(stored=stored, failures=failures, summary=summary)
 
 
+def add_build_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags both adapters share: audio jobs, the random baseline's seed, the store dtype, progress bars."""
+    parser.add_argument("--jobs", type=int, default=1, help="audio decoding processes (0 = one per CPU core)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random side-information baseline")
+    parser.add_argument("--dtype", choices=DTYPES, default=DEFAULT_DTYPE,
+                        help="storage type of the log-mel store (preprocess.audio)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def run_cli(build, args, errors=()) -> int:
     """Run a build function for main(): clear input problems -> `error: ...` on stderr and exit status 2."""
     from preprocess.audio import AudioError
@@ -448,11 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--openmic", required=True,
                         help="the openmic-2018 folder (openmic-2018.npz, class-map.json, partitions/)")
     parser.add_argument("--out", default=str(ds.DATA_ROOT / "fma"), help="dataset directory to write")
-    parser.add_argument("--jobs", type=int, default=1, help="audio decoding processes (0 = one per CPU core)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random side-information baseline")
-    parser.add_argument("--dtype", choices=DTYPES, default=DEFAULT_DTYPE,
-                        help="storage type of the log-mel store (preprocess.audio)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_build_flags(parser)
     return parser
 
 

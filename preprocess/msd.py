@@ -40,8 +40,8 @@ from tqdm import tqdm
 
 from preprocess import dataset as ds
 from preprocess.dataset import DatasetError
-from preprocess.audio import DEFAULT_DTYPE, DTYPES, FAILURES_FILE
-from preprocess.fma import CANDIDATES_FILE, print_summary, run_cli, store_tracks
+from preprocess.audio import DEFAULT_DTYPE, FAILURES_FILE
+from preprocess.fma import CANDIDATES_FILE, add_build_flags, print_summary, run_cli, store_tracks
 from preprocess.side_info import RANDOM_KIND, random_side_info
 
 GLOVE_KIND = "glove"
@@ -487,11 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "et al. 2016 (a tag counts above ~50: at least half as strong as the track's top "
                              "tag; the paper does not state its threshold). 0 = every listed pair")
     parser.add_argument("--glove-dim", type=int, default=GLOVE_DIM, help="dimension of the GloVe vectors")
-    parser.add_argument("--jobs", type=int, default=1, help="audio decoding processes (0 = one per CPU core)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random side-information baseline")
-    parser.add_argument("--dtype", choices=DTYPES, default=DEFAULT_DTYPE,
-                        help="storage type of the log-mel store (preprocess.audio)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_build_flags(parser)
     return parser
 
 

@@ -861,8 +861,8 @@ class MelStore:
     """Read a log-mel store: a track's standardized frames, random 130-frame crops, evaluation segments.
 
     MelStore(path, in_memory=None): None loads the whole `mel` array into RAM (as float32) when it is smaller
-    than 2 GiB on disk
-    (then the file is closed), True always, False reads lazily from HDF5 (open one MelStore per process).
+    than 2 GiB on disk (then the file is closed), True always, False reads lazily from HDF5 (open one MelStore
+    per process).
     Checks the front-end attributes against this code's constants and the layout; raises AudioError naming
     the file and the attribute otherwise. Use as a context manager (or call close()).
     """

@@ -152,7 +152,8 @@ def write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def _read_csv(path, required: tuple[str, ...], what: str) -> pd.DataFrame:
+def read_csv_columns(path, required, what: str) -> pd.DataFrame:
+    """A CSV as strings (no NaN conversion) with the `required` columns, or one DatasetError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{what} file {path} does not exist.")
@@ -176,7 +177,7 @@ def _read_csv(path, required: tuple[str, ...], what: str) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------------------------
 def read_tracks(path) -> pd.DataFrame:
     """tracks.csv -> DataFrame with string columns track_id, path (unique track ids, file order kept)."""
-    frame = _read_csv(path, ("track_id", "path"), "tracks")[["track_id", "path"]]
+    frame = read_csv_columns(path, ("track_id", "path"), "tracks")[["track_id", "path"]]
     duplicated = frame["track_id"][frame["track_id"].duplicated()]
     if len(duplicated):
         raise DatasetError(f"tracks file {path}: track_id {duplicated.iloc[0]!r} occurs more than once.")
@@ -191,7 +192,7 @@ def write_tracks(path, frame: pd.DataFrame) -> None:
 
 def read_annotations(path) -> pd.DataFrame:
     """annotations.csv -> DataFrame with string columns track_id, label; duplicate pairs are merged."""
-    frame = _read_csv(path, ("track_id", "label"), "annotations")[["track_id", "label"]]
+    frame = read_csv_columns(path, ("track_id", "label"), "annotations")[["track_id", "label"]]
     empty = (frame["track_id"] == "") | (frame["label"] == "")
     if empty.any():
         raise DatasetError(f"annotations file {path}: empty track_id or label on row {int(np.argmax(empty)) + 2}.")

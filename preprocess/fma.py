@@ -91,14 +91,7 @@ def read_genre_titles(metadata_dir) -> dict[int, str]:
     path = Path(metadata_dir) / GENRES_CSV
     if not path.is_file():
         raise DatasetError(f"FMA genres file {path} does not exist; --metadata must be the fma_metadata folder.")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"FMA genres file {path} is not a readable CSV: {exc}") from None
-    missing = [c for c in GENRES_CSV_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DatasetError(f"FMA genres file {path} lacks column(s) {', '.join(missing)} "
-                           f"(found {','.join(frame.columns)}).")
+    frame = ds.read_csv_columns(path, GENRES_CSV_COLUMNS, "FMA genres")
     titles: dict[int, str] = {}
     for genre_id, title in zip(frame["genre_id"], frame["title"]):
         try:

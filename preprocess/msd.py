@@ -336,14 +336,7 @@ def read_audio_map(path, audio_dir) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"--audio-map {path}: file does not exist; give a CSV with header track_id,path.")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"--audio-map {path}: not a readable CSV with header track_id,path ({exc}).") from None
-    missing = [c for c in AUDIO_MAP_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DatasetError(f"--audio-map {path}: lacks column(s) {', '.join(missing)}; expected header "
-                           f"track_id,path (found {','.join(frame.columns)}).")
+    frame = ds.read_csv_columns(path, AUDIO_MAP_COLUMNS, "--audio-map")
     frame = frame[(frame["track_id"].str.strip() != "") & (frame["path"].str.strip() != "")]
     duplicated = frame["track_id"][frame["track_id"].duplicated()]
     if len(duplicated):

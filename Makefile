@@ -22,7 +22,7 @@ $(STAMP): requirements.txt requirements-test.txt
 install: $(STAMP)
 
 demo-data: $(STAMP)
-	$(PY) -m preprocess.demo --out data/demo --seed $(SEED)
+	$(PY) -m demo --out data/demo --seed $(SEED)
 
 # Trains the paper's default setup ((A+B)-X, deep embedding model) with instrument side information and with the
 # random baseline, then prints Tables 2-3 for both. Rerunning resumes/reuses finished runs; `make clean-demo` resets.

@@ -41,7 +41,7 @@ import embeddings
 import splits
 import metrics
 from metrics import annotation_metrics, retrieval_metrics
-from preprocess import dataset as ds
+import dataset_dir as ds
 
 __all__ = [
     "annotation_metrics", "retrieval_metrics", "EvaluationError", "Run", "load_run", "setup_plan",
@@ -172,7 +172,7 @@ def check_inputs(meta: dict, config_path: Path) -> list[str]:
     Returns a list of problems (empty when everything matches): a missing file, or an annotations / split /
     side-information file whose sha256 differs, or a mel store whose mean, std or track count differ.
     """
-    from preprocess.audio import MelStore
+    from preprocess.store import MelStore
 
     checksums = _require(meta, config_path, "checksums")
     problems = []
@@ -300,7 +300,7 @@ def setup_members(split: dict, test: str, available=None) -> tuple[list[str], li
 # Model outputs (cached) and scores
 # ---------------------------------------------------------------------------------------------------------------
 def _fingerprint(run: Run) -> dict:
-    from preprocess.audio import SEGMENT_FRAMES
+    from preprocess.store import SEGMENT_FRAMES
 
     return {
         "model": run.model_kind,
@@ -319,7 +319,7 @@ def track_outputs(run: Run, track_ids, force: bool = False, batch_size: int = em
     (None for the classification model), cache info). Only tracks missing from `<run_dir>/embeddings.h5` are
     embedded; a cache made with another model.keras, side information or store is recomputed.
     """
-    from preprocess.audio import SEGMENT_FRAMES, MelStore
+    from preprocess.store import SEGMENT_FRAMES, MelStore
 
     def compute_tracks(ids: list[str]) -> np.ndarray:
         predict = run.segment_predictor()
@@ -465,7 +465,7 @@ def write_label_map(run: Run, all_label_embeddings: np.ndarray, path: Path) -> P
 
 
 def _store_track_ids(run: Run) -> set[str]:
-    from preprocess.audio import MelStore
+    from preprocess.store import MelStore
 
     with MelStore(run.mels_path, in_memory=False) as store:
         return set(map(str, store.track_ids))
@@ -695,7 +695,7 @@ def annotate(run: Run, audio_path, top: int = DEFAULT_TOP["annotate"], max_secon
              progress: bool = True, batch_size: int = embeddings.DEFAULT_BATCH_SIZE) -> dict:
     """Top labels for any audio file (paper Table 6): the store's front end (mean/std), segments averaged, scored
     against the split's seen + unseen labels (the seen labels only for the classification model)."""
-    from preprocess.audio import SEGMENT_FRAMES, AudioError, MelStore, audio_file_frames
+    from preprocess.store import SEGMENT_FRAMES, AudioError, MelStore, audio_file_frames
 
     audio_path = Path(audio_path)
     try:
@@ -837,7 +837,7 @@ def _case_studies(args, progress: bool) -> str:
 
 
 def main(argv=None) -> int:
-    from preprocess.audio import AudioError
+    from preprocess.store import AudioError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 import config as cfg
-from preprocess import dataset as dsio
+import dataset_dir as dsio
 
 SUMMARY_FILE = "train_summary.json"
 LOG_FILE = "log.csv"
@@ -130,7 +130,7 @@ def resolve_dataset(config: cfg.TrainConfig) -> Path:
     """The dataset directory; the demo corpus is built (preprocess.demo.ensure_demo, seed 0) when missing."""
     dataset_dir = dsio.resolve_dataset_dir(config.dataset)
     if config.dataset == "demo":
-        from preprocess.demo import ensure_demo
+        from demo.build import ensure_demo
 
         if not dsio.mels_path(dataset_dir).is_file():
             print(f"building the demo corpus in {dataset_dir} (once) ...", flush=True)
@@ -208,10 +208,10 @@ def check_positives(tracks, positives: np.ndarray, part: str, n_negatives: int, 
 
 def check_store(mels_path: Path, train_tracks, valid_tracks) -> tuple[dict, np.ndarray, np.ndarray]:
     """Open the mel store, check its signal constants, and map the tracks to store rows (missing ones listed)."""
-    from preprocess.audio import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE, MelStore
+    from preprocess.store import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE, MelStore
 
     if not mels_path.is_file():
-        raise TrainError(f"no mel store {mels_path}; build it with preprocess/audio.py (data/README.md).")
+        raise TrainError(f"no mel store {mels_path}; build it with preprocess/store.py (data/README.md).")
     try:
         with MelStore(mels_path, in_memory=False) as store:
             expected = {"n_mels": N_MELS, "sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop_length": HOP_LENGTH}
@@ -219,7 +219,7 @@ def check_store(mels_path: Path, train_tracks, valid_tracks) -> tuple[dict, np.n
                 have = store.attrs.get(key)
                 if have is not None and int(have) != int(value):
                     raise TrainError(f"mel store {mels_path}: dimension mismatch, {key} = {int(have)} but the model "
-                                     f"expects {value}; rebuild the store with preprocess/audio.py.")
+                                     f"expects {value}; rebuild the store with preprocess/store.py.")
             present = set(store.track_ids)
             missing = [t for t in list(train_tracks) + list(valid_tracks) if t not in present]
             if missing:
@@ -550,7 +550,7 @@ def open_samplers(data: TrainingData, replicas: int) -> tuple[dict, object]:
     the frames) is closed and released here: one copy of the frames in RAM during training.
     """
     from models.pipeline import make_samplers
-    from preprocess.audio import SEGMENT_FRAMES, MelStore
+    from preprocess.store import SEGMENT_FRAMES, MelStore
 
     config = data.config
     store = MelStore(data.mels_path)
@@ -604,7 +604,7 @@ def run(config: cfg.TrainConfig) -> Path:
     import keras
 
     from models.pipeline import training_dataset, validation_dataset
-    from preprocess.audio import N_MELS
+    from preprocess.store import N_MELS
 
     strategy = make_strategy(config.strategy)  # first TensorFlow call (multi-worker needs that)
     replicas = int(strategy.num_replicas_in_sync)

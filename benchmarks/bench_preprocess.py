@@ -6,7 +6,7 @@ copies (decoding a copy costs the same; encoding is the slow part of making the 
 side in one run and interleaved (best of --repeats, so that noise from other processes hits both alike):
 
     front end   load_audio + log_mel for every file, in this process, one BLAS thread: the pure decode + mel cost
-    --jobs 1    build_store(jobs=1): everything `python -m preprocess.audio` does (parts, statistics, merge)
+    --jobs 1    build_store(jobs=1): everything `python -m preprocess.store` does (parts, statistics, merge)
     --jobs 2    build_store(jobs=2)
 
 and prints the realtime factor per core (seconds of audio per CPU second, and per wall second, of the --jobs 1

@@ -28,7 +28,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 import splits  # noqa: E402
-from preprocess.dataset import read_annotations  # noqa: E402
+from dataset_dir import read_annotations  # noqa: E402
 
 MSD_TRACKS = 406_409
 MSD_LABELS = 1_126

@@ -55,7 +55,7 @@ def write_store(path: Path, n_tracks: int, frames: int, seed: int, dtype: str = 
     """A store with the documented layout (float16 = the audio builder's default dtype); lengths vary +-30%."""
     import h5py
 
-    from preprocess.audio import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE
+    from preprocess.store import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE
 
     rng = np.random.default_rng(seed)
     lengths = rng.integers(int(frames * 0.7), int(frames * 1.3) + 1, size=n_tracks)
@@ -113,7 +113,7 @@ def tf_only_dataset(store, vectors: np.ndarray, batch_size: int):
     """Reference input: random 130-frame crops and label vectors drawn by TensorFlow ops only (no Python per batch)."""
     import tensorflow as tf
 
-    from preprocess.audio import SEGMENT_FRAMES
+    from preprocess.store import SEGMENT_FRAMES
 
     frames_all = np.concatenate([store.frames(i) for i in range(len(store))])  # (frames, 128) float32
     mel = tf.Variable(frames_all, trainable=False)  # a variable, not a constant: no 2 GB graph limit
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     parser.add_argument("--in-memory", choices=("auto", "yes", "no"), default="auto",
                         help="MelStore in_memory (auto: RAM when < 2 GiB, like train.py)")
     parser.add_argument("--store-dtype", choices=("float16", "float32"), default="float16",
-                        help="dtype of the generated store (preprocess.audio default: float16)")
+                        help="dtype of the generated store (preprocess.store default: float16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strict", action="store_true", help="exit 1 when the ratio misses the target")
     args = parser.parse_args(argv)
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from models.pipeline import make_samplers, training_dataset
-    from preprocess.audio import N_MELS, SEGMENT_FRAMES, MelStore
+    from preprocess.store import N_MELS, SEGMENT_FRAMES, MelStore
 
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)

@@ -22,7 +22,7 @@ import keras
 from models.layers import CosineRelevance, StackLabels, l2_normalize
 from models.losses import REDUCTIONS, HingeRankingLoss, hinge_terms
 from models.optimizers import DecaySGD
-from preprocess.audio import N_MELS, SEGMENT_FRAMES
+from preprocess.store import N_MELS, SEGMENT_FRAMES
 
 __all__ = [
     "EMBEDDING_DIM", "L2_WEIGHT", "AUDIO_MODULE", "SEMANTIC_MODULE", "CLASSIFIER",

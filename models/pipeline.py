@@ -142,7 +142,7 @@ class BatchSampler(_Sampling):
     """The numpy sampler (lazy stores): draws the batches of one data stream (training or validation tracks).
 
     Args:
-        store: an open `preprocess.audio.MelStore` (anything with `random_crops(indices, rng, n_frames)`).
+        store: an open `preprocess.store.MelStore` (anything with `random_crops(indices, rng, n_frames)`).
         The other arguments: see `_Sampling`.
     """
 

@@ -13,7 +13,7 @@ Steps (file formats: ../shared/DATASETS.md; side information: ../shared/REFERENC
    [with] both genre and instrument annotations") and at least one genre. Genres whose instrument vector cannot be
    standardized (std 0, in either flavour) are dropped with their annotations, so that every label has a vector;
    a track left without a genre is dropped too.
-3. Audio: `preprocess.audio.build_store` decodes `fma_large/<first 3 digits>/<6-digit id>.mp3` of the candidates
+3. Audio: `preprocess.store.build_store` decodes `fma_large/<first 3 digits>/<6-digit id>.mp3` of the candidates
    into mels.h5 (files shorter than 3,000 samples are dropped, as in the original). Undecodable files (e.g. the
    known broken ones listed in KNOWN_BROKEN_IDS) end up in failures.csv, never in a crash.
 4. Final tracks = the candidates that are in the store (tracks.csv = candidates.csv minus failures.csv, in store
@@ -25,7 +25,7 @@ Steps (file formats: ../shared/DATASETS.md; side information: ../shared/REFERENC
    tracks failed to decode, and a track had no other genre, that track stays in tracks.csv and mels.h5 without
    labels (listed in summary.json as tracks_left_without_genre_after_audio; splits only use labelled tracks).
    With every candidate having an annotated instrument, this needs all its annotations to be exactly 0.5.
-5. summary.json (preprocess.dataset.summarize + what was dropped and why), printed next to the paper's counts.
+5. summary.json (dataset_dir.summarize + what was dropped and why), printed next to the paper's counts.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from preprocess import dataset as ds
-from preprocess.audio import DEFAULT_DTYPE, DTYPES, FAILURES_FILE
-from preprocess.dataset import DatasetError
+import dataset_dir as ds
+from preprocess.store import DEFAULT_DTYPE, DTYPES, FAILURES_FILE
+from dataset_dir import DatasetError
 from preprocess.openmic import load_openmic, track_id_from_sample_key
 from preprocess.side_info import INSTRUMENT_KINDS, RANDOM_KIND, instrument_side_info, random_side_info
 
@@ -318,7 +318,7 @@ def store_tracks(out, candidates: pd.DataFrame, audio_dir, jobs: int = 1, max_se
     The store is keyed by a digest of its selection: rerunning with the same candidates finds it done (or resumes
     it after a crash), so the candidate list is kept as its own file and never replaced by the final tracks.csv.
     """
-    from preprocess.audio import MelStore, build_store
+    from preprocess.store import MelStore, build_store
 
     out = Path(out)
     candidates_csv = out / CANDIDATES_FILE
@@ -340,13 +340,13 @@ def add_build_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="audio decoding processes (0 = one per CPU core)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random side-information baseline")
     parser.add_argument("--dtype", choices=DTYPES, default=DEFAULT_DTYPE,
-                        help="storage type of the log-mel store (preprocess.audio)")
+                        help="storage type of the log-mel store (preprocess.store)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run_cli(build, args, errors=()) -> int:
     """Run a build function for main(): clear input problems -> `error: ...` on stderr and exit status 2."""
-    from preprocess.audio import AudioError
+    from preprocess.store import AudioError
 
     try:
         build(args)

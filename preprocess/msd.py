@@ -15,10 +15,10 @@ Steps (formats: ../shared/DATASETS.md; the tag filter: ../shared/REFERENCE.md, "
    without a vector are dropped. side_info/glove.csv holds the kept tags' 300-d vectors, side_info/random.csv the
    seeded random baseline of the same dimension.
 4. Audio: --audio-map (CSV track_id,path; path relative to --audio or absolute) gives each MSD track's clip.
-   `preprocess.audio.build_store` reads the first 30 s and drops clips shorter than 29 s (failures.csv), as in the
+   `preprocess.store.build_store` reads the first 30 s and drops clips shorter than 29 s (failures.csv), as in the
    original. Tracks without positives, without a mapped clip or whose clip failed are excluded; tracks.csv,
    annotations.csv, side_info/*.csv and mels.h5 then describe exactly the same tracks and labels.
-5. summary.json: preprocess.dataset.summarize + the tag counts of every filter step + "glove_path" (absolute,
+5. summary.json: dataset_dir.summarize + the tag counts of every filter step + "glove_path" (absolute,
    for `evaluate.py --query`), printed next to the paper's counts.
 """
 
@@ -38,9 +38,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from preprocess import dataset as ds
-from preprocess.dataset import DatasetError
-from preprocess.audio import DEFAULT_DTYPE, FAILURES_FILE
+import dataset_dir as ds
+from dataset_dir import DatasetError
+from preprocess.store import DEFAULT_DTYPE, FAILURES_FILE
 from preprocess.fma import CANDIDATES_FILE, add_build_flags, print_summary, run_cli, store_tracks
 from preprocess.side_info import RANDOM_KIND, random_side_info
 

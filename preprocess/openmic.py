@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocess.dataset import DatasetError
+from dataset_dir import DatasetError
 
 NPZ_FILE = "openmic-2018.npz"
 CLASS_MAP_FILE = "class-map.json"

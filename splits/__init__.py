@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from preprocess.dataset import (
+from dataset_dir import (
     REPO_ROOT,
     DatasetError,
     annotations_path,
@@ -159,7 +159,7 @@ def annotations_sha256(annotations: pd.DataFrame, source: str = "annotations") -
 
     Canonical text: the header `track_id,label`, then one line per unique (track_id, label) pair, sorted by
     track_id then label (Unicode code point order), fields quoted as Python's csv.QUOTE_MINIMAL does, every line
-    ended by "\\n", UTF-8. It equals `sha256sum` of the file `preprocess.dataset.write_annotations` writes (POSIX).
+    ended by "\\n", UTF-8. It equals `sha256sum` of the file `dataset_dir.write_annotations` writes (POSIX).
     """
     return _sha256_of_encoded(_encode(annotations, source))
 

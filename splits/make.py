@@ -17,7 +17,7 @@ import time
 import warnings
 from pathlib import Path
 
-from preprocess.dataset import DatasetError, annotations_path, dataset_name, read_annotations, resolve_dataset_dir
+from dataset_dir import DatasetError, annotations_path, dataset_name, read_annotations, resolve_dataset_dir
 
 import splits
 

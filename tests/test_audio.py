@@ -1,4 +1,4 @@
-"""Tests of the audio front end and the log-mel store (preprocess/audio.py).
+"""Tests of the audio front end and the log-mel store (preprocess/store.py).
 
 Reference values come from librosa called directly with the paper's parameters; every audio file is generated
 here (short synthetic signals written as WAV / FLAC / OGG / MP3 at several rates and channel counts).
@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from preprocess import audio
-from preprocess.audio import (
+from preprocess import store as audio
+from preprocess.store import (
     HOP_LENGTH,
     N_MELS,
     SAMPLE_RATE,
@@ -346,7 +346,7 @@ def test_changed_selection_rebuilds_the_store(corpus, tmp_path):
 
 KILLED_BUILD = textwrap.dedent("""
     import sys, time
-    import preprocess.audio as A
+    import preprocess.store as A
     point = sys.argv[3]
     original_chunk, original_standardize = A._process_chunk, A._standardize
 
@@ -611,7 +611,7 @@ def test_cli_builds_a_scanned_folder(tmp_path, capsys):
 
 
 def test_import_is_light():
-    code = ("import sys, preprocess.audio; "
+    code = ("import sys, preprocess.store; "
             "heavy = [m for m in ('tensorflow', 'keras', 'librosa', 'pandas') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True,

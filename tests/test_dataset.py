@@ -1,4 +1,4 @@
-"""Tests of the dataset-directory I/O (preprocess/dataset.py)."""
+"""Tests of the dataset-directory I/O (dataset_dir.py)."""
 
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from preprocess import dataset as ds
+import dataset_dir as ds
 
 
 def _write(path, text):

@@ -1,4 +1,4 @@
-"""Tests of the synthetic demo corpus (preprocess/demo.py) and its synthesizer (preprocess/synth.py).
+"""Tests of the synthetic demo corpus (demo/build.py) and its synthesizer (demo/synth.py).
 
 A tiny corpus (36 tracks x 2.5 s) is built once per module in a temporary folder; the default configuration is
 checked through its plans and tables (cheap) rather than by rendering 1,200 tracks.
@@ -20,9 +20,9 @@ import pytest
 import soundfile as sf
 from scipy.stats import binom
 
-from preprocess import demo, synth
-from preprocess.audio import SAMPLE_RATE, MelStore, log_mel
-from preprocess.dataset import read_annotations, read_side_info, read_tracks
+from demo import build as demo, synth
+from preprocess.store import SAMPLE_RATE, MelStore, log_mel
+from dataset_dir import read_annotations, read_side_info, read_tracks
 from preprocess.openmic import load_openmic, track_id_from_sample_key
 from preprocess.side_info import instrument_side_info, random_side_info
 
@@ -460,7 +460,7 @@ def test_bad_sizes_raise_clear_errors(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 def _cli(*args, cwd=REPO_ROOT):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run([sys.executable, "-m", "preprocess.demo", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "demo", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -497,7 +497,7 @@ def test_cli_builds_a_tiny_corpus(tmp_path):
 
 
 def test_importing_demo_does_not_import_tensorflow():
-    code = "import sys, preprocess.demo; print('tensorflow' in sys.modules)"
+    code = "import sys, demo.build; print('tensorflow' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr

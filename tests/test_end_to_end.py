@@ -1,6 +1,6 @@
 """End to end on a tiny demo corpus, through the same command lines a user runs (README Quickstart):
 
-preprocess.demo -> splits.make -> train.py (embedding: instrument-count and random; classification) ->
+demo -> splits.make -> train.py (embedding: instrument-count and random; classification) ->
 evaluate.py (--run-dir with --save-scores, --collect, case studies). Every stage must run and write its outputs.
 """
 
@@ -28,7 +28,7 @@ def run(*args, expect=0):
 def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     data = root / "tinydemo"
-    run("-m", "preprocess.demo", "--out", data, "--seed", "3", "--tracks", "48", "--seconds", "3", "--jobs", "2",
+    run("-m", "demo", "--out", data, "--seed", "3", "--tracks", "48", "--seconds", "3", "--jobs", "2",
         "--no-progress")
     run("-m", "splits.make", "--dataset", data, "--seed", "0")
     runs = {}

@@ -24,8 +24,8 @@ import embeddings
 import evaluate
 import metrics
 import splits
-from preprocess import dataset as ds
-from preprocess.audio import SEGMENT_FRAMES, MelStore
+import dataset_dir as ds
+from preprocess.store import SEGMENT_FRAMES, MelStore
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -538,7 +538,7 @@ def test_query_and_neighbors_on_a_known_case(trained, capsys):
 def test_annotate_an_audio_file(trained, tmp_path, capsys):
     import soundfile
 
-    from preprocess.audio import audio_file_frames
+    from preprocess.store import audio_file_frames
 
     path = tmp_path / "tone.wav"
     t = np.arange(int(22050 * 4.5)) / 22050

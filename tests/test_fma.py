@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from preprocess import dataset as ds
+import dataset_dir as ds
 from preprocess import fma, openmic
 from preprocess.side_info import random_side_info
 
@@ -236,7 +236,7 @@ def test_build_end_to_end(raw, tmp_path, capsys):
     assert tracks["track_id"].tolist() == ["2", "3", "5", "300", "500"]
     assert tracks["path"].tolist() == [str(fma.fma_audio_path((raw / "fma_large").resolve(), t))
                                       for t in tracks["track_id"]]
-    from preprocess.audio import MelStore
+    from preprocess.store import MelStore
 
     with MelStore(out / "mels.h5", in_memory=True) as store:
         assert store.track_ids == tracks["track_id"].tolist()  # store and tracks.csv: the same tracks

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from preprocess import dataset as ds
+import dataset_dir as ds
 from preprocess import msd
 from preprocess.side_info import random_side_info
 
@@ -284,7 +284,7 @@ def test_build_end_to_end(raw, tmp_path, capsys, source):
     tracks = ds.read_tracks(out / "tracks.csv")
     assert tracks["track_id"].tolist() == ["TRAAAAA128F4", "TRBBBBB128F4", "TRCCCCC128F4"]
     assert tracks["path"].iloc[0] == str((raw / "audio").resolve() / "A" / "A" / "TRAAAAA128F4.clip.mp3")
-    from preprocess.audio import MelStore
+    from preprocess.store import MelStore
 
     with MelStore(out / "mels.h5", in_memory=True) as store:
         assert store.track_ids == tracks["track_id"].tolist()

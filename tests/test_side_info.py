@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from preprocess import openmic, side_info
-from preprocess.dataset import DatasetError
+from dataset_dir import DatasetError
 
 # The real OpenMIC-2018 class map (../shared/samples/openmic_class-map.json), in index order.
 OPENMIC_INSTRUMENTS = ["accordion", "banjo", "bass", "cello", "clarinet", "cymbals", "drums", "flute", "guitar",

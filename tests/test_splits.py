@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import splits
-from preprocess import dataset as ds
+import dataset_dir as ds
 from splits import make as make_cli
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

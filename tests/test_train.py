@@ -27,8 +27,8 @@ import config as cfg
 import splits
 import train
 from models.pipeline import BatchSampler, TFBatchSampler, make_samplers, training_dataset, validation_dataset
-from preprocess import dataset as dsio
-from preprocess.audio import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE, SEGMENT_FRAMES, MelStore
+import dataset_dir as dsio
+from preprocess.store import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE, SEGMENT_FRAMES, MelStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -527,9 +527,9 @@ def test_tracks_missing_from_store(tmp_path, capsys):
 
 
 def test_default_dataset_is_the_demo_built_on_demand(tmp_path, monkeypatch):
-    """`python train.py` with no flags: data/demo, built by preprocess.demo.ensure_demo(dir, seed=0) when missing;
+    """`python train.py` with no flags: data/demo, built by demo.build.ensure_demo(dir, seed=0) when missing;
     (A+B)-X, embedding model, instrument-count side information, config.DEFAULT_EPOCHS["demo"] epochs."""
-    import preprocess.demo
+    import demo.build
 
     calls = []
 
@@ -539,7 +539,7 @@ def test_default_dataset_is_the_demo_built_on_demand(tmp_path, monkeypatch):
         return Path(dataset_dir)
 
     monkeypatch.setattr(dsio, "DATA_ROOT", tmp_path / "data")
-    monkeypatch.setattr(preprocess.demo, "ensure_demo", fake_ensure_demo)
+    monkeypatch.setattr(demo.build, "ensure_demo", fake_ensure_demo)
     data = train.prepare(cfg.TrainConfig())
     demo_dir = (tmp_path / "data" / "demo").resolve()
     assert calls == [(demo_dir, 0)]
@@ -629,9 +629,9 @@ def test_classification_run(tmp_path, dataset_dir):
 @pytest.mark.slow
 def test_lazy_store_trains_with_the_numpy_pipeline(tmp_path, dataset_dir, monkeypatch, capsys):
     """A store above MelStore's in-memory limit is read lazily by the numpy pipeline; train.py says and records it."""
-    import preprocess.audio
+    import preprocess.store
 
-    monkeypatch.setattr(preprocess.audio, "IN_MEMORY_LIMIT_BYTES", 0)
+    monkeypatch.setattr(preprocess.store, "IN_MEMORY_LIMIT_BYTES", 0)
     run_dir = train.run(tiny_config(dataset_dir, tmp_path / "run", epochs=1))
     assert "numpy input pipeline" in capsys.readouterr().out
     assert json.loads((run_dir / train.SUMMARY_FILE).read_text())["input_pipeline"] == "numpy"

@@ -39,7 +39,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.signal import butter, lfilter
 
-from preprocess.audio import SAMPLE_RATE
+from preprocess.store import SAMPLE_RATE
 
 SR = SAMPLE_RATE
 NOTE_SECONDS = 2.0  # length of every cached note sample; longer notes are re-articulated
@@ -474,7 +474,7 @@ def note_sample(name: str, midi: int, variant: int = 0) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Arrangement:
-    """Everything audible about a track. Genre enters only through these traits (see preprocess/demo.py).
+    """Everything audible about a track. Genre enters only through these traits (see demo/build.py).
 
     tempo: beats per minute; meter: beats per bar (3 or 4); swing in [0, 1] (off-beat eighths delayed by swing/6
     beat); density 0/1/2 (sparse/medium/dense rhythms); register -1/0/+1 (lower/middle/upper part of each melodic

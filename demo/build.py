@@ -1,10 +1,10 @@
 """The demo corpus: a synthetic, deterministic music collection that mirrors the paper's Experiment 1.
 
-    python -m preprocess.demo --out data/demo --seed 0 [--tracks 1200] [--seconds 7] [--jobs N]
+    python -m demo --out data/demo --seed 0 [--tracks 1200] [--seconds 7] [--jobs N]
 
 Experiment 1 describes FMA genres by OpenMIC-2018 instrument annotations. Here, 41 genres (8 top-level genres with
 4-5 sub-genres each, an FMA-like hierarchy) are each a probability profile over the 20 OpenMIC instruments plus
-tempo / rhythm traits; tracks are synthesized from those traits (preprocess/synth.py) and carry 1-3 genre labels
+tempo / rhythm traits; tracks are synthesized from those traits (demo/synth.py) and carry 1-3 genre labels
 (a sub-genre, sometimes plus its parent, sometimes a second sub-genre; or a top-level genre alone). Per-track
 instrument annotations are written in OpenMIC-2018's own format (likelihoods, mask, sparse: 3-8 of the 20
 instruments per track, crowd-like noise) and turned into side information by the very code used for FMA
@@ -21,8 +21,8 @@ Layout written under --out (see data/README.md):
     demo_truth.csv                              what was synthesized per track (genres, traits, instruments)
     openmic/openmic-2018.npz, class-map.json    the instrument annotations, OpenMIC-2018 layout
     side_info/instrument-count.csv, instrument-confidence.csv, random.csv
-    mels.h5 (+ failures.csv)                    preprocess.audio.build_store
-    summary.json                                preprocess.dataset.summarize + the demo's parameters
+    mels.h5 (+ failures.csv)                    preprocess.store.build_store
+    summary.json                                dataset_dir.summarize + the demo's parameters
 
 Idempotent: a finished corpus with the same parameters is reused. Every file reaches its final path by an atomic
 rename, so a killed build leaves no broken file; rerunning resumes it (finished audio is kept). Different
@@ -47,9 +47,9 @@ import pandas as pd
 import soundfile as sf
 from tqdm import tqdm
 
-from preprocess import synth
-from preprocess.audio import build_store
-from preprocess.dataset import (
+from demo import synth
+from preprocess.store import build_store
+from dataset_dir import (
     DATA_ROOT,
     DatasetError,
     annotations_path,
@@ -612,7 +612,7 @@ def ensure_demo(dataset_dir, seed: int = 0, **size_options) -> Path:
 # ----------------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m preprocess.demo",
+        prog="python -m demo",
         description="Build the synthetic demo corpus (41 genres described by 20 OpenMIC instruments) with audio, "
                     "annotations, side information and the mel store. Reuses a finished corpus with the same "
                     "parameters; resumes an interrupted one.",

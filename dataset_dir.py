@@ -5,7 +5,7 @@
                                                   dataset directory)
         annotations.csv      track_id,label       one row per positive (track, label) pair
         side_info/<kind>.csv label,v0,...,v{d-1}  one side-information vector per label
-        mels.h5              standardized log-mel store of the tracks (preprocess/audio.py)
+        mels.h5              standardized log-mel store of the tracks (preprocess/store.py)
         splits/              zero-shot split files (splits/)
         summary.json         counts written by `summarize`
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent
 DATA_ROOT = REPO_ROOT / "data"
 # Names that resolve to data/<name>; anything else given as --dataset must be a directory path.
 NAMED_DATASETS = ("demo", "fma", "msd")

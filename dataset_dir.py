@@ -14,15 +14,14 @@ Everything here is plain pandas/numpy (no TensorFlow), so that every stage and t
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from fileio import atomic_write_text, sha256_file, write_json  # noqa: F401  (used here and by callers)
 
 REPO_ROOT = Path(__file__).resolve().parent
 DATA_ROOT = REPO_ROOT / "data"
@@ -118,40 +117,6 @@ def resolve_side_info(dataset_dir, kind: str) -> Path:
 # --------------------------------------------------------------------------------------------------------------
 # Small I/O helpers
 # --------------------------------------------------------------------------------------------------------------
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path, text: str) -> None:
-    """Write a text file so that `path` never holds a partial file (write a sibling temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp creates 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
 def read_csv_columns(path, required, what: str) -> pd.DataFrame:
     """A CSV as strings (no NaN conversion) with the `required` columns, or one DatasetError naming the file."""
     path = Path(path)

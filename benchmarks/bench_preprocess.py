@@ -41,7 +41,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from preprocess import audio  # noqa: E402
+from preprocess import frontend, store  # noqa: E402
 
 TARGET_REALTIME_PER_CORE = 250.0
 TARGET_SPEEDUP_2_JOBS = 1.7
@@ -100,20 +100,20 @@ def time_front_end(paths: list[Path]) -> dict:
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1):
-        audio.log_mel(audio.load_audio(paths[0]))  # warm-up: mel basis, window, imports
+        frontend.log_mel(frontend.load_audio(paths[0]))  # warm-up: mel basis, window, imports
         wall, cpu = time.perf_counter(), cpu_seconds()
         samples = 0
         for path in paths:
-            y = audio.load_audio(path)
-            audio.log_mel(y)
+            y = frontend.load_audio(path)
+            frontend.log_mel(y)
             samples += len(y)
         return {"wall": time.perf_counter() - wall, "cpu": cpu_seconds() - cpu,
-                "audio_seconds": samples / audio.SAMPLE_RATE}
+                "audio_seconds": samples / frontend.SAMPLE_RATE}
 
 
 def time_build(audio_dir: Path, out: Path, jobs: int) -> dict:
     wall, (parent, workers) = time.perf_counter(), cpu_split()
-    summary = audio.build_store(audio_dir, out, jobs=jobs, progress=False)
+    summary = store.build_store(audio_dir, out, jobs=jobs, progress=False)
     wall, (parent_after, workers_after) = time.perf_counter() - wall, cpu_split()
     result = {"wall": wall, "cpu": parent_after - parent + workers_after - workers,
               "parent_cpu": parent_after - parent, "workers_cpu": workers_after - workers,

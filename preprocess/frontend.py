@@ -1,157 +1,161 @@
-"""Audio front end (paper Sec. 3.1): decode, resample to 22,050 Hz mono, log-mel. Moved from audio.py."""
+"""The paper's audio front end (Sec. 3.1): mono 22,050 Hz audio -> log-mel frames -> standardized 3 s inputs.
+
+    y   = librosa.load(path, sr=22050, mono=True)     channel mean, resampled with soxr "HQ"
+    mel = |STFT(y)| @ Slaney-mel(128)                  n_fft 1024, Hann window, hop 512, centered (zero padding)
+    x   = log10(1 + 10 * mel)                          (frames, 128) float32
+    z   = (x - mean) / std                             mean and std over a whole dataset's store
+
+The audio module reads 130-frame (~3 s) crops of z; `tile`, `crop` and `segments` are the one definition of how a
+track becomes such inputs (a track shorter than 130 frames is repeated). docs/original.md gives the sources.
+"""
 
 from __future__ import annotations
 
-import functools
+import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-# --------------------------------------------------------------------------------------------------------------
-# The front end (defined ONLY here; every other module imports these)
-# --------------------------------------------------------------------------------------------------------------
 SAMPLE_RATE = 22050
 N_FFT = 1024
 HOP_LENGTH = 512
 N_MELS = 128
-SEGMENT_FRAMES = 130  # ~3 s: the audio module's input length (paper Section 4)
+SEGMENT_FRAMES = 130  # ~3 s: the audio module's input length (paper Sec. 4)
 
 RESAMPLER = "soxr_hq"  # librosa.load's default res_type
 LOG_FORMULA = "log10(1 + 10 * mel)"
 AUDIO_EXTENSIONS = (".mp3", ".ogg", ".flac", ".wav")
+# Headers outside these rates are broken: a 1 Hz header would make the resampler allocate 22,050x the file.
+MIN_RATE, MAX_RATE = 1_000, 1_000_000
+MAX_DURATION_S = 4 * 3600  # longest audio decoded at once (about 1.3 GB at 22,050 Hz); use max_seconds beyond it
 
-REQUIRED_FRONT_END = {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop_length": HOP_LENGTH, "n_mels": N_MELS}
-# Further facts of the front end, written by build_store and checked by MelStore when a store has them.
-OPTIONAL_FRONT_END = {
-    "win_length": N_FFT,
-    "window": "hann",
-    "center": True,
-    "pad_mode": "constant",
-    "power": 1.0,
-    "fmin": 0.0,
-    "fmax": SAMPLE_RATE / 2,
-    "mel_norm": "slaney",
-    "mel_htk": False,
-    "log_formula": LOG_FORMULA,
-}
-
-
-_STFT_BLOCK_FRAMES = 512  # frames per FFT block: bounds the float64 temporaries for long files
+# Written into every store and checked when one is opened (the first four are required).
+FRONT_END = {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop_length": HOP_LENGTH, "n_mels": N_MELS,
+             "win_length": N_FFT, "window": "hann", "center": True, "pad_mode": "constant", "power": 1.0,
+             "fmin": 0.0, "fmax": SAMPLE_RATE / 2, "mel_norm": "slaney", "mel_htk": False, "log_formula": LOG_FORMULA}
 
 
 class AudioError(ValueError):
-    """A file cannot be used (message names the file and the reason), or a store / selection is unusable.
-
-    `path` and `reason` hold the two parts separately (failures.csv writes them as columns).
-    """
+    """A file that cannot be used, or an unusable store or option. `path` and `reason` are kept apart for the
+    store's failure list."""
 
     def __init__(self, message: str, path=None, reason: str | None = None):
         super().__init__(message)
         self.path = None if path is None else str(path)
-        self.reason = reason if reason is not None else message
+        self.reason = message if reason is None else reason
 
 
-def _file_error(path, reason: str) -> AudioError:
+class AudioWarning(UserWarning):
+    """A file that decoded, but not as its header says (e.g. a truncated MP3): the store builder records it."""
+
+
+def file_error(path, reason: str) -> AudioError:
     return AudioError(f"{path}: {reason}", path=path, reason=reason)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Decoding and log-mel
-# --------------------------------------------------------------------------------------------------------------
-def load_audio(path, max_seconds: float | None = None) -> np.ndarray:
-    """Decode `path` to mono float32 at 22,050 Hz, exactly like ``librosa.load(path, sr=22050, duration=...)``.
+def check_seconds(name: str, seconds, allow_zero: bool = False) -> None:
+    """A duration (max_seconds, --min-seconds) is None or a finite number of seconds > 0 (>= 0 if allow_zero)."""
+    if seconds is not None and not (math.isfinite(seconds) and (seconds > 0 or allow_zero and seconds == 0)):
+        raise AudioError(f"{name} {seconds}: must be a number of seconds {'>=' if allow_zero else '>'} 0 (or left "
+                         "out).")
 
-    Reads only the first `max_seconds` (int(max_seconds * native rate) samples, as librosa does), averages the
-    channels, resamples with soxr HQ and fixes the length to ceil(n * 22050 / native rate).
-    Returns (n,) float32. Raises AudioError (file and reason) for missing, empty or undecodable files.
+
+# --- Decoding ------------------------------------------------------------------------------------------------------
+def load_audio(path, max_seconds: float | None = None) -> np.ndarray:
+    """(n,) float32 mono at 22,050 Hz, equal to ``librosa.load(path, sr=22050, duration=max_seconds)[0]``.
+
+    AudioError names the file for a missing, empty, undecodable or implausible file. A file that decodes shorter
+    than its header declares gives an AudioWarning (the store records it) and is used as decoded, like librosa.
     """
     import soundfile
 
+    check_seconds("max_seconds", max_seconds)
     path = Path(path)
     if not path.is_file():
-        raise _file_error(path, "file not found")
+        raise file_error(path, "file not found")
     if path.stat().st_size == 0:
-        raise _file_error(path, "empty file (0 bytes)")
+        raise file_error(path, "empty file (0 bytes)")
     try:
         with soundfile.SoundFile(str(path)) as handle:
-            native_rate = handle.samplerate
-            n_read = -1 if max_seconds is None else int(max_seconds * native_rate)
-            # The same call as librosa's __soundfile_load: (n,) or (n, channels) -> (channels, n).
-            y = handle.read(frames=n_read, dtype="float32", always_2d=False).T
-    except Exception as exc:  # libsndfile/mpg123 raise several types for broken files; all mean "cannot decode"
+            rate, declared = handle.samplerate, handle.frames
+            if not MIN_RATE <= rate <= MAX_RATE:
+                raise file_error(path, f"implausible sample rate {rate} Hz in its header")
+            wanted = declared if max_seconds is None else min(declared, int(max_seconds * rate))
+            if wanted / rate > MAX_DURATION_S:
+                raise file_error(path, f"{wanted / rate:.0f} s of audio is longer than the {MAX_DURATION_S} s "
+                                       "decoded at once: pass --max-seconds")
+            y = handle.read(frames=wanted, dtype="float32", always_2d=True).T  # (channels, n), as librosa reads
+    except AudioError:
+        raise
+    except Exception as exc:  # libsndfile and mpg123 raise several types for broken files
         message = " ".join(str(exc).split()).replace(f"Error opening {str(path)!r}: ", "")
-        raise _file_error(path, f"cannot decode ({type(exc).__name__}: {message})") from None
-    if y.ndim > 1 and y.shape[0] == 2:
-        # librosa.to_mono is np.mean(y, axis=0); on this (2, n) strided view numpy reduces each pair in a slow
-        # inner loop (~17 ms per 30 s clip). For two channels (left + right) / 2 is bit-identical (one float32
-        # addition, then an exact halving) and ~15x faster.
-        y = (y[0] + y[1]) / np.float32(2)
-    elif y.ndim > 1:
-        y = np.mean(y, axis=0)  # librosa.to_mono (other channel counts: numpy's own summation order)
-    if y.size == 0:
-        raise _file_error(path, "no audio samples")
+        raise file_error(path, f"cannot decode ({type(exc).__name__}: {message})") from None
+    if y.shape[1] == 0:
+        raise file_error(path, "no audio samples")
+    if wanted - y.shape[1] > rate // 10:
+        warnings.warn(AudioWarning(f"decoded {y.shape[1] / rate:.2f} s of the {wanted / rate:.2f} s its header "
+                                   "declares (truncated file?)"), stacklevel=2)
+    # librosa.to_mono is np.mean(y, axis=0); for two channels (y[0] + y[1]) / 2 is bit-identical, 15x faster
+    y = (y[0] + y[1]) / np.float32(2) if len(y) == 2 else np.mean(y, axis=0)
     if not np.isfinite(y).all():
-        raise _file_error(path, "decoded samples are not finite")
-    return _resample(y, native_rate)
+        raise file_error(path, "decoded samples are not finite")
+    return _resample(y, rate)
 
 
-def _resample(y: np.ndarray, native_rate: int) -> np.ndarray:
-    """librosa.resample(y, orig_sr=native_rate, target_sr=22050, res_type="soxr_hq") with fix=True."""
-    if native_rate == SAMPLE_RATE:
+def _resample(y: np.ndarray, rate: int) -> np.ndarray:
+    """librosa.resample(y, orig_sr=rate, target_sr=22050, res_type="soxr_hq", fix=True)."""
+    if rate == SAMPLE_RATE:
         return np.ascontiguousarray(y, dtype=np.float32)
     import soxr
 
-    n_out = int(np.ceil(y.shape[-1] * float(SAMPLE_RATE) / native_rate))
-    y_hat = soxr.resample(y, native_rate, SAMPLE_RATE, quality=RESAMPLER)
-    if y_hat.shape[-1] > n_out:
-        y_hat = y_hat[:n_out]
-    elif y_hat.shape[-1] < n_out:
-        y_hat = np.pad(y_hat, (0, n_out - y_hat.shape[-1]))
-    return np.ascontiguousarray(y_hat, dtype=np.float32)
+    n_out = math.ceil(len(y) * (SAMPLE_RATE / rate))  # librosa's rounding
+    y = soxr.resample(y, rate, SAMPLE_RATE, quality=RESAMPLER)[:n_out]
+    return np.pad(y, (0, n_out - len(y))).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=1)
-def _mel_basis_t() -> np.ndarray:
-    """(513, 128) float32 transposed Slaney mel filterbank, built by librosa once per process."""
-    import librosa.filters
-
-    basis = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=0.0, fmax=None, htk=False,
-                                norm="slaney", dtype=np.float32)
-    return np.ascontiguousarray(basis.T)
-
-
-@functools.lru_cache(maxsize=1)
-def _hann_window() -> np.ndarray:
-    """(1024,) float64 periodic Hann window (scipy.signal.get_window('hann', 1024, fftbins=True), as librosa)."""
-    import scipy.signal
-
-    return np.asarray(scipy.signal.get_window("hann", N_FFT, fftbins=True), dtype=np.float64)
-
-
+# --- Log-mel and standardization -----------------------------------------------------------------------------------
 def log_mel(y: np.ndarray) -> np.ndarray:
-    """(n,) mono 22,050 Hz signal -> (1 + n // 512, 128) float32 log10(1 + 10 * mel-magnitude).
+    """(n,) mono 22,050 Hz signal -> (1 + n // 512, 128) float32 log10(1 + 10 * mel-magnitude)."""
+    import librosa
 
-    Centered STFT: the signal is zero-padded by n_fft // 2 on both sides and frame t covers
-    padded[512 t : 512 t + 1024]. Like librosa, the windowed frames are transformed in float64 and the
-    magnitude is kept in float32; the FFT runs in blocks of frames to bound the temporaries.
-    """
-    y = np.asarray(y, dtype=np.float32)
-    if y.ndim != 1 or y.size == 0:
-        raise ValueError(f"log_mel expects a non-empty 1-D signal, got shape {y.shape}")
-    padded = np.pad(y, N_FFT // 2, mode="constant")
-    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]  # (n_frames, 1024) view
-    window, basis_t = _hann_window(), _mel_basis_t()
-    out = np.empty((frames.shape[0], N_MELS), dtype=np.float32)
-    for start in range(0, frames.shape[0], _STFT_BLOCK_FRAMES):
-        block = frames[start:start + _STFT_BLOCK_FRAMES]
-        magnitude = np.abs(np.fft.rfft(block * window, axis=-1)).astype(np.float32)  # (b, 513), power 1
-        np.matmul(magnitude, basis_t, out=out[start:start + len(block)])  # (b, 128) mel magnitude
-    np.log10(1 + 10 * out, out=out)
-    return out
+    mel = librosa.feature.melspectrogram(y=np.asarray(y, dtype=np.float32), sr=SAMPLE_RATE, n_fft=N_FFT,
+                                         hop_length=HOP_LENGTH, window="hann", center=True, pad_mode="constant",
+                                         power=1.0, n_mels=N_MELS, htk=False, norm="slaney")  # (128, frames)
+    return np.ascontiguousarray(np.log10(1 + 10 * mel).T)
 
 
-def _standardize(logmel, mean: float, std: float) -> np.ndarray:
-    """(x - mean) / std in float32: the one formula used for the store and for new files."""
+def standardize(logmel, mean: float, std: float) -> np.ndarray:
+    """(x - mean) / std in float32: the one formula for the store and for new files."""
     return (np.asarray(logmel, dtype=np.float32) - np.float32(mean)) / np.float32(std)
 
 
+def file_frames(path, mean: float, std: float, max_seconds: float | None = None) -> np.ndarray:
+    """A new audio file -> (n, 128) float32 frames standardized with a store's mean/std."""
+    return standardize(log_mel(load_audio(path, max_seconds)), mean, std)
+
+
+# --- Tiling: how a track of L frames becomes n_frames-long inputs --------------------------------------------------
+def tile(frames: np.ndarray, n_frames: int) -> np.ndarray:
+    """(L, ...) -> (ceil(n_frames / L) * L, ...): a track shorter than n_frames repeated; longer ones unchanged."""
+    repeats = -(-n_frames // len(frames))
+    return np.concatenate([frames] * repeats) if repeats > 1 else frames
+
+
+def crop_starts(length, n_frames: int):
+    """Number of valid starts of an n_frames crop of a track of `length` frames (int or array), after tiling."""
+    return np.maximum(length, -(-n_frames // length) * length) - n_frames + 1
+
+
+def crop(frames: np.ndarray, start: int, n_frames: int) -> np.ndarray:
+    """(n_frames, ...) = tile(frames, n_frames)[start:start + n_frames], for 0 <= start < crop_starts."""
+    if not 0 <= start < crop_starts(len(frames), n_frames):
+        raise ValueError(f"crop start {start} out of range for {len(frames)} frames and n_frames {n_frames}")
+    return tile(frames, n_frames)[start:start + n_frames]
+
+
+def segments(frames: np.ndarray, n_frames: int) -> np.ndarray:
+    """(k, n_frames, ...) non-overlapping segments, remainder dropped; a short track is tiled to one segment."""
+    tiled = tile(frames, n_frames)
+    k = len(tiled) // n_frames
+    return tiled[:k * n_frames].reshape(k, n_frames, *frames.shape[1:])

@@ -1,19 +1,15 @@
-"""The dataset directory: one layout shared by the demo corpus, FMA, MSD and users' own data.
+"""The dataset directory data/<name>/ (layout: data/README.md, docs/formats.md), shared by the demo corpus, FMA,
+MSD and users' own data: tracks.csv (track_id,path), annotations.csv (track_id,label), side_info/<kind>.csv
+(label,v0,...,v{d-1}), mels.h5 (preprocess/store.py), splits/ and summary.json.
 
-    data/<name>/
-        tracks.csv           track_id,path        audio file per track (path absolute, or relative to the
-                                                  dataset directory)
-        annotations.csv      track_id,label       one row per positive (track, label) pair
-        side_info/<kind>.csv label,v0,...,v{d-1}  one side-information vector per label
-        mels.h5              standardized log-mel store of the tracks (preprocess/store.py)
-        splits/              zero-shot split files (splits/)
-        summary.json         counts written by `summarize`
-
-Everything here is plain pandas/numpy (no TensorFlow), so that every stage and the tests can use it cheaply.
+Every reader here is the door of its file: it checks shape, ids, duplicates, dimensions and finite values, and
+raises one DatasetError naming the file (and line) and what to fix. Plain pandas/numpy, no TensorFlow.
 """
 
 from __future__ import annotations
 
+import csv
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fileio import atomic_write_text, sha256_file, write_json  # noqa: F401  (used here and by callers)
+from fileio import atomic_write_text, sha256_file, write_json  # noqa: F401  (re-exported for old callers)
 
 REPO_ROOT = Path(__file__).resolve().parent
 DATA_ROOT = REPO_ROOT / "data"
-# Names that resolve to data/<name>; anything else given as --dataset must be a directory path.
-NAMED_DATASETS = ("demo", "fma", "msd")
+NAMED_DATASETS = ("demo", "fma", "msd")  # --dataset names that mean data/<name>; anything else is a path
 
 TRACKS_FILE = "tracks.csv"
 ANNOTATIONS_FILE = "annotations.csv"
@@ -40,9 +35,7 @@ class DatasetError(ValueError):
     """A dataset file is missing or malformed; the message names the file and what to do."""
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Locations
-# --------------------------------------------------------------------------------------------------------------
+# Locations ---------------------------------------------------------------------------------------------------------
 def resolve_dataset_dir(name_or_path: str | os.PathLike, must_exist: bool = False) -> Path:
     """Map a dataset name ("demo", "fma", "msd") to data/<name>; any other value is taken as a directory path."""
     text = str(name_or_path)
@@ -51,17 +44,15 @@ def resolve_dataset_dir(name_or_path: str | os.PathLike, must_exist: bool = Fals
     else:
         path = Path(text).expanduser()
         if not path.is_dir():
-            raise DatasetError(
-                f"--dataset {text!r}: not one of {', '.join(NAMED_DATASETS)} and not an existing directory. "
-                "Give a dataset name or the path of a dataset directory (layout: data/README.md)."
-            )
+            raise DatasetError(f"--dataset {text!r}: not one of {', '.join(NAMED_DATASETS)} and not an existing "
+                               "directory. Give a dataset name or the path of a dataset directory (data/README.md).")
     path = path.resolve()
     if must_exist and not path.is_dir():
         raise DatasetError(f"dataset directory {path} does not exist; build it first (see data/README.md).")
     return path
 
 
-def dataset_name(dataset_dir: str | os.PathLike) -> str:
+def dataset_name(dataset_dir) -> str:
     """The short name used in results: the directory's name ("demo", "fma", "msd", or a user's folder name)."""
     return Path(dataset_dir).resolve().name
 
@@ -101,54 +92,103 @@ def available_side_info(dataset_dir) -> list[str]:
 
 
 def resolve_side_info(dataset_dir, kind: str) -> Path:
-    """The CSV for a side-information kind, or a clear error listing the kinds this dataset has."""
-    candidate = Path(kind)
-    if candidate.suffix == ".csv" and candidate.is_file():
-        return candidate.resolve()
+    """The CSV for a side-information kind (or a .csv path), or a clear error listing the kinds this dataset has."""
+    if Path(kind).suffix == ".csv" and Path(kind).is_file():
+        return Path(kind).resolve()
     path = side_info_path(dataset_dir, kind)
     if not path.is_file():
         have = available_side_info(dataset_dir)
-        raise DatasetError(
-            f"--side-info {kind!r}: no file {path}. This dataset has: {', '.join(have) if have else 'none'}."
-        )
+        raise DatasetError(f"--side-info {kind!r}: no file {path}. This dataset has: {', '.join(have) or 'none'}.")
     return path
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Small I/O helpers
-# --------------------------------------------------------------------------------------------------------------
+# Door checks used by every command ---------------------------------------------------------------------------------
+def check_finite(array, what: str, dtype=np.float32) -> np.ndarray:
+    """`array` cast to `dtype`; DatasetError naming `what` when a value is not finite in `dtype`.
+
+    Checked after the cast, so a number beyond the dtype's range (1e300 in float32) is refused like NaN and inf.
+    """
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = np.asarray(array).astype(dtype)
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"{what}: a value is not a number ({exc}).") from None
+    bad = ~np.isfinite(cast)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DatasetError(f"{what}: {int(bad.sum())} value(s) are NaN, infinite or too large for "
+                           f"{np.dtype(dtype).name} (the first at index {first}); fix or regenerate it.")
+    return cast
+
+
+def side_vectors(side_info: "SideInfo", labels, source) -> np.ndarray:
+    """(len(labels), dim) float32 side vectors of `labels`; DatasetError listing the labels without a vector."""
+    labels = [str(label) for label in labels]
+    positions = pd.Index(side_info.labels).get_indexer(labels)
+    missing = [label for label, pos in zip(labels, positions) if pos < 0]
+    if missing:
+        raise DatasetError(f"{source}: {len(missing)} label(s) have no side-information vector: "
+                           f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}. Add a row for each "
+                           "(or rebuild the dataset so that every label has one).")
+    return side_info.vectors[positions].astype(np.float32)
+
+
+# CSV files ---------------------------------------------------------------------------------------------------------
 def read_csv_columns(path, required, what: str) -> pd.DataFrame:
-    """A CSV as strings (no NaN conversion) with the `required` columns, or one DatasetError naming the file."""
+    """A CSV as strings (every row as wide as the header) with the `required` columns, or one DatasetError.
+
+    The csv module, not pandas, reads it: pandas silently shifts a row with one extra field into the index and
+    fills missing fields, where we want the file and line named. Blank lines are skipped.
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{what} file {path} does not exist.")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise DatasetError(f"{what} file {path} is empty; expected a header {','.join(required)}.") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{what} file {path} is not a readable CSV: {exc}") from None
-    missing = [c for c in required if c not in frame.columns]
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle, strict=True)
+            header = next((row for row in reader if row), None)
+            rows = [row for row in reader if row]
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{what} file {path} is not a readable UTF-8 CSV ({exc}); fix the file.") from None
+    if header is None:
+        raise DatasetError(f"{what} file {path} is empty; expected a header {','.join(required)}.")
+    missing = [c for c in required if c not in header]
     if missing:
-        raise DatasetError(
-            f"{what} file {path} lacks column(s) {', '.join(missing)}; "
-            f"expected header {','.join(required)} (found {','.join(map(str, frame.columns))})."
-        )
-    return frame
+        raise DatasetError(f"{what} file {path} lacks column(s) {', '.join(missing)}; expected header "
+                           f"{','.join(required)} (found {','.join(header)}).")
+    if len(set(header)) != len(header):
+        raise DatasetError(f"{what} file {path}: header {','.join(header)} repeats a column name.")
+    for position, row in enumerate(rows):
+        if len(row) != len(header):
+            raise DatasetError(f"{what} file {path}, line {_line_number(path, position)}: {len(row)} field(s) "
+                               f"where the header has {len(header)} ({','.join(header)}); fix that row "
+                               "(quote a value that contains a comma).")
+    return pd.DataFrame(rows, columns=header, dtype=str)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# tracks.csv and annotations.csv
-# --------------------------------------------------------------------------------------------------------------
+def _line_number(path, position: int) -> int:
+    """The file line on which data row `position` (0-based, after the header, blank lines skipped) ends."""
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        ends = (reader.line_num for row in reader if row)
+        return next(itertools.islice(ends, position + 1, None))
+
+
+def _refuse_rows(path, what: str, frame: pd.DataFrame, bad: pd.Series, problem: str) -> None:
+    """DatasetError naming the line of the first row where `bad` holds; `problem` is formatted with its fields."""
+    if bad.any():
+        position = int(np.argmax(bad.to_numpy()))
+        raise DatasetError(f"{what} file {path}, line {_line_number(path, position)}: "
+                           + problem.format(**frame.iloc[position]) + ".")
+
+
 def read_tracks(path) -> pd.DataFrame:
-    """tracks.csv -> DataFrame with string columns track_id, path (unique track ids, file order kept)."""
+    """tracks.csv -> DataFrame of strings track_id, path (non-empty, unique track ids, file order kept)."""
     frame = read_csv_columns(path, ("track_id", "path"), "tracks")[["track_id", "path"]]
-    duplicated = frame["track_id"][frame["track_id"].duplicated()]
-    if len(duplicated):
-        raise DatasetError(f"tracks file {path}: track_id {duplicated.iloc[0]!r} occurs more than once.")
-    if (frame["track_id"] == "").any():
-        raise DatasetError(f"tracks file {path}: empty track_id on row {int(np.argmax(frame['track_id'] == '')) + 2}.")
-    return frame.reset_index(drop=True)
+    _refuse_rows(path, "tracks", frame, (frame["track_id"] == "") | (frame["path"] == ""), "empty track_id or path")
+    _refuse_rows(path, "tracks", frame, frame["track_id"].duplicated(),
+                 "track_id {track_id!r} occurs more than once; keep one row per track")
+    return frame
 
 
 def write_tracks(path, frame: pd.DataFrame) -> None:
@@ -156,11 +196,10 @@ def write_tracks(path, frame: pd.DataFrame) -> None:
 
 
 def read_annotations(path) -> pd.DataFrame:
-    """annotations.csv -> DataFrame with string columns track_id, label; duplicate pairs are merged."""
+    """annotations.csv -> DataFrame of strings track_id, label (non-empty); repeated pairs are merged."""
     frame = read_csv_columns(path, ("track_id", "label"), "annotations")[["track_id", "label"]]
-    empty = (frame["track_id"] == "") | (frame["label"] == "")
-    if empty.any():
-        raise DatasetError(f"annotations file {path}: empty track_id or label on row {int(np.argmax(empty)) + 2}.")
+    _refuse_rows(path, "annotations", frame, (frame["track_id"] == "") | (frame["label"] == ""),
+                 "empty track_id or label")
     return frame.drop_duplicates().reset_index(drop=True)
 
 
@@ -171,92 +210,61 @@ def write_annotations(path, frame: pd.DataFrame) -> None:
 
 
 def label_matrix(annotations: pd.DataFrame, track_ids, labels) -> np.ndarray:
-    """Binary (len(track_ids), len(labels)) matrix: entry [i, j] is 1 when (track_ids[i], labels[j]) is annotated.
-
-    Pairs whose track or label is not in the given lists are ignored. Vectorized (no per-track loop).
-    """
-    track_index = pd.Index(pd.Series(list(track_ids), dtype=str))
-    label_index = pd.Index(pd.Series(list(labels), dtype=str))
-    rows = track_index.get_indexer(annotations["track_id"].astype(str))
-    cols = label_index.get_indexer(annotations["label"].astype(str))
+    """(len(track_ids), len(labels)) uint8: [i, j] = 1 when (track_ids[i], labels[j]) is annotated (others ignored)."""
+    rows = pd.Index([str(t) for t in track_ids]).get_indexer(annotations["track_id"].astype(str))
+    cols = pd.Index([str(lab) for lab in labels]).get_indexer(annotations["label"].astype(str))
     keep = (rows >= 0) & (cols >= 0)
-    matrix = np.zeros((len(track_index), len(label_index)), dtype=np.uint8)
+    matrix = np.zeros((len(track_ids), len(labels)), dtype=np.uint8)
     matrix[rows[keep], cols[keep]] = 1
     return matrix
 
 
-# --------------------------------------------------------------------------------------------------------------
-# side_info/<kind>.csv
-# --------------------------------------------------------------------------------------------------------------
+# side_info/<kind>.csv ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SideInfo:
-    """Side-information vectors: labels[i] is described by vectors[i]."""
+    """Side-information vectors: labels[i] is described by vectors[i]; `source` names the file."""
 
     labels: list[str]
     vectors: np.ndarray  # (n_labels, dim) float32
+    source: str = "side information"
 
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
-    def lookup(self, labels) -> np.ndarray:
-        """(len(labels), dim) vectors of the given labels; raises DatasetError naming the labels without a vector."""
-        index = pd.Index(self.labels)
-        positions = index.get_indexer(list(labels))
-        if (positions < 0).any():
-            missing = [lab for lab, pos in zip(labels, positions) if pos < 0]
-            raise DatasetError(
-                f"{len(missing)} label(s) have no side-information vector: {', '.join(missing[:20])}"
-                + (" ..." if len(missing) > 20 else "")
-            )
-        return self.vectors[positions]
+    def lookup(self, labels) -> np.ndarray:  # = side_vectors(self, labels, self.source)
+        return side_vectors(self, labels, self.source)
 
 
 def read_side_info(path) -> SideInfo:
-    """side_info CSV (header label,v0,...,v{d-1}) -> SideInfo. Non-finite values and duplicate labels are errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"side-information file {path} does not exist.")
-    try:
-        frame = pd.read_csv(path, dtype={"label": str}, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise DatasetError(f"side-information file {path} is empty; expected header label,v0,...") from None
-    expected = ["label"] + [f"v{i}" for i in range(frame.shape[1] - 1)]
-    if list(frame.columns) != expected or frame.shape[1] < 2:
-        raise DatasetError(
-            f"side-information file {path}: header must be label,v0,...,v{{d-1}}; found {','.join(frame.columns[:5])}..."
-        )
-    if frame["label"].duplicated().any():
-        raise DatasetError(f"side-information file {path}: label {frame['label'][frame['label'].duplicated()].iloc[0]!r} repeats.")
-    try:
-        vectors = frame.iloc[:, 1:].to_numpy(dtype=np.float64)
-    except ValueError as exc:
-        raise DatasetError(f"side-information file {path}: non-numeric value ({exc}).") from None
-    if not np.isfinite(vectors).all():
-        raise DatasetError(f"side-information file {path}: NaN or infinite values.")
-    return SideInfo(labels=frame["label"].astype(str).tolist(), vectors=vectors.astype(np.float32))
+    """side_info CSV (header label,v0,...,v{d-1}, d >= 1) -> SideInfo with unique labels and float32-finite values."""
+    what = "side-information"
+    frame = read_csv_columns(path, ("label", "v0"), what)
+    if frame.shape[1] < 2 or list(frame.columns) != ["label"] + [f"v{i}" for i in range(frame.shape[1] - 1)]:
+        raise DatasetError(f"{what} file {path}: header must be label,v0,...,v{{d-1}} in that order; found "
+                           f"{','.join(frame.columns[:5])}{',...' if frame.shape[1] > 5 else ''}.")
+    _refuse_rows(path, what, frame, frame["label"] == "", "empty label")
+    _refuse_rows(path, what, frame, frame["label"].duplicated(), "label {label!r} repeats; keep one vector per label")
+    vectors = check_finite(frame.iloc[:, 1:].to_numpy(), f"{what} file {path}")  # (n_labels, dim) float32
+    return SideInfo(labels=frame["label"].tolist(), vectors=vectors, source=str(path))
 
 
 def write_side_info(path, labels, vectors) -> None:
     """Write side information (one row per label, rows sorted by label) with full float precision."""
+    labels = [str(label) for label in labels]
     vectors = np.asarray(vectors, dtype=np.float64)
-    labels = [str(lab) for lab in labels]
     if vectors.ndim != 2 or vectors.shape[0] != len(labels):
-        raise ValueError(f"side information: {len(labels)} labels but vectors of shape {vectors.shape}")
+        raise DatasetError(f"{path}: {len(labels)} labels but vectors of shape {vectors.shape}.")
+    check_finite(vectors, f"side information for {path}")  # never write what read_side_info would refuse
     frame = pd.DataFrame(vectors, columns=[f"v{i}" for i in range(vectors.shape[1])])
     frame.insert(0, "label", labels)
-    frame = frame.sort_values("label", kind="stable")
-    atomic_write_text(path, frame.to_csv(index=False, float_format="%.10g"))
+    atomic_write_text(path, frame.sort_values("label", kind="stable").to_csv(index=False, float_format="%.10g"))
 
 
-# --------------------------------------------------------------------------------------------------------------
-# summary.json
-# --------------------------------------------------------------------------------------------------------------
+# summary.json ------------------------------------------------------------------------------------------------------
 def summarize(dataset_dir, extra: dict | None = None, write: bool = True) -> dict:
-    """Counts of a dataset directory (tracks, labels, positives, label cardinality, side information, store).
-
-    Written to summary.json (with `extra` merged in, e.g. what an adapter dropped) and returned.
-    """
+    """Counts of a dataset directory (tracks, labels, positives, label cardinality, side information, store),
+    with `extra` merged in (e.g. what an adapter dropped); written to summary.json and returned."""
     dataset_dir = Path(dataset_dir)
     tracks = read_tracks(tracks_path(dataset_dir))
     annotations = read_annotations(annotations_path(dataset_dir))
@@ -275,8 +283,7 @@ def summarize(dataset_dir, extra: dict | None = None, write: bool = True) -> dic
     for kind in available_side_info(dataset_dir):
         info = read_side_info(side_info_path(dataset_dir, kind))
         summary["side_info"][kind] = {"labels": len(info.labels), "dim": info.dim}
-    if extra:
-        summary.update(extra)
+    summary.update(extra or {})
     if write:
         write_json(summary_path(dataset_dir), summary)
     return summary
@@ -284,10 +291,9 @@ def summarize(dataset_dir, extra: dict | None = None, write: bool = True) -> dic
 
 def format_summary(summary: dict) -> str:
     """A few human-readable lines for the end of a build command."""
-    lines = [
-        f"dataset {summary['dataset']}: {summary['tracks']} tracks ({summary['tracks_with_labels']} labelled), "
-        f"{summary['labels']} labels, {summary['positives']} positives, label cardinality {summary['label_cardinality']}"
-    ]
-    for kind, facts in summary.get("side_info", {}).items():
-        lines.append(f"  side_info/{kind}.csv: {facts['labels']} labels x {facts['dim']} dims")
+    lines = [f"dataset {summary['dataset']}: {summary['tracks']} tracks ({summary['tracks_with_labels']} labelled), "
+             f"{summary['labels']} labels, {summary['positives']} positives, label cardinality "
+             f"{summary['label_cardinality']}"]
+    lines += [f"  side_info/{kind}.csv: {facts['labels']} labels x {facts['dim']} dims"
+              for kind, facts in summary.get("side_info", {}).items()]
     return "\n".join(lines)

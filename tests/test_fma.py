@@ -1,5 +1,5 @@
 """Tests of the FMA + OpenMIC-2018 adapter (preprocess/fma.py) on tiny fixtures in the real formats
-(../shared/DATASETS.md): FMA's tracks.csv with pandas' two-level column header, genres.csv, an OpenMIC-2018 folder,
+(docs/formats.md): FMA's tracks.csv with pandas' two-level column header, genres.csv, an OpenMIC-2018 folder,
 and short audio files in FMA's fma_large layout (one real MP3, WAV data for exact sample counts, one broken file,
 one missing file)."""
 
@@ -12,8 +12,10 @@ import pytest
 import soundfile as sf
 
 import dataset_dir as ds
+from fileio import MARKER_FILE
 from preprocess import fma, openmic
 from preprocess.side_info import random_side_info
+from preprocess.store import failures_path
 
 INSTRUMENTS = ["accordion", "banjo", "bass", "cello", "clarinet", "cymbals", "drums", "flute", "guitar",
                "mallet_percussion", "mandolin", "organ", "piano", "saxophone", "synthesizer", "trombone",
@@ -240,8 +242,9 @@ def test_build_end_to_end(raw, tmp_path, capsys):
 
     with MelStore(out / "mels.h5", in_memory=True) as store:
         assert store.track_ids == tracks["track_id"].tolist()  # store and tracks.csv: the same tracks
-        assert store.n_frames("500") == 1 + 3000 // 512
-    failures = pd.read_csv(out / "failures.csv", dtype=str)
+        assert store.lengths[store.index("500")] == 1 + 3000 // 512
+    assert failures_path(out / "mels.h5") == out / "mels.failures.csv"  # the store's own list (hardening 3)
+    failures = pd.read_csv(out / "mels.failures.csv", dtype=str)
     reasons = dict(zip(failures["track_id"], failures["reason"]))
     assert sorted(reasons) == ["200", "400", "71826"]
     assert "not found" in reasons["200"] and "too short" in reasons["400"]
@@ -281,6 +284,8 @@ def test_build_end_to_end(raw, tmp_path, capsys):
     assert summary["genres_lost_with_failed_audio"] == ["Folk"]
     assert summary["known_broken"]["failed"] == ["071826"] and summary["known_broken"]["stored"] == []
     assert summary["audio"]["candidates"] == 8 and summary["audio"]["failed"] == 3
+    assert summary["audio"]["failures_csv"] == "mels.failures.csv"
+    assert json.loads((out / MARKER_FILE).read_text())["owner"] == "preprocess.fma"
     assert summary["genres_without_candidate_track"] == []
 
     # Rerun: the store is found done (not rewritten); every file is identical.
@@ -312,3 +317,25 @@ def test_no_candidate_is_a_clear_error(tmp_path):
     (tmp_path / "audio").mkdir()
     with pytest.raises(ds.DatasetError, match="no FMA track .* is in .* with an instrument annotation"):
         fma.build_fma(tmp_path / "meta", tmp_path / "audio", tmp_path / "om", tmp_path / "out", progress=False)
+
+
+def test_refuses_a_folder_it_did_not_make(raw, tmp_path, capsys):
+    """Hardening 1: a non-empty --out without the adapter's marker is the user's: refused, nothing touched."""
+    out = tmp_path / "mine"
+    (out / "audio").mkdir(parents=True)
+    (out / "tracks.csv").write_text("my own file")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    argv = ["--metadata", str(raw / "fma_metadata"), "--audio", str(raw / "fma_large"),
+            "--openmic", str(raw / "openmic-2018"), "--out", str(out), "--no-progress"]
+    assert fma.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out} is not empty and was not made by `preprocess.fma`") and "(--out)" in err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert (out / "tracks.csv").read_text() == "my own file"
+
+
+def test_negative_seed_is_refused_by_the_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fma.main(["--metadata", "m", "--audio", "a", "--openmic", "o", "--seed", "-1"])
+    assert exit_info.value.code == 2
+    assert "argument --seed: '-1' is not a non-negative integer" in capsys.readouterr().err

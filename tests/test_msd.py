@@ -1,5 +1,5 @@
 """Tests of the MSD + Last.fm + GloVe adapter (preprocess/msd.py) on tiny fixtures in the real formats
-(../shared/DATASETS.md): an SQLite file with the Last.fm schema (tid_tag joins tids/tags on ROWID), the equivalent
+(docs/formats.md): an SQLite file with the Last.fm schema (tid_tag joins tids/tags on ROWID), the equivalent
 lastfm_train JSON folder, a GloVe text file (300 floats per line, with malformed and multi-space-token lines), a
 genre vocabulary, short audio clips and a track_id,path audio map."""
 
@@ -13,6 +13,7 @@ import soundfile as sf
 
 import dataset_dir as ds
 from preprocess import msd
+from preprocess.common import read_glove
 from preprocess.side_info import random_side_info
 
 # Last.fm: MSD track id -> [(raw tag, value)]. With --min-tag-value 50 (the default):
@@ -155,19 +156,35 @@ def test_read_vocabulary(tmp_path):
 
 def test_read_glove_streams_and_counts_malformed(tmp_path):
     path = write_glove(tmp_path / "glove.txt")
-    result = msd.read_glove(path, {"hiphop", "rock", "classicrock", "rb", "jazz", "unicorncore"}, progress=False)
-    assert sorted(result.vectors) == ["classicrock", "hiphop", "jazz", "rock"]
-    assert result.lines == 11
-    assert result.malformed == 3  # "bad 0.1 0.2", the non-finite "rb" line, the blank line
-    np.testing.assert_allclose(result.vectors["rock"], glove_vector("rock"), atol=1e-9)  # the first "rock" line
-    np.testing.assert_allclose(result.vectors["classicrock"], glove_vector("classicrock"), atol=1e-9)
-    # A token containing spaces is everything before the last 300 fields.
-    spaced = msd.read_glove(path, {"hip hop"}, progress=False)
-    np.testing.assert_allclose(spaced.vectors["hip hop"], glove_vector("hip hop"), atol=1e-9)
+    counts = {}
+    vectors, dim = read_glove(path, {"hiphop", "rock", "classicrock", "rb", "jazz", "unicorncore"}, dim=300,
+                              counts=counts, progress=False)
+    assert sorted(vectors) == ["classicrock", "hiphop", "jazz", "rock"] and dim == 300
+    assert counts == {"lines": 11, "malformed": 3}  # "bad 0.1 0.2", the non-finite "rb" line, the blank line
+    np.testing.assert_allclose(vectors["rock"], glove_vector("rock"), atol=1e-9)  # the first "rock" line
+    np.testing.assert_allclose(vectors["classicrock"], glove_vector("classicrock"), atol=1e-9)
+    # A token containing spaces is everything before the last 300 fields; dim=None reads it from the first line.
+    spaced, dim = read_glove(path, {"hip hop"}, progress=False)
+    assert dim == 300
+    np.testing.assert_allclose(spaced["hip hop"], glove_vector("hip hop"), atol=1e-9)
     # Another dimension: every 300-float line has too many fields for dim 299 -> token "the 0.1..." is not wanted.
-    assert msd.read_glove(path, {"rock"}, dim=299, progress=False).vectors == {}
-    with pytest.raises(ds.DatasetError, match="--glove .* does not exist"):
-        msd.read_glove(tmp_path / "missing.txt", {"rock"}, progress=False)
+    assert read_glove(path, {"rock"}, dim=299, progress=False) == ({}, 299)
+    with pytest.raises(ds.DatasetError, match="GloVe file .* does not exist"):
+        read_glove(tmp_path / "missing.txt", {"rock"}, progress=False)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ds.DatasetError, match="is it GloVe text"):
+        read_glove(tmp_path / "empty.txt", {"rock"}, progress=False)
+
+
+def test_read_glove_refuses_values_beyond_float32_and_stops_early(tmp_path):
+    path = tmp_path / "glove.txt"
+    path.write_text("big 1e300 2\nbig 1 2\nsmall 3 4\nsmall 5 6\nx 1\n")
+    counts = {}
+    vectors, dim = read_glove(path, {"big", "small"}, counts=counts, progress=False)
+    assert dim == 2 and counts == {"lines": 5, "malformed": 2}  # 1e300 is inf in float32; "x 1" is too short
+    assert vectors["big"].tolist() == [1.0, 2.0] and vectors["small"].tolist() == [3.0, 4.0]
+    path.write_text("small 3 4\nbroken\n")  # without counts, reading stops once every wanted word is found
+    assert read_glove(path, {"small"}, progress=False)[0]["small"].tolist() == [3.0, 4.0]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -213,15 +230,15 @@ def test_sqlite_schema_errors(tmp_path):
     connection = sqlite3.connect(path)
     connection.executescript("CREATE TABLE tids (tid TEXT); CREATE TABLE tags (tag TEXT);")
     connection.close()
-    with pytest.raises(ds.DatasetError, match="table 'tid_tag' is missing"):
+    with pytest.raises(ds.DatasetError, match=r"not a readable Last.fm tags database .*\(no such table: tid_tag\)"):
         msd.lastfm_pairs_sqlite(path, {"rock"}, 50, progress=False)
     connection = sqlite3.connect(path)
     connection.executescript("CREATE TABLE tid_tag (tid INT, tag INT, value FLOAT);")
     connection.close()
-    with pytest.raises(ds.DatasetError, match="table 'tid_tag' lacks column 'val'"):
+    with pytest.raises(ds.DatasetError, match="tid_tag.tid, tag, val. .no such column: tid_tag.val"):
         msd.lastfm_pairs_sqlite(path, {"rock"}, 50, progress=False)
     (tmp_path / "text.db").write_text("not a database " * 100)
-    with pytest.raises(ds.DatasetError, match="not an SQLite database"):
+    with pytest.raises(ds.DatasetError, match="not a readable Last.fm tags database .*file is not a database"):
         msd.lastfm_pairs_sqlite(tmp_path / "text.db", {"rock"}, 50, progress=False)
     with pytest.raises(ds.DatasetError, match="--lastfm-db .* does not exist"):
         msd.lastfm_pairs_sqlite(tmp_path / "missing.db", {"rock"}, 50, progress=False)
@@ -288,9 +305,9 @@ def test_build_end_to_end(raw, tmp_path, capsys, source):
 
     with MelStore(out / "mels.h5", in_memory=True) as store:
         assert store.track_ids == tracks["track_id"].tolist()
-        assert store.n_frames("TRAAAAA128F4") == 1 + (30 * 22050) // 512  # 31 s clip cut to its first 30 s
-        assert store.n_frames("TRBBBBB128F4") == 1 + int(29.5 * 22050) // 512
-    failures = pd.read_csv(out / "failures.csv", dtype=str)
+        assert store.lengths[store.index("TRAAAAA128F4")] == 1 + (30 * 22050) // 512  # 31 s clip: its first 30 s
+        assert store.lengths[store.index("TRBBBBB128F4")] == 1 + int(29.5 * 22050) // 512
+    failures = pd.read_csv(out / "mels.failures.csv", dtype=str)
     assert sorted(failures["track_id"]) == ["TRFFFFF128F4", "TRGGGGG128F4"]
     assert "too short" in failures.set_index("track_id").loc["TRFFFFF128F4", "reason"]
 
@@ -315,6 +332,7 @@ def test_build_end_to_end(raw, tmp_path, capsys, source):
     assert summary["tracks_without_audio_map_entry"] == 1  # TRD
     assert summary["tags_lost_without_audio"] == ["00s", "jazz"]
     assert summary["audio"]["candidates"] == 5 and summary["audio"]["failed"] == 2
+    assert summary["audio"]["failures_csv"] == "mels.failures.csv"
 
     # Rerun: nothing changes, the store is not rewritten.
     mtime = (out / "mels.h5").stat().st_mtime_ns
@@ -339,3 +357,29 @@ def test_cli_errors(raw, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # argparse: the two Last.fm sources are exclusive
         msd.main(base + ["--glove", str(raw / "glove.txt"), "--lastfm-json", str(raw / "lastfm")])
     assert exit_info.value.code == 2
+
+
+def test_refuses_a_folder_it_did_not_make(raw, tmp_path, capsys):
+    """Hardening 1: the user's non-empty folder is refused before anything is written into it."""
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "todo.txt").write_text("keep me")
+    argv = ["--lastfm-db", str(raw / "lastfm_tags.db"), "--genres", str(raw / "genres.txt"), "--glove",
+            str(raw / "glove.txt"), "--audio", str(raw / "audio"), "--audio-map", str(raw / "map.csv"),
+            "--out", str(out), "--no-progress"]
+    assert msd.main(argv) == 2
+    assert "was not made by `preprocess.msd`" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["todo.txt"] and (out / "todo.txt").read_text() == "keep me"
+
+
+def test_second_build_of_the_same_folder_is_refused(raw, tmp_path, capsys):
+    from fileio import claim_folder, output_lock
+
+    out = claim_folder(tmp_path / "msd", "preprocess.msd")
+    argv = ["--lastfm-db", str(raw / "lastfm_tags.db"), "--genres", str(raw / "genres.txt"), "--glove",
+            str(raw / "glove.txt"), "--audio", str(raw / "audio"), "--audio-map", str(raw / "map.csv"),
+            "--out", str(out), "--no-progress"]
+    with output_lock(out, "preprocess.msd build"):  # a build in progress
+        assert msd.main(argv) == 2
+    assert "another preprocess.msd build is writing" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [".lock", ".zsl-music.json"]

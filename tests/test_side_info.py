@@ -1,5 +1,5 @@
 """Hand-computed tests of the instrument side information (preprocess/side_info.py) and the OpenMIC reader
-(preprocess/openmic.py). Rules: ../shared/REFERENCE.md, "Side information"; formats: ../shared/DATASETS.md."""
+(preprocess/openmic.py). Rules: docs/original.md; formats: docs/formats.md."""
 
 import json
 import math
@@ -11,7 +11,7 @@ import pytest
 from preprocess import openmic, side_info
 from dataset_dir import DatasetError
 
-# The real OpenMIC-2018 class map (../shared/samples/openmic_class-map.json), in index order.
+# The real OpenMIC-2018 class map, in index order.
 OPENMIC_INSTRUMENTS = ["accordion", "banjo", "bass", "cello", "clarinet", "cymbals", "drums", "flute", "guitar",
                        "mallet_percussion", "mandolin", "organ", "piano", "saxophone", "synthesizer", "trombone",
                        "trumpet", "ukulele", "violin", "voice"]
@@ -151,7 +151,7 @@ def test_real_class_map_order(tmp_path):
     (tmp_path / "class-map.json").write_text(json.dumps(shuffled, indent=4))
     assert openmic.read_class_map(tmp_path / "class-map.json") == OPENMIC_INSTRUMENTS
     (tmp_path / "gap.json").write_text(json.dumps({"a": 0, "b": 2}))
-    with pytest.raises(DatasetError, match="indices must be 0..1 without gaps"):
+    with pytest.raises(DatasetError, match="must map names to indices 0..1 without gaps"):
         openmic.read_class_map(tmp_path / "gap.json")
 
 
@@ -189,7 +189,7 @@ def test_load_openmic_errors(tmp_path):
         openmic.load_openmic(tmp_path)
     np.savez(tmp_path / "openmic-2018.npz", Y_true=np.zeros((2, 4)), Y_mask=np.zeros((2, 4), bool),
              sample_key=np.array(["000001_0", "000002_0"]))
-    with pytest.raises(DatasetError, match="4 instrument columns but the class map names 3"):
+    with pytest.raises(DatasetError, match="4 instrument columns, 3 in the class map"):
         openmic.load_openmic(tmp_path)
     (tmp_path / "openmic-2018.npz").write_bytes(b"not a zip")
     with pytest.raises(DatasetError, match="not a readable .npz"):
@@ -209,3 +209,19 @@ def test_duplicate_track_ids_are_a_clear_error():
     ann = pd.DataFrame({"track_id": ["1"], "label": ["g"]})
     with pytest.raises(ValueError, match="track id '1' occurs more than once"):
         side_info.instrument_side_info(["1", "1"], np.full((2, 2), 0.9), np.ones((2, 2), bool), ann)
+
+
+def test_object_or_non_finite_y_true_is_a_clear_error(tmp_path, monkeypatch):
+    # Hardening 10: an object Y_true raised numpy's ValueError (a traceback). Nothing may be unpickled on the way.
+    import pickle
+
+    keys, y_true, y_mask = _openmic_fixture(tmp_path)
+    np.savez(tmp_path / "openmic-2018.npz", Y_true=np.array(y_true.tolist(), dtype=object), Y_mask=y_mask,
+             sample_key=np.array(keys))
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("unpickled"))
+    with pytest.raises(DatasetError, match="Y_true or Y_mask is an object array, which we never unpickle"):
+        openmic.load_openmic(tmp_path)
+    y_true[1, 2] = np.nan
+    openmic.write_openmic(tmp_path, keys, y_true, y_mask, ["bass", "drums", "voice"])
+    with pytest.raises(DatasetError, match=r"openmic-2018.npz: Y_true: 1 value\(s\) are NaN"):
+        openmic.load_openmic(tmp_path)

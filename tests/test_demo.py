@@ -1,4 +1,4 @@
-"""Tests of the synthetic demo corpus (demo/build.py) and its synthesizer (demo/synth.py).
+"""Tests of the synthetic demo corpus (demo/build.py, python -m demo) and its synthesizer (demo/synth.py).
 
 A tiny corpus (36 tracks x 2.5 s) is built once per module in a temporary folder; the default configuration is
 checked through its plans and tables (cheap) rather than by rendering 1,200 tracks.
@@ -20,15 +20,18 @@ import pytest
 import soundfile as sf
 from scipy.stats import binom
 
-from demo import build as demo, synth
-from preprocess.store import SAMPLE_RATE, MelStore, log_mel
 from dataset_dir import read_annotations, read_side_info, read_tracks
+from demo import build as demo, synth
+from demo.__main__ import main as demo_main
+from fileio import MARKER_FILE, OutputError, output_lock
+from preprocess.frontend import SAMPLE_RATE, log_mel
 from preprocess.openmic import load_openmic, track_id_from_sample_key
 from preprocess.side_info import instrument_side_info, random_side_info
+from preprocess.store import MelStore, failures_path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY = {"tracks": 36, "seconds": 2.5}
-# OpenMIC-2018's class map (shared/DATASETS.md), in index order.
+# OpenMIC-2018's class map (docs/formats.md), in index order.
 OPENMIC_CLASSES = [
     "accordion", "banjo", "bass", "cello", "clarinet", "cymbals", "drums", "flute", "guitar", "mallet_percussion",
     "mandolin", "organ", "piano", "saxophone", "synthesizer", "trombone", "trumpet", "ukulele", "violin", "voice",
@@ -63,10 +66,11 @@ def _samples(path: Path) -> np.ndarray:
 # Layout
 # ----------------------------------------------------------------------------------------------------------------
 def test_layout_and_audio_format(tiny):
-    for name in CSV_OUTPUTS + ["mels.h5", "failures.csv", "summary.json", "openmic/openmic-2018.npz",
-                               "openmic/class-map.json"]:
+    for name in CSV_OUTPUTS + ["mels.h5", "summary.json", "openmic/openmic-2018.npz", "openmic/class-map.json",
+                               MARKER_FILE]:
         assert (tiny / name).is_file(), name
     assert not (tiny / demo.BUILD_MARKER).exists()  # removed once the build is complete
+    assert json.loads((tiny / MARKER_FILE).read_text())["owner"] == "demo"
     tracks = read_tracks(tiny / "tracks.csv")
     assert tracks["track_id"].tolist() == [str(i) for i in range(1, 37)]
     assert tracks["path"].iloc[0] == "audio/000/000001.flac"
@@ -85,8 +89,8 @@ def test_layout_and_audio_format(tiny):
     assert summary["side_info"]["instrument-count"]["dim"] == 40
     with MelStore(tiny / "mels.h5") as store:
         assert store.track_ids == tracks["track_id"].tolist()
-        assert store.n_frames(0) == 1 + int(round(2.5 * SAMPLE_RATE)) // 512
-    assert (tiny / "failures.csv").read_text().strip() == "track_id,path,reason"
+        assert store.lengths.tolist() == [1 + int(round(2.5 * SAMPLE_RATE)) // 512] * 36
+    assert failures_path(tiny / "mels.h5").read_text().strip() == "track_id,path,reason"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -125,15 +129,20 @@ def test_rendering_is_deterministic_and_cache_independent():
 # Default configuration: instruments, genres, hierarchy, labels
 # ----------------------------------------------------------------------------------------------------------------
 def test_instruments_are_the_openmic_classes():
-    assert list(synth.INSTRUMENTS) == OPENMIC_CLASSES
-    assert set(synth.ROLE) == set(OPENMIC_CLASSES)
-    pitched = set(OPENMIC_CLASSES) - {"drums", "cymbals"}
-    assert set(synth.PITCH_RANGE) == pitched
+    assert list(synth.INSTRUMENTS) == list(synth.VOICES) == OPENMIC_CLASSES
+    assert {name for name, voice in synth.VOICES.items() if voice.pitch_range is None} == {"drums", "cymbals"}
+    for voice in synth.VOICES.values():  # every voice names a family of sounds and a role that exist
+        assert voice.sound in synth._SOUNDS and callable(getattr(synth.Score, voice.role))
 
 
 def test_genre_table_is_a_valid_hierarchy():
-    demo.validate_genres()
     specs = demo.GENRE_SPECS
+    tops = {s.title for s in specs if s.parent is None}
+    for s in specs:  # known instruments, core and optional apart, traits in range, parents at the top level
+        assert set(s.core.split()) | set(s.optional.split()) <= set(OPENMIC_CLASSES), s.title
+        assert not set(s.core.split()) & set(s.optional.split()), s.title
+        assert s.meter in (3, 4) and s.density in (0, 1, 2) and s.register in (-1, 0, 1), s.title
+        assert s.parent is None or s.parent in tops, s.title
     assert len(specs) >= 30
     tops = [s.title for s in specs if s.parent is None]
     assert len(tops) == 8
@@ -158,10 +167,10 @@ def test_profiles_separate_siblings_and_share_instruments():
             if a.title < b.title and a.parent is not None and a.parent == b.parent:
                 # siblings differ in at least two instruments' presence (about one core instrument each way)
                 assert np.abs(profiles[a.title] - profiles[b.title]).sum() >= 2 * (demo.CORE_P - demo.OPTIONAL_P)
-    core_counts = {name: sum(name in s.core for s in specs) for name in synth.INSTRUMENTS}
+    core_counts = {name: sum(name in s.core.split() for s in specs) for name in synth.INSTRUMENTS}
     assert min(core_counts.values()) >= 2, core_counts  # every instrument defines more than one genre
     # each genre is a subset of >= 2 core instruments, never one instrument on its own
-    assert all(len(s.core) >= 2 for s in specs)
+    assert all(len(s.core.split()) >= 2 for s in specs)
 
 
 @pytest.fixture(scope="module")
@@ -305,11 +314,12 @@ def test_drums_and_flute_differ_in_the_log_mel_as_expected():
 
 @pytest.mark.parametrize("name", [n for n in OPENMIC_CLASSES if n not in ("drums", "cymbals")])
 def test_note_samples_have_the_right_pitch(name):
-    low, high = synth.PITCH_RANGE[name]
+    low, high = synth.VOICES[name].pitch_range
     for midi in (low, (low + high) // 2, high):
         note = synth.note_sample(name, midi).astype(np.float64)
         assert note.shape == (int(synth.NOTE_SECONDS * SAMPLE_RATE),) and np.isfinite(note).all()
-        expected = synth.midi_to_hz(midi) / (2 if name == "organ" else 1)  # the organ sounds its 16' sub-octave
+        assert np.abs(note).max() == pytest.approx(1.0)
+        expected = 440.0 * 2 ** ((midi - 69) / 12) / (2 if name == "organ" else 1)  # the organ's 16' sub-octave
         # YIN searches within +-0.85 octave of the expected pitch (no octave errors), 0.1-0.6 s after the onset
         f0 = np.median(librosa.yin(note[2205:13230], fmin=expected / 1.8, fmax=expected * 1.8, sr=SAMPLE_RATE,
                                    frame_length=2048))
@@ -362,7 +372,7 @@ def test_traits_are_shared_between_genres_not_markers():
         assert counts.min() >= 2, (trait, counts.to_dict())  # no value of a trait belongs to one genre
     for a in specs:  # every tempo range overlaps another genre's
         assert any(b is not a and a.tempo[0] < b.tempo[1] and b.tempo[0] < a.tempo[1] for b in specs), a.title
-    combos = {tuple(sorted(s.core)) for s in specs}
+    combos = {tuple(sorted(s.core.split())) for s in specs}
     assert len(combos) == len(specs)  # genres differ by instruments, not only by a rhythm trait
 
 
@@ -404,37 +414,75 @@ def test_finished_corpus_is_reused_untouched(tiny):
 
 def test_killed_build_resumes_to_the_same_corpus(tiny, tmp_path):
     out = tmp_path / "resume"
-    demo.build_demo(out, seed=0, jobs=1, progress=False, mels=False, **TINY)  # leaves the build marker
+    demo.build_demo(out, seed=0, jobs=1, progress=False, mels=False, **TINY)  # stops before the store, like a kill
     assert (out / demo.BUILD_MARKER).is_file()
-    for rel in ("audio/000/000003.flac", "audio/000/000030.flac"):
+    for rel in ("audio/000/000003.flac", "audio/000/000030.flac", "side_info/random.csv"):
         (out / rel).unlink()
-    (out / "audio/000/.000007.junk.flac.tmp").write_bytes(b"partial")  # a render killed mid-write
-    summary = demo.build_demo(out, seed=0, jobs=1, progress=False, **TINY)
-    assert summary["build"]["state"] == "resume"
-    assert (summary["build"]["rendered"], summary["build"]["reused"]) == (2, 34)
-    assert not list(out.rglob("*.tmp")) and not (out / demo.BUILD_MARKER).exists()
+    (out / "audio/000/.000007.x1y2.tmp.flac").write_bytes(b"partial")  # atomic writes killed mid-way
+    (out / ".tracks.x1y2.tmp.csv").write_text("track_id,pa")
+    assert demo.ensure_demo(out, seed=0) == out.resolve()  # what train.py calls: resumes with the corpus' own size
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["demo"] == {"version": demo.DEMO_VERSION, "seed": 0, "tracks": 36, "seconds": 2.5}
+    assert not list(out.rglob("*.tmp.*")) and not (out / demo.BUILD_MARKER).exists()
     for name in CSV_OUTPUTS:
         assert (out / name).read_bytes() == (tiny / name).read_bytes(), name
-    np.testing.assert_array_equal(_samples(out / "audio/000/000030.flac"), _samples(tiny / "audio/000/000030.flac"))
+    for rel in ("audio/000/000030.flac", "audio/000/000031.flac"):
+        assert (out / rel).read_bytes() == (tiny / rel).read_bytes()
+    summary = demo.build_demo(out, seed=0, jobs=1, progress=False, force=True, mels=False, **TINY)
+    assert (summary["build"]["state"], summary["build"]["rendered"]) == ("fresh", 36)
 
 
-def test_other_parameters_rebuild_cleanly(tmp_path):
+def test_resume_renders_only_the_missing_audio(tmp_path):
+    out = tmp_path / "resume"
+    demo.build_demo(out, seed=0, tracks=6, seconds=1.0, jobs=1, progress=False, mels=False)
+    (out / "audio/000/000002.flac").unlink()
+    summary = demo.build_demo(out, seed=0, tracks=6, seconds=1.0, jobs=1, progress=False, mels=False)
+    assert summary["build"]["state"] == "resume"
+    assert (summary["build"]["rendered"], summary["build"]["reused"]) == (1, 5)
+
+
+def test_other_parameters_rebuild_only_what_the_demo_wrote(tmp_path):
     out = tmp_path / "rebuild"
     demo.build_demo(out, seed=0, tracks=12, seconds=1.0, jobs=1, progress=False, mels=False)
     (out / "splits").mkdir()
     (out / "splits" / "split_seed0.json").write_text("{}")  # derived from the old annotations
+    (out / "notes.txt").write_text("mine")  # a user's file in the demo's folder
     summary = demo.build_demo(out, seed=0, tracks=8, seconds=1.0, jobs=1, progress=False, mels=False)
     assert summary["build"]["state"] == "fresh"
     assert sorted(p.name for p in out.rglob("*.flac")) == [f"{i:06d}.flac" for i in range(1, 9)]
     assert not (out / "splits").exists()
     assert len(read_tracks(out / "tracks.csv")) == 8
+    assert (out / "notes.txt").read_text() == "mine"
 
 
-def test_refuses_to_overwrite_a_dataset_that_is_not_a_demo(tmp_path):
-    (tmp_path / "tracks.csv").write_text("track_id,path\n1,a.mp3\n")
-    with pytest.raises(demo.DemoError, match="not a demo corpus"):
-        demo.build_demo(tmp_path, seed=0, tracks=4, seconds=1.0, jobs=1, progress=False)
-    assert (tmp_path / "tracks.csv").read_text() == "track_id,path\n1,a.mp3\n"
+def test_refuses_a_folder_it_did_not_make_and_touches_nothing(tmp_path):
+    """Hardening 1: the old code deleted audio/, splits/, side_info/, mels.h5 of a folder without tracks.csv."""
+    user = tmp_path / "user"
+    files = {"audio/000/000001.flac": b"my audio", "splits/split_seed0.json": b"{}", "side_info/mine.csv": b"a,b\n",
+             "mels.h5": b"my store", "notes.txt": b"mine"}
+    for rel, data in files.items():
+        (user / rel).parent.mkdir(parents=True, exist_ok=True)
+        (user / rel).write_bytes(data)
+    before = _snapshot(user)
+    for call in (lambda: demo.build_demo(user, seed=0, tracks=4, seconds=1.0, jobs=1, progress=False),
+                 lambda: demo.build_demo(user, seed=0, tracks=4, seconds=1.0, jobs=1, progress=False, force=True),
+                 lambda: demo.ensure_demo(user, seed=0)):
+        with pytest.raises(OutputError, match=f"{re.escape(str(user))} is not empty and was not made by `demo`"):
+            call()
+    assert _snapshot(user) == before and all((user / rel).read_bytes() == data for rel, data in files.items())
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "tracks.csv").write_text("track_id,path\n1,a.mp3\n")  # another dataset
+    with pytest.raises(OutputError, match="not made by `demo`"):
+        demo.build_demo(tmp_path / "dataset", seed=0, tracks=4, seconds=1.0, jobs=1, progress=False)
+    assert (tmp_path / "dataset" / "tracks.csv").read_text() == "track_id,path\n1,a.mp3\n"
+
+
+def test_a_second_build_of_the_same_folder_is_refused_at_once(tmp_path):
+    out = tmp_path / "busy"
+    with output_lock(out, "demo build"):  # as another `python -m demo --out busy` holds it
+        with pytest.raises(OutputError, match=f"another demo build is writing {re.escape(str(out))}"):
+            demo.build_demo(out, seed=0, tracks=4, seconds=1.0, jobs=1, progress=False, mels=False)
+    assert sorted(p.name for p in out.iterdir()) == [".lock", MARKER_FILE]
 
 
 def test_ensure_demo_completes_a_corpus_with_its_own_size(tmp_path):
@@ -449,10 +497,11 @@ def test_ensure_demo_completes_a_corpus_with_its_own_size(tmp_path):
 
 
 def test_bad_sizes_raise_clear_errors(tmp_path):
-    with pytest.raises(demo.DemoError, match="--tracks 0"):
-        demo.build_demo(tmp_path / "x", tracks=0)
-    with pytest.raises(demo.DemoError, match="--seconds 100"):
-        demo.build_demo(tmp_path / "x", seconds=100)
+    for flags, message in (({"tracks": 0}, "--tracks 0"), ({"seconds": 100}, "--seconds 100"),
+                           ({"seed": -1}, "--seed -1")):
+        with pytest.raises(demo.DemoError, match=message):
+            demo.build_demo(tmp_path / "x", **flags)
+    assert not (tmp_path / "x").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -466,24 +515,28 @@ def _cli(*args, cwd=REPO_ROOT):
 
 def test_cli_help_and_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        demo.main(["--help"])
+        demo_main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for text in ("--out", "--seed", "--tracks", "--seconds", "--jobs", f"default: {demo.DEFAULT_TRACKS}",
-                 f"default: {demo.DEFAULT_SECONDS}"):
+    for text in ("--out", "--seed", "--tracks", "--seconds", "--jobs", "--force", "--no-progress",
+                 f"default: {demo.DEFAULT_TRACKS}", f"default: {demo.DEFAULT_SECONDS}"):
         assert text in out
     with pytest.raises(SystemExit) as exit_info:
-        demo.main(["--bogus"])
+        demo_main(["--bogus"])
     assert exit_info.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        demo.main(["--tracks", "many"])
+        demo_main(["--tracks", "many"])
     assert exit_info.value.code == 2 and "--tracks: invalid int value" in capsys.readouterr().err
-    assert demo.main(["--tracks", "0", "--out", str(tmp_path / "x")]) == 2
+    assert demo_main(["--tracks", "0", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.startswith("error: --tracks 0")
     (tmp_path / "user").mkdir()
     (tmp_path / "user" / "tracks.csv").write_text("track_id,path\n")
-    assert demo.main(["--out", str(tmp_path / "user")]) == 2
-    assert "not a demo corpus" in capsys.readouterr().err
+    assert demo_main(["--out", str(tmp_path / "user")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'user'} is not empty and was not made by `demo`") and "--out" in err
+    (tmp_path / "file").write_text("x")
+    assert demo_main(["--out", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'file'} is a file, not a folder")
 
 
 def test_cli_builds_a_tiny_corpus(tmp_path):
@@ -491,13 +544,14 @@ def test_cli_builds_a_tiny_corpus(tmp_path):
                   "--no-progress", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "5 tracks" in result.stdout and "genres dropped from instrument side information: none" in result.stdout
+    assert "built in" in result.stdout and "5 rendered, 0 reused" in result.stdout
     last = json.loads(result.stdout.strip().splitlines()[-1])
     assert last["tracks"] == 5 and last["dataset"] == "cli"
     assert (tmp_path / "cli" / "mels.h5").is_file()
 
 
 def test_importing_demo_does_not_import_tensorflow():
-    code = "import sys, demo.build; print('tensorflow' in sys.modules)"
+    code = "import sys, demo.build, demo.__main__; print('tensorflow' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr

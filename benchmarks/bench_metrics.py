@@ -104,8 +104,8 @@ def run(args) -> dict:
     auc_l, ap_l = sklearn_rows(scores.T, labels.T)
     t_loop = time.perf_counter() - start
 
-    rows = metrics.row_metrics(scores, labels, ks=metrics.DEFAULT_KS)
-    cols = metrics.row_metrics(scores.T, labels.T)
+    rows = metrics._fast_row_metrics(scores, labels, ks=metrics.DEFAULT_KS)
+    cols = metrics._fast_row_metrics(np.ascontiguousarray(scores.T), np.ascontiguousarray(labels.T))
     diffs = [np.nanmax(np.abs(rows["AUC"] - auc_i)), np.nanmax(np.abs(rows["AP"] - ap_i)),
              np.nanmax(np.abs(cols["AUC"] - auc_l)), np.nanmax(np.abs(cols["AP"] - ap_l))]
     same_nan = all(np.array_equal(np.isnan(a), np.isnan(b))

@@ -1,12 +1,9 @@
 """Make a zero-shot split file (paper Sec. 3.2, Figure 2 (c)) and print / save its Table 1 statistics.
 
-    python -m splits.make --annotations FILE.csv --out FILE.json [--seed 0] [--unseen-fraction 0.2]
-                          [--valid-fraction 0.1]
-    python -m splits.make --dataset demo            # data/demo/annotations.csv -> data/demo/splits/split_seed0.json
+    python -m splits.make --dataset demo     # data/demo/annotations.csv -> data/demo/splits/split_seed0.json
+    python -m splits.make --annotations FILE.csv --out FILE.json [--seed 0] [--unseen-fraction 0.2] ...
 
-Writes the split JSON and, beside it, <name>.stats.json (labels X/Y, instances A/B/C, train/valid sizes, and per
-setup area: tracks, labels, positives, label cardinality, labels without positives). splits/README.md has the
-algorithm and the file format.
+Writes the split JSON and, beside it, <name>.stats.json (splits/README.md has the algorithm and both formats).
 """
 
 from __future__ import annotations
@@ -17,50 +14,40 @@ import time
 import warnings
 from pathlib import Path
 
-from dataset_dir import DatasetError, annotations_path, dataset_name, read_annotations, resolve_dataset_dir
-
 import splits
+from dataset_dir import annotations_path, dataset_name, read_annotations, resolve_dataset_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m splits.make",
+        prog="python -m splits.make", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Split labels into seen (X) / unseen (Y) and tracks into groups A / B / C with train/valid "
-                    "parts (Choi et al. 2019, Sec. 3.2), seeded; see splits/README.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+                    "parts (Choi et al. 2019, Sec. 3.2), seeded; see splits/README.md.")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--annotations", type=Path,
-                        help="CSV with header track_id,label, one row per positive pair.")
-    source.add_argument("--dataset",
-                        help="demo | fma | msd (data/<name>) or a dataset directory: reads <dir>/annotations.csv "
-                             "and writes <dir>/splits/split_seed{seed}.json unless --out is given.")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="split JSON to write (required with --annotations); statistics go to "
-                             "<out without .json>.stats.json.")
+    source.add_argument("--annotations", type=Path, help="CSV with header track_id,label, one row per positive pair.")
+    source.add_argument("--dataset", help="demo | fma | msd (data/<name>) or a dataset directory: reads "
+                        "<dir>/annotations.csv and writes <dir>/splits/split_seed{seed}.json unless --out is given.")
+    parser.add_argument("--out", type=Path, default=None, help="split JSON to write (required with --annotations); "
+                        "statistics go to <out without .json>.stats.json.")
     parser.add_argument("--seed", type=int, default=0, help="seed of the label shuffle and the train/valid shuffles.")
     parser.add_argument("--unseen-fraction", type=float, default=0.2,
                         help="fraction of labels held out as unseen (Y); seen = int(n_labels * (1 - fraction)).")
-    parser.add_argument("--valid-fraction", type=float, default=0.1,
-                        help="fraction of each of A, B, A+B kept for validation; "
-                             "train = int(n_tracks * (1 - fraction)).")
+    parser.add_argument("--valid-fraction", type=float, default=0.1, help="fraction of each of A, B, A+B kept "
+                        "for validation; train = int(n_tracks * (1 - fraction)).")
     return parser
-
-
-def _inputs(args) -> tuple[Path, Path, str | None]:
-    """(annotations CSV, split JSON to write, dataset name for the paper comparison or None)."""
-    if args.dataset is not None:
-        dataset_dir = resolve_dataset_dir(args.dataset, must_exist=True)
-        out = args.out if args.out is not None else splits.default_split_path(dataset_dir, args.seed)
-        return annotations_path(dataset_dir), out, dataset_name(dataset_dir)
-    if args.out is None:
-        raise DatasetError("--out is required with --annotations (the split JSON to write).")
-    return args.annotations, args.out, None
 
 
 def run(args) -> dict:
     """Make, save and print one split; returns its statistics."""
-    annotations_csv, out, name = _inputs(args)
+    name = None
+    if args.dataset is not None:
+        dataset_dir = resolve_dataset_dir(args.dataset, must_exist=True)
+        annotations_csv, name = annotations_path(dataset_dir), dataset_name(dataset_dir)
+        out = args.out or splits.default_split_path(dataset_dir, args.seed)
+    elif args.out is None:
+        raise splits.SplitError("--out is required with --annotations (the split JSON to write).")
+    else:
+        annotations_csv, out = args.annotations, args.out
     start = time.perf_counter()
     annotations = read_annotations(annotations_csv)
     with warnings.catch_warnings(record=True) as caught:
@@ -71,9 +58,8 @@ def run(args) -> dict:
         print(f"warning: {warning.message}", file=sys.stderr)
     splits.save_split(split, out)
     stats_file = splits.save_statistics(stats, splits.stats_path(out))
-    elapsed = time.perf_counter() - start
-    print(splits.format_statistics(stats, splits.paper_statistics(name) if name else None))
-    print(f"wrote {out} and {stats_file} ({elapsed:.1f} s)")
+    print(splits.format_statistics(stats, splits.paper_statistics(name)))
+    print(f"wrote {out} and {stats_file} ({time.perf_counter() - start:.1f} s)")
     return stats
 
 
@@ -81,7 +67,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (DatasetError, ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # DatasetError, SplitError and OutputError are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -1,10 +1,13 @@
-"""Tests of metrics.py: hand-computed cases, equality with scikit-learn and with a plain Python AP@K loop on random
-data with ties and undefined rows, skipped counting, and validation errors."""
+"""Tests of metrics.py: the one-row definitions against scikit-learn and a plain Python AP@K loop, the all-rows
+fast path against the definitions (random data with ties and undefined rows), hand-computed cases, skipped
+counting, and validation errors."""
 
 import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 import metrics
@@ -44,6 +47,16 @@ def random_case(seed):
     return scores, labels
 
 
+def per_row(metric, scores, labels, *args):
+    """A one-row definition applied to every row: (n,) float64."""
+    return np.array([metric(s, y, *args) for s, y in zip(np.asarray(scores), np.asarray(labels))], dtype=float)
+
+
+def fast(scores, labels, ks=()):
+    """The private all-rows path, on validated inputs (as annotation_metrics calls it)."""
+    return metrics._fast_row_metrics(*metrics._prepare(scores, labels), ks)
+
+
 def sklearn_rows(scores, labels):
     """Per-row scikit-learn ROC-AUC and AP, NaN where a row is all 0 or all 1."""
     auc = np.full(len(scores), np.nan)
@@ -60,28 +73,43 @@ def sklearn_rows(scores, labels):
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_rows_equal_sklearn_both_orientations(seed):
+def test_definitions_and_fast_path_equal_sklearn_both_orientations(seed):
     scores, labels = random_case(seed)
     for s, y in [(scores, labels), (scores.T, labels.T)]:
-        got = metrics.row_metrics(s, y)
         auc, ap = sklearn_rows(s, y)
-        np.testing.assert_array_equal(np.isnan(got["AUC"]), np.isnan(auc))
-        np.testing.assert_allclose(got["AUC"], auc, rtol=0, atol=1e-12)
-        np.testing.assert_allclose(got["AP"], ap, rtol=0, atol=1e-12)
-        np.testing.assert_allclose(metrics.roc_auc_rows(s, y), auc, rtol=0, atol=1e-12)
-        np.testing.assert_allclose(metrics.average_precision_rows(s, y), ap, rtol=0, atol=1e-12)
+        for got_auc, got_ap in [(per_row(metrics.roc_auc, s, y), per_row(metrics.average_precision, s, y)),
+                                (fast(s, y)["AUC"], fast(s, y)["AP"])]:
+            np.testing.assert_array_equal(np.isnan(got_auc), np.isnan(auc))
+            np.testing.assert_allclose(got_auc, auc, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(got_ap, ap, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(40))
 def test_apk_equals_reference_loop(seed):
     scores, labels = random_case(seed)
-    got = metrics.row_metrics(scores, labels, ks=(1, 2, 5, 10, 50))
+    got = fast(scores, labels, ks=(1, 2, 5, 10, 50))
     defined = metrics.defined_rows(labels)
     for k in (1, 2, 5, 10, 50):
         expected = np.array([apk_reference(s, y, k) if ok else np.nan
                              for s, y, ok in zip(scores, labels, defined)])
         np.testing.assert_allclose(got[f"P@{k}"], expected, rtol=0, atol=1e-12)
-        np.testing.assert_allclose(metrics.apk_rows(scores, labels, k), expected, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(per_row(metrics.apk, scores, labels, k), expected, rtol=0, atol=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 6), m=st.integers(1, 9), seed=st.integers(0, 2**32 - 1), decimals=st.integers(0, 1),
+       as_float32=st.booleans())
+def test_fast_path_equals_the_one_row_definitions(n, m, seed, decimals, as_float32):
+    """Every shape, tie pattern and undefined row: the private all-rows path gives the public definitions."""
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.normal(size=(n, m)), decimals).astype(np.float32 if as_float32 else np.float64)
+    labels = rng.random((n, m)) < rng.uniform(0.1, 0.9)
+    got = fast(scores, labels, ks=(1, 3, 10))
+    expected = {"AUC": per_row(metrics.roc_auc, scores, labels), "AP": per_row(metrics.average_precision, scores,
+                                                                              labels)}
+    expected.update({f"P@{k}": per_row(metrics.apk, scores, labels, k) for k in (1, 3, 10)})
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=0, atol=1e-12, err_msg=key)
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -111,7 +139,7 @@ def test_large_matrix_with_ties_matches_sklearn():
     scores = np.round(rng.uniform(-1, 1, size=(60, 1126)), 2).astype(np.float32)
     labels = rng.random((60, 1126)) < 0.03
     labels[3] = False
-    got = metrics.row_metrics(scores, labels, ks=(10,))
+    got = fast(scores, labels, ks=(10,))
     auc, ap = sklearn_rows(scores, labels)
     np.testing.assert_allclose(got["AUC"], auc, rtol=0, atol=1e-12)
     np.testing.assert_allclose(got["AP"], ap, rtol=0, atol=1e-12)
@@ -154,26 +182,26 @@ def test_all_tied_scores():
     # Every score equal: one threshold. AUC = 1/2 (each pos/neg pair tied), AP = precision at that threshold = 1/4.
     scores = [[0.5, 0.5, 0.5, 0.5]]
     labels = [[0, 1, 0, 0]]
-    assert metrics.roc_auc_rows(scores, labels)[0] == 0.5
-    assert metrics.average_precision_rows(scores, labels)[0] == 0.25
+    assert metrics.roc_auc(scores[0], labels[0]) == 0.5
+    assert metrics.average_precision(scores[0], labels[0]) == 0.25
     # AP@1 with ties broken by the lower column index: rank 1 is column 0, a negative -> 0.
     # AP@2: ranks = columns 0, 1; the positive at rank 2 -> (1/2) / min(1, 2) = 0.5.
-    assert metrics.apk_rows(scores, labels, 1)[0] == 0.0
-    assert metrics.apk_rows(scores, labels, 2)[0] == 0.5
+    assert metrics.apk(scores[0], labels[0], 1) == 0.0
+    assert metrics.apk(scores[0], labels[0], 2) == 0.5
+    assert fast(scores, labels, ks=(1, 2)) == {"AUC": [0.5], "AP": [0.25], "P@1": [0.0], "P@2": [0.5]}
 
 
 def test_partial_tie_counts_one_half():
     # Scores 0.9 (pos), 0.5 (pos), 0.5 (neg), 0.1 (neg). Pairs: (0.9, 0.5n) 1, (0.9, 0.1) 1, (0.5p, 0.5n) 1/2,
     # (0.5p, 0.1) 1 -> U = 3.5 of 4 pairs -> AUC 0.875.
     # AP: thresholds 0.9 (P=1/1, R=1/2), 0.5 (P=2/3, R=1): AP = 1/2 * 1 + 1/2 * 2/3 = 5/6 (one threshold for the tie).
-    scores = [[0.9, 0.5, 0.5, 0.1]]
-    labels = [[1, 1, 0, 0]]
-    assert metrics.roc_auc_rows(scores, labels)[0] == pytest.approx(0.875, abs=1e-15)
-    assert metrics.average_precision_rows(scores, labels)[0] == pytest.approx(5 / 6, abs=1e-15)
-    # The tied negative comes FIRST in column order, still the same AUC/AP (order inside a tie is irrelevant).
-    assert metrics.roc_auc_rows([[0.9, 0.5, 0.5, 0.1]], [[1, 0, 1, 0]])[0] == pytest.approx(0.875, abs=1e-15)
-    assert metrics.average_precision_rows([[0.9, 0.5, 0.5, 0.1]], [[1, 0, 1, 0]])[0] == pytest.approx(5 / 6,
-                                                                                                      abs=1e-15)
+    scores = [0.9, 0.5, 0.5, 0.1]
+    # The tied negative comes first or last in column order: the same AUC/AP (order inside a tie is irrelevant).
+    for labels in ([1, 1, 0, 0], [1, 0, 1, 0]):
+        assert metrics.roc_auc(scores, labels) == pytest.approx(0.875, abs=1e-15)
+        assert metrics.average_precision(scores, labels) == pytest.approx(5 / 6, abs=1e-15)
+        got = fast([scores], [labels])
+        assert got["AUC"][0] == pytest.approx(0.875, abs=1e-15) and got["AP"][0] == pytest.approx(5 / 6, abs=1e-15)
 
 
 def test_apk_hand_example_p10_greater_than_p5():
@@ -196,12 +224,13 @@ def test_apk_hand_example_p10_greater_than_p5():
 def test_apk_hand_example_divides_by_k_when_many_positives():
     # 6 labels, positives at ranks 2, 3, 4, 5 (P = 4). AP@2 = (1/2) / min(4, 2) = 1/4;
     # AP@5 = (1/2 + 2/3 + 3/4 + 4/5) / min(4, 5) = (163/60) / 4 = 163/240.
-    scores = [[6, 5, 4, 3, 2, 1]]
-    labels = [[0, 1, 1, 1, 1, 0]]
-    assert metrics.apk_rows(scores, labels, 2)[0] == pytest.approx(1 / 4, abs=1e-15)
-    assert metrics.apk_rows(scores, labels, 5)[0] == pytest.approx(163 / 240, abs=1e-15)
+    scores = [6, 5, 4, 3, 2, 1]
+    labels = [0, 1, 1, 1, 1, 0]
+    assert metrics.apk(scores, labels, 2) == pytest.approx(1 / 4, abs=1e-15)
+    assert metrics.apk(scores, labels, 5) == pytest.approx(163 / 240, abs=1e-15)
     # K beyond the number of labels uses all 6 ranks: same sum, / min(4, 100) = 4.
-    assert metrics.apk_rows(scores, labels, 100)[0] == pytest.approx(163 / 240, abs=1e-15)
+    assert metrics.apk(scores, labels, 100) == pytest.approx(163 / 240, abs=1e-15)
+    assert fast([scores], [labels], ks=(100,))["P@100"][0] == pytest.approx(163 / 240, abs=1e-15)
 
 
 def test_apk_tie_at_the_cut_uses_lower_column_first():
@@ -209,7 +238,8 @@ def test_apk_tie_at_the_cut_uses_lower_column_first():
     # Positive at col 4 only: not in the top 3 -> AP@3 = 0; positive at col 1 -> rank 2 -> (1/2) / 1 = 0.5.
     scores = [[0.9, 0.5, 0.5, 0.5, 0.5], [0.9, 0.5, 0.5, 0.5, 0.5]]
     labels = [[0, 0, 0, 0, 1], [0, 1, 0, 0, 0]]
-    np.testing.assert_array_equal(metrics.apk_rows(scores, labels, 3), [0.0, 0.5])
+    np.testing.assert_array_equal(per_row(metrics.apk, scores, labels, 3), [0.0, 0.5])
+    np.testing.assert_array_equal(fast(scores, labels, ks=(3,))["P@3"], [0.0, 0.5])
 
 
 def test_retrieval_is_annotation_of_the_transpose():
@@ -237,9 +267,11 @@ def test_skipped_rows_are_counted_and_excluded_from_every_metric():
     assert result["MAP-i"] == pytest.approx(2 / 3, abs=1e-15)
     # P@1: row 2 -> 1, row 3 -> 0 (the all-positive row would have given 1: it is skipped too).
     assert result["P@1"] == 0.5
-    per_row = metrics.row_metrics(scores, labels, ks=(1,))
+    rows = fast(scores, labels, ks=(1,))
     for key in ("AUC", "AP", "P@1"):
-        assert np.isnan(per_row[key][:2]).all()
+        assert np.isnan(rows[key][:2]).all()
+    for metric, args in ((metrics.roc_auc, ()), (metrics.average_precision, ()), (metrics.apk, (1,))):
+        assert np.isnan(per_row(metric, scores, labels, *args)[:2]).all()
     np.testing.assert_array_equal(metrics.defined_rows(labels), [False, False, True, True])
 
 
@@ -288,6 +320,17 @@ def test_validation_errors(scores, labels, message):
         metrics.annotation_metrics(scores, labels)
     with pytest.raises(ValueError, match=message):
         metrics.retrieval_metrics(scores, labels)
+
+
+def test_one_row_definitions_validate_their_input():
+    with pytest.raises(ValueError, match=r"one row: scores and labels must be 1-D, got shapes \(1, 2\) and \(2,\)"):
+        metrics.roc_auc([[0.1, 0.2]], [1, 0])
+    with pytest.raises(ValueError, match=r"binary.*value 2"):
+        metrics.average_precision([0.1, 0.2], [2, 0])
+    with pytest.raises(ValueError, match=r"NaN/inf"):
+        metrics.apk([0.1, np.inf], [1, 0], 1)
+    with pytest.raises(ValueError, match=r"ks must be positive integers"):
+        metrics.apk([0.1, 0.2], [1, 0], 0)
 
 
 def test_retrieval_error_names_the_original_orientation():

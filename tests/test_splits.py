@@ -197,6 +197,45 @@ def test_canonical_hash_is_the_written_annotations_file(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# The same files as the integer-encoded implementation this module replaced (the demo's numbers depend on them)
+# --------------------------------------------------------------------------------------------------------------
+def golden_annotations():
+    """~700 random pairs whose ids and labels need CSV quoting (comma, quote, LF, CR), are non-ASCII or sort as
+    strings ("10" < "9")."""
+    rng = np.random.default_rng(2019)
+    names = ["rock", "pop", "jazz, vocal", 'say "hi"', "électro", "hip hop", "a\nb", "x\ry", "ambient", "Zeuhl", "10s"]
+    labels = names + [f"tag{k:02d}" for k in range(30)]
+    tracks = [f"TR{k:05d}" for k in range(300)] + ["id,1", "9", "10", "é"]
+    pairs = [(t, labels[int(k)]) for t in tracks for k in rng.choice(len(labels), size=1 + rng.poisson(1.2))]
+    return frame(pairs)
+
+
+# sha256 of the split file and of its .stats.json for seeds 0-4, as written by the previous, integer-encoded
+# implementation (splits/__init__.py at commit 51c0045e9e2e).
+GOLDEN = {
+    0: ("f8b09b3c338dea44fe96b97e958fac584f66f3ca36311b6362b59a5e8707da84",
+        "b301aa597cefdc2414d494fcec70e96452abe6ae980f9c433d9d07f50342f143"),
+    1: ("0f9b973d0a46ddd9b99f4c4f65aaf070cef05d61f2d5b88c7065b97d9c2780d3",
+        "9d3f3e84d9578a5a0583f500ceb5a64fbaf32973e5f0b250914b81e1eccbe6cb"),
+    2: ("e83f9003b2b92a963e53cb799260aa45d2a940069b49de7f6e51c90acf186a89",
+        "c063c0bb2c19eb94e2def2e1fbdcdd9b6df190dbce8a62dd20bb2a11b569ddef"),
+    3: ("ee9c3431f4101403e5701a9320220432d4fa41265698ec594804c4963405f20f",
+        "9f8023d99e9c51e311cd7c43ca65f46d235477048b081da037b3c5e129e7659d"),
+    4: ("a4eea0213db67fcf67ba1d27032b78b9265706d616d6920e805dda9fbde85374",
+        "1c2111e6121b4def42f15ecf9bdf35c978fea14db3524e9dd4fdb8f00a3ed645"),
+}
+
+
+@pytest.mark.parametrize("seed", sorted(GOLDEN))
+def test_split_files_are_byte_identical_to_the_previous_implementation(tmp_path, seed):
+    split, stats = splits.make_split_with_statistics(golden_annotations(), seed)
+    splits.save_split(split, tmp_path / "split.json")
+    splits.save_statistics(stats, splits.stats_path(tmp_path / "split.json"))
+    digests = tuple(ds.sha256_file(path) for path in (tmp_path / "split.json", tmp_path / "split.stats.json"))
+    assert digests == GOLDEN[seed]
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Properties on random multi-label data
 # --------------------------------------------------------------------------------------------------------------
 @st.composite
@@ -226,7 +265,7 @@ def test_split_properties(pairs, seed, unseen_fraction, valid_fraction, row_seed
     shuffled = frame(pairs + pairs[:3]).sample(frac=1.0, random_state=row_seed)
     again = quiet_split(shuffled, seed, unseen_fraction, valid_fraction)
     assert again == split
-    assert splits.format_split(again) == splits.format_split(split)
+    assert splits.format_split(again) == splits.format_split(split) == json.dumps(split, indent=2) + "\n"
     assert splits.validate_split(split) is split
 
 
@@ -281,7 +320,9 @@ def test_file_is_byte_identical_and_is_plain_json(tmp_path):
     (lambda s: s.update(C=sorted(s["C"] + s["A"][:1])), "groups A, B, C and dropped must be disjoint"),
     (lambda s: s.update(unseen=sorted(s["unseen"] + s["seen"][-1:])), "seen and unseen labels overlap"),
     (lambda s: s["valid"]["B"].clear(), r"train\['B'\] and valid\['B'\] must partition"),
-    (lambda s: s["train"].pop("A+B"), "'train' must be an object with keys A, B, A\\+B"),
+    (lambda s: s["train"].pop("A+B"), "train and valid must be objects with the keys A, B, A\\+B"),
+    (lambda s: s["valid"].update(C=[]), "train and valid must be objects with the keys A, B, A\\+B"),
+    (lambda s: s.update(valid_fraction=True), "valid_fraction must be a number in"),
     (lambda s: s.update(B=[1, 2]), "B must be a list of strings"),
 ])
 def test_load_split_rejects_malformed_files(tmp_path, mutate, message):
@@ -292,6 +333,21 @@ def test_load_split_rejects_malformed_files(tmp_path, mutate, message):
     with pytest.raises(splits.SplitError, match=message) as info:
         splits.load_split(path)
     assert str(path) in str(info.value)
+
+
+def test_load_split_checks_the_annotations_it_was_made_from(tmp_path):
+    """Hardening 4: a split given explicitly (train/evaluate --split FILE) is checked against the annotations too."""
+    path = splits.save_split(splits.make_split(frame(HAND_PAIRS), seed=0), tmp_path / "split.json")
+    assert splits.load_split(path, frame(HAND_PAIRS[::-1]))["unseen"] == ["rock"]  # row order does not matter
+    changed = frame(HAND_PAIRS + [("t12", "blues")])
+    with pytest.raises(splits.SplitError, match=rf"split file {re.escape(str(path))} was made from other "
+                                                r"annotations .*remake it with python -m splits.make"):
+        splits.load_split(path, changed)
+    assert splits.load_split(path)["seed"] == 0  # without annotations: structure only
+
+
+def test_split_error_is_a_value_error_of_its_own():
+    assert issubclass(splits.SplitError, ValueError) and not issubclass(splits.SplitError, ds.DatasetError)
 
 
 def test_load_split_not_json_or_missing(tmp_path):
@@ -321,8 +377,12 @@ def test_paths_and_ensure_split(tmp_path):
     ds.write_annotations(tmp_path / "annotations.csv", frame(HAND_PAIRS + [("t12", "blues")]))
     with pytest.raises(splits.SplitError, match="made from other annotations"):
         splits.ensure_split(tmp_path, seed=0)
-    with pytest.raises(splits.SplitError, match="not the annotations this split was made from"):
+    with pytest.raises(splits.SplitError, match="this split was made from other annotations"):
         splits.split_statistics(splits.load_split(path), frame(HAND_PAIRS[:-1]))
+    moved = splits.load_split(path)
+    moved["C"] = moved["C"][:1]  # same annotations hash, but a track is in no group
+    with pytest.raises(splits.SplitError, match="do not list exactly the tracks"):
+        splits.split_statistics(moved, frame(HAND_PAIRS))
 
 
 def test_paper_statistics_reference():
@@ -381,14 +441,10 @@ def test_setup_names_and_errors():
     for bad in ("C-X", "A-Y", "D-X", "A-B", "AA-X", "", "B-X-Y", "C"):
         with pytest.raises(ValueError, match=r"unknown setup .*valid setups are A-X, B-X, \(A\+B\)-X"):
             splits.setup_tracks_labels(HAND_SPLIT, bad)
-    with pytest.raises(ValueError, match="training setup A-X needs part='train' or 'valid'"):
-        splits.setup_tracks_labels(HAND_SPLIT, "A-X")
-    with pytest.raises(ValueError, match=r"B-Y is a test setup.*part=None"):
-        splits.setup_tracks_labels(HAND_SPLIT, "B-Y", "train")
-    with pytest.raises(ValueError, match="part must be None .* train, valid"):
-        splits.setup_tracks_labels(HAND_SPLIT, "B-X", "test")
-    with pytest.raises(splits.SplitError, match="missing key"):
-        splits.setup_tracks_labels({"seen": []}, "B-Y")
+    for setup, part in (("A-X", None), ("B-Y", "train"), ("B-X", "test")):
+        with pytest.raises(ValueError, match=rf"setup .* with part={part!r}: training setups \(A-X, B-X, "
+                                             r"\(A\+B\)-X\) take part='train' or 'valid', test setups .* part=None"):
+            splits.setup_tracks_labels(HAND_SPLIT, setup, part)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -423,7 +479,7 @@ def test_empty_groups_and_parts():
     # Seed 0 makes rock unseen (see HAND_PAIRS); blues, country, jazz, pop are seen.
     only_b_and_c = frame([("1", "blues"), ("1", "rock"), ("2", "jazz"), ("2", "rock"), ("3", "rock"),
                           ("4", "pop"), ("4", "rock"), ("5", "country"), ("5", "rock")])
-    with pytest.raises(splits.SplitError, match=r"--seed 0 .*group A is empty \(tracks with seen labels only"):
+    with pytest.raises(splits.SplitError, match=r"--seed 0 .*group A is empty \(training needs tracks with seen"):
         splits.make_split(only_b_and_c, source="my.csv")
     no_b = frame([("1", "blues"), ("2", "jazz"), ("3", "rock"), ("4", "pop"), ("5", "country")])
     with pytest.raises(splits.SplitError, match="my.csv with --seed 0 .*group B is empty"):
@@ -482,6 +538,14 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     assert not (tmp_path / "s.json").exists()
     assert make_cli.main(["--annotations", str(tmp_path / "cols.csv")]) == 2
     assert "--out is required" in capsys.readouterr().err
+    good = tmp_path / "good.csv"
+    frame(HAND_PAIRS).to_csv(good, index=False)
+    for flag, value, message in (("--seed", "-1", "--seed must be a non-negative integer, got -1"),
+                                 ("--unseen-fraction", "nan", r"--unseen-fraction must be in \(0, 1\)"),
+                                 ("--valid-fraction", "inf", r"--valid-fraction must be in \[0, 1\)")):
+        assert make_cli.main(["--annotations", str(good), "--out", str(tmp_path / "s.json"), flag, value]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and re.search(message, err) and "Traceback" not in err, err
     assert make_cli.main(["--dataset", str(tmp_path / "nope")]) == 2
     assert make_cli.main(["--annotations", str(tmp_path / "missing.csv"), "--out", "x.json"]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -118,15 +118,37 @@ def test_msd_cell_uses_msd_numbers():
 
 
 def test_plain_table_shows_ours_paper_diff_side_by_side():
-    text = tables.render_tables(fma_records()[:1], fmt="table")
-    assert "Table 2." in text
-    lines = text.splitlines()
-    header = next(line for line in lines if line.startswith("Train"))
-    assert header.split()[:6] == ["Train", "Test", "Side", "info", "ours", "paper"]
-    row = next(line for line in lines if line.startswith("A-X"))
-    assert "0.8800 0.8736 +0.0064" in row
-    assert row.split()[-2:] == ["100", "3"]
-    assert any(line.lstrip().startswith("AUC-i") for line in lines)     # the group label line
+    lines = tables.render_tables(fma_records()[:1], fmt="table").splitlines()
+    title = lines.index("Table 2. Zero-shot annotation (each test track ranks the test labels)")
+    groups, subs, names, row = lines[title + 1:title + 5]
+    assert groups.split() == [*ANNOTATION, "evaluated", "skipped"]       # metric over its ours / paper / diff
+    assert subs.split() == ["ours", "paper", "diff"] * 5
+    assert names.split() == ["Train", "Test", "Side", "info"]
+    assert row.split() == ["A-X", "B-Y", "instrument-count", "0.8800", "0.8736", "+0.0064", "0.5000", "0.5118",
+                           "-0.0118", "0.3000", "0.3465", "-0.0465", "0.4000", "0.4810", "-0.0810", "0.4500",
+                           "0.5008", "-0.0508", "100", "3"]
+    # Right-aligned: each number ends where its header does.
+    assert row.index("0.8736") + len("0.8736") == subs.index("paper") + len("paper")
+    assert row.index("+0.0064") + len("+0.0064") == subs.index("diff") + len("diff")
+
+
+def test_plain_table_groups_rows_like_the_paper():
+    lines = tables.render_tables(demo_records(), fmt="table").splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("(A+B)-X"))
+    assert lines[first].split()[:3] == ["(A+B)-X", "B-Y", "instrument-count"]
+    assert lines[first + 1].split()[:2] == ["random", "0.5500"]                   # the same setup is not repeated
+    assert lines[first + 1].index("random") == lines[first].index("instrument-count")
+
+
+def test_table_setups_and_order_are_the_papers():
+    """tables takes the setups and their order from splits; the published numbers' file must agree."""
+    import splits
+
+    rows = tables.load_paper_tables()
+    tests = {t: tuple(dict.fromkeys(r["test"] for r in rows if r["table"] == t)) for t in (2, 3, 4)}
+    assert tests == {2: splits.ANNOTATION_TESTS, 3: splits.RETRIEVAL_TESTS, 4: (splits.TABLE4_TEST,)}
+    assert tuple(dict.fromkeys(r["train"] for r in rows if r["table"] in (2, 3))) == splits.TRAIN_SETUPS
+    assert {r["train"] for r in rows if r["table"] == 4} == {tables.TABLE4_TRAIN}
 
 
 # --------------------------------------------------------------------------------------------------------------------

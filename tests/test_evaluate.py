@@ -1,4 +1,4 @@
-"""Tests of evaluate.py and embeddings.py on a tiny hand-made world.
+"""Tests of evaluate.py, embeddings.py and case_studies.py on a tiny hand-made world.
 
 The world (built in tmp_path): 10 tracks, seen labels jazz/pop/rock, unseen labels blues/folk, 4-d side vectors
 chosen so that the nearest neighbours are obvious, a mel store written in the documented HDF5 layout (one track,
@@ -19,13 +19,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import case_studies
 import config
+import dataset_dir as ds
 import embeddings
 import evaluate
 import metrics
 import splits
-import dataset_dir as ds
-from preprocess.store import SEGMENT_FRAMES, MelStore
+from fileio import sha256_file, write_json
+from preprocess import frontend
+from preprocess.frontend import SEGMENT_FRAMES
+from preprocess.store import MelStore
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -93,7 +97,7 @@ def build_dataset(root: Path) -> Path:
 
 
 def write_run(run_dir: Path, data: Path, model: str = "embedding", train_setup: str = "A-X") -> Path:
-    """config.json as train.py writes it (CONTRACTS.md) and a placeholder model.keras."""
+    """config.json as train.py writes it and a placeholder model.keras."""
     run_dir.mkdir(parents=True, exist_ok=True)
     train_config = config.TrainConfig(dataset=str(data), train_setup=train_setup, model=model, side_info="x",
                                       epochs=1, run_dir=str(run_dir))
@@ -101,13 +105,14 @@ def write_run(run_dir: Path, data: Path, model: str = "embedding", train_setup: 
         "config": train_config.to_dict(), "dataset": "tiny", "dataset_dir": str(data),
         "split_path": str(data / "splits" / "split_seed0.json"), "side_info_path": str(data / "side_info" / "x.csv"),
         "mels_path": str(data / "mels.h5"), "seen_labels": SEEN,
-        "checksums": {"annotations": ds.sha256_file(data / "annotations.csv"),
-                      "split": ds.sha256_file(data / "splits" / "split_seed0.json"),
-                      "side_info": ds.sha256_file(data / "side_info" / "x.csv"),
+        "checksums": {"annotations": sha256_file(data / "annotations.csv"),
+                      "split": sha256_file(data / "splits" / "split_seed0.json"),
+                      "side_info": sha256_file(data / "side_info" / "x.csv"),
                       "mels": {"mean": STORE_MEAN, "std": STORE_STD, "n_tracks": len(FRAMES)}},
         "versions": {}, "created": "2024-01-01T00:00:00",
+        "train": {"tracks": 2, "valid_tracks": 1, "side_dim": len(SIDE["jazz"]), "n_labels": len(SEEN)},
     }
-    ds.write_json(run_dir / config.CONFIG_FILE, meta)
+    write_json(run_dir / config.CONFIG_FILE, meta)
     (run_dir / config.MODEL_FILE).write_bytes(b"placeholder: replaced by a real model in the slow tests")
     return run_dir
 
@@ -134,12 +139,10 @@ def assert_clean_error(code, err, *fragments):
 # ---------------------------------------------------------------------------------------------------------------
 # Fast tests (no TensorFlow)
 # ---------------------------------------------------------------------------------------------------------------
-def test_import_is_light_and_reexports_metrics():
-    code = "import sys, evaluate; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+def test_import_is_light():
+    code = "import sys, evaluate, case_studies; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
-    assert evaluate.annotation_metrics is metrics.annotation_metrics
-    assert evaluate.retrieval_metrics is metrics.retrieval_metrics
 
 
 EXPECTED_SETUPS = {
@@ -152,6 +155,8 @@ EXPECTED_SETUPS = {
     "(A+B+C)-Y": (["a1", "a2", "a3", "b1", "b2", "b3", "c1", "c2", "c3"], ["blues", "folk"]),
     "B-X": (["b1", "b2", "b3"], ["jazz", "pop", "rock"]),
 }
+SLUG = {"B-Y": "B-Y", "C-Y": "C-Y", "(B+C)-Y": "BC-Y", "B-(X+Y)": "B-XY", "C-(X+Y)": "C-XY",
+        "(B+C)-(X+Y)": "BC-XY", "(A+B+C)-Y": "ABC-Y", "B-X": "B-X"}
 
 
 @pytest.mark.parametrize("test", list(EXPECTED_SETUPS))
@@ -175,50 +180,39 @@ def test_setup_plan_per_model_and_training_setup():
     assert plan == [] and any("seen labels (X)" in n for n in notes)
 
 
-def test_frames_to_segments_matches_the_store(world):
-    data = world[0]
-    with MelStore(data / "mels.h5") as store:
-        for track, n in FRAMES.items():
-            segments = embeddings.frames_to_segments(store.frames(track), SEGMENT_FRAMES)
-            np.testing.assert_array_equal(segments, store.segments(store.index(track)))
-            assert segments.shape == (max(1, n // SEGMENT_FRAMES), SEGMENT_FRAMES, 128)
-        short = store.frames("a3")  # 50 frames: tiled 50 + 50 + 30
-    tiled = embeddings.frames_to_segments(short, SEGMENT_FRAMES)[0]
-    np.testing.assert_array_equal(tiled[50:100], short)
-    np.testing.assert_array_equal(tiled[100:], short[:30])
-    with pytest.raises(ValueError, match="at least one frame"):
-        embeddings.frames_to_segments(np.zeros((0, 128)), SEGMENT_FRAMES)
+def feature_map(calls=None):
+    """A stand-in model: (b, 130, 128) segments -> (b, 3) features, recording the batch sizes it is called with."""
+    def predict(batch):
+        if calls is not None:
+            calls.append(len(batch))
+        return np.stack([batch.sum(axis=(1, 2)), batch[:, 0, 0], batch[:, -1, 5] ** 2], axis=1)
+    return predict
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 7, 1000])
-def test_batched_segment_means_average_each_items_segments(batch_size):
-    rng = np.random.default_rng(1)
-    items = [rng.standard_normal((k, 5, 3)).astype(np.float32) for k in (1, 4, 2, 9, 1)]
-    calls = []
-
-    def predict(batch):  # a (b, 5, 3) -> (b, 2) feature map, recording the batch shapes
-        calls.append(batch.shape)
-        return np.stack([batch.sum(axis=(1, 2)), batch[:, 0, 0]], axis=1)
-
-    means = embeddings.batched_segment_means(predict, iter(items), len(items), batch_size=batch_size,
-                                             progress=False)
-    expected = np.stack([np.stack([x.sum(axis=(1, 2)), x[:, 0, 0]], axis=1).mean(axis=0) for x in items])
-    np.testing.assert_allclose(means, expected, rtol=1e-5, atol=1e-6)
-    assert all(shape == (batch_size, 5, 3) for shape in calls)  # fixed batch: the last one is padded
-    assert len(calls) == -(-sum(len(x) for x in items) // batch_size)
+@pytest.mark.parametrize("budget", [1, 3, 7, 1000])
+def test_batched_track_embeddings_equal_the_definition(world, budget):
+    """embeddings.track_embeddings (many tracks per predict call) = evaluate.track_embedding of each track."""
+    with MelStore(world[0] / "mels.h5", in_memory=False) as store:
+        tracks = ["c3", "a1", "b3", "a3", "b2", "c1", "a2", "b1", "c2"]  # not in store order
+        rows = [store.index(t) for t in tracks]
+        expected = np.stack([evaluate.track_embedding(feature_map(), store.segments(r, SEGMENT_FRAMES))
+                             for r in rows])
+        calls = []
+        batched = embeddings.track_embeddings(feature_map(calls), store, rows, budget, progress=False)
+        k = {t: max(1, n // SEGMENT_FRAMES) for t, n in FRAMES.items()}  # a3 (50 frames) and b3 (129): tiled
+        assert [len(store.segments(r, SEGMENT_FRAMES)) for r in rows] == [k[t] for t in tracks]
+    np.testing.assert_allclose(batched, expected, rtol=1e-12)
+    assert sum(calls) == sum(k.values()) and (len(calls) == 1) == (budget == 1000)
 
 
 def test_cosine_scores_by_hand():
     tracks = np.array([[1.0, 0.0], [3.0, 4.0]])
     labels = np.array([[0.0, 2.0], [1.0, 1.0], [-1.0, 0.0]])
     expected = np.array([[0.0, 1 / np.sqrt(2), -1.0], [0.8, 7 / 5 / np.sqrt(2), -0.6]])
-    np.testing.assert_allclose(embeddings.cosine_scores(tracks, labels), expected, rtol=1e-6)
+    np.testing.assert_allclose(evaluate.cosine_scores(tracks, labels), expected, rtol=1e-6)
 
 
-def test_cache_computes_only_what_is_missing_and_recomputes_when_stale(tmp_path):
-    path = tmp_path / "embeddings.h5"
-    calls = []
-
+def fake_embeddings(calls):
     def compute(ids):
         calls.append(list(ids))
         return np.asarray([[float(t[1:]), 1.0] for t in ids], dtype=np.float32)
@@ -226,21 +220,54 @@ def test_cache_computes_only_what_is_missing_and_recomputes_when_stale(tmp_path)
     def labels():
         calls.append("labels")
         return np.ones((2, 2), dtype=np.float32)
+    return compute, labels
 
+
+def test_cache_computes_only_what_is_missing_and_recomputes_when_stale(tmp_path):
+    path, calls = tmp_path / "embeddings.h5", []
+    compute, labels = fake_embeddings(calls)
     fp = {"model_sha256": "a", "store": {"n_tracks": 3}}
-    out, lab, info = embeddings.cached_outputs(path, fp, ["t1", "t2"], compute, ["x", "y"], labels)
-    assert calls == [["t1", "t2"], "labels"] and info["computed_tracks"] == 2
-    out, lab, info = embeddings.cached_outputs(path, fp, ["t3", "t1"], compute, ["x", "y"], labels)
-    assert calls[2:] == [["t3"]] and info == {"cached_tracks": 1, "computed_tracks": 1, "labels_cached": True}
+    out, lab, info = embeddings.cached_embeddings(path, fp, ["t1", "t2"], compute, ["x", "y"], labels)
+    assert calls == [["t1", "t2"], "labels"] and info["computed_tracks"] == 2 and not info["rejected"]
+    out, lab, info = embeddings.cached_embeddings(path, fp, ["t3", "t1"], compute, ["x", "y"], labels)
+    assert calls[2:] == [["t3"]]
+    assert info == {"cached_tracks": 1, "computed_tracks": 1, "labels_cached": True, "rejected": False}
     np.testing.assert_array_equal(out[:, 0], [3.0, 1.0])
-    out, lab, info = embeddings.cached_outputs(path, fp, ["t2", "t3", "t1"], compute, ["x", "y"], labels)
+    out, lab, info = embeddings.cached_embeddings(path, fp, ["t2", "t3", "t1"], compute, ["x", "y"], labels)
     assert len(calls) == 3 and info["computed_tracks"] == 0  # everything from the cache
     np.testing.assert_array_equal(out[:, 0], [2.0, 3.0, 1.0])
     stale = {"model_sha256": "b", "store": {"n_tracks": 3}}
-    embeddings.cached_outputs(path, stale, ["t1"], compute, ["x", "y"], labels)
-    assert calls[3:] == [["t1"], "labels"]  # another model: recomputed whole
-    embeddings.cached_outputs(path, stale, ["t1"], compute, ["x", "y"], labels, force=True)
+    _, _, info = embeddings.cached_embeddings(path, stale, ["t1"], compute, ["x", "y"], labels)
+    assert calls[3:] == [["t1"], "labels"] and info["rejected"]  # another model: recomputed whole
+    embeddings.cached_embeddings(path, stale, ["t1"], compute, ["x", "y"], labels, force=True)
     assert calls[5:] == [["t1"], "labels"]
+
+
+@pytest.mark.parametrize("damage", ["permuted ids", "nan row", "inf label", "truncated", "old layout"])
+def test_a_damaged_cache_is_recomputed(tmp_path, damage):
+    """Hardening 7: a cache whose ids were permuted or whose rows are not finite is detected and recomputed."""
+    path, calls = tmp_path / "embeddings.h5", []
+    compute, labels = fake_embeddings(calls)
+    fp = {"model_sha256": "a"}
+    embeddings.cached_embeddings(path, fp, ["t1", "t2", "t3"], compute, ["x", "y"], labels)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:500])
+    elif damage == "old layout":  # what the previous version of this code wrote
+        with h5py.File(path, "w") as handle:
+            handle.attrs["fingerprint"] = json.dumps(fp)
+            handle.create_dataset("tracks/ids", data=np.asarray(["t1"], dtype=object), dtype=h5py.string_dtype())
+    else:
+        with h5py.File(path, "r+") as handle:
+            if damage == "permuted ids":
+                handle["track_ids"][...] = np.asarray(["t3", "t1", "t2"], dtype=object)
+            elif damage == "nan row":
+                handle["tracks"][1] = np.nan
+            else:
+                handle["labels"][0, 0] = np.inf
+    out, lab, info = embeddings.cached_embeddings(path, fp, ["t1", "t2", "t3"], compute, ["x", "y"], labels)
+    assert calls[2:] == [["t1", "t2", "t3"], "labels"] and info["rejected"]
+    np.testing.assert_array_equal(out[:, 0], [1.0, 2.0, 3.0])
+    assert embeddings.read_cache(path, fp) is not None  # rewritten whole and intact
 
 
 def test_gzsl_values_seen_unseen_and_harmonic_mean():
@@ -266,53 +293,44 @@ def test_save_scores_npz_reads_back_without_pickle(tmp_path):
     with np.load(path, allow_pickle=False) as npz:
         assert set(npz.files) == {"scores", "labels", "track_ids", "label_names", "test"}
         np.testing.assert_array_equal(npz["scores"], scores)
+        assert npz["labels"].dtype == np.uint8 and npz["labels"].tolist() == [[1, 0]]
         assert npz["track_ids"].tolist() == ["7"] and npz["label_names"].tolist() == ["jazz", "folk"]
         assert str(npz["test"]) == "(B+C)-(X+Y)"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["BC-XY.npz"]  # no temporary file left
 
 
 GLOVE_TEXT = ("the 0.1 0.2 0.3 0.4\n"
               "jazz 1 2 3 4\n"
-              "jazzy 9 9 9 9\n"
               "broken 1 2\n"
               "new york 5 6 7 8\n"
-              "new 4 3 2 1\n"
               "lovely 0.5 0.25 0 -1")  # last line without a newline
-
-
-@pytest.mark.parametrize("chunk", [5, 13, 1 << 20])
-def test_glove_vector_streams_the_file(tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(evaluate, "GLOVE_CHUNK", chunk)  # tiny chunks: matches straddle chunk boundaries
-    path = tmp_path / "glove.txt"
-    path.write_text(GLOVE_TEXT, encoding="utf-8")
-    get = lambda word: evaluate.glove_vector(path, word, 4, progress=False)  # noqa: E731
-    np.testing.assert_array_equal(get("the"), np.float32([0.1, 0.2, 0.3, 0.4]))
-    np.testing.assert_array_equal(get("jazz"), [1, 2, 3, 4])
-    np.testing.assert_array_equal(get("new"), [4, 3, 2, 1])
-    np.testing.assert_array_equal(get("new york"), [5, 6, 7, 8])
-    np.testing.assert_array_equal(get("lovely"), [0.5, 0.25, 0, -1])
-    assert get("broken") is None and get("jaz") is None and get("york") is None
 
 
 def test_word_vector_uses_glove_only_for_glove_side_info(world, tmp_path):
     data, run_dir = world
     run = evaluate.load_run(run_dir)
-    np.testing.assert_array_equal(evaluate.word_vector(run, "guitar", progress=False)[0],
-                                  np.float32(SIDE["guitar"]))
+    vector, source = case_studies.word_vector(run, "guitar", progress=False)
+    np.testing.assert_array_equal(vector, np.float32(SIDE["guitar"]))
+    assert source == str(data / "side_info" / "x.csv")
     with pytest.raises(evaluate.EvaluationError, match="'lovely' has no side-information vector"):
-        evaluate.word_vector(run, "lovely", progress=False)
-    run.side_info_kind = "glove"
+        case_studies.word_vector(run, "lovely", progress=False)
+    run.meta["config"]["side_info"] = "glove"
     with pytest.raises(evaluate.EvaluationError, match="records no glove_path"):
-        evaluate.word_vector(run, "lovely", progress=False)
+        case_studies.word_vector(run, "lovely", progress=False)
     glove = tmp_path / "glove.txt"
-    ds.write_json(data / "summary.json", {"glove_path": str(glove)})
-    with pytest.raises(evaluate.EvaluationError, match="is gone"):
-        evaluate.word_vector(run, "lovely", progress=False)
+    write_json(data / "summary.json", {"glove_path": str(glove)})
+    with pytest.raises(ds.DatasetError, match="glove.txt does not exist"):
+        case_studies.word_vector(run, "lovely", progress=False)
     glove.write_text(GLOVE_TEXT, encoding="utf-8")
-    vector, source = evaluate.word_vector(run, "lovely", progress=False)
+    vector, source = case_studies.word_vector(run, "lovely", progress=False)
     np.testing.assert_array_equal(vector, [0.5, 0.25, 0, -1])
-    assert source == str(glove)
+    assert source == str(glove) and vector.dtype == np.float32
+    np.testing.assert_array_equal(case_studies.word_vector(run, "new york", progress=False)[0], [5, 6, 7, 8])
     with pytest.raises(evaluate.EvaluationError, match="try 'jazz'"):
-        evaluate.word_vector(run, "JAZZ", progress=False)
+        case_studies.word_vector(run, "JAZZ", progress=False)
+    glove.write_text("jazz 1 2 3\nlovely 1 2 3\n", encoding="utf-8")
+    with pytest.raises(evaluate.EvaluationError, match="3-d vectors"):
+        case_studies.word_vector(run, "lovely", progress=False)
 
 
 def fake_record(train="A-X", auc=0.5):
@@ -320,7 +338,7 @@ def fake_record(train="A-X", auc=0.5):
             "task": "annotation", "part": "all", "AUC-i": auc, "evaluated": 3, "skipped": 0}
 
 
-def test_collect_reuses_fresh_results_and_tells_twin_runs_apart(world, tmp_path):
+def test_collect_reuses_fresh_results_and_tells_twin_runs_apart(world, tmp_path, monkeypatch):
     import os
 
     data, first = world
@@ -328,15 +346,25 @@ def test_collect_reuses_fresh_results_and_tells_twin_runs_apart(world, tmp_path)
     third = write_run(tmp_path / "third", data, train_setup="B-X")
     for run_dir, record in ((first, fake_record(auc=0.25)), (second, fake_record(auc=0.75)),
                             (third, fake_record("B-X"))):
-        ds.write_json(run_dir / "results.json", [record])
+        write_json(run_dir / "results.json", [record])
         os.utime(run_dir / "model.keras", (1, 1))  # older than results.json
-    assert evaluate.reusable_results(first) and not evaluate.reusable_results(first, save=True)
     records, notes = evaluate.collect([first, second, third])
     # first and second give the same setup: told apart by "run"; third is unique and stays as it was.
     assert [(r.get("run"), r["AUC-i"]) for r in records] == [("run", 0.25), ("second", 0.75), (None, 0.5)]
     assert any("told apart by a 'run' field" in n for n in notes)
-    os.utime(first / "model.keras")  # a resumed training wrote a newer model: results.json is stale
-    assert not evaluate.reusable_results(first)
+    assert sum("reusing results.json" in n for n in notes) == 3
+    # Re-evaluated when scores are asked for and missing, when --force, and when a resumed training wrote a newer
+    # model than results.json.
+    evaluated = []
+    monkeypatch.setattr(evaluate, "evaluate_run", lambda run_dir, **kwargs: (evaluated.append(kwargs) or [], []))
+    for kwargs in ({"save": True}, {"force": True}):
+        evaluate.collect([first], **kwargs)
+    os.utime(first / "model.keras")
+    evaluate.collect([first])
+    assert evaluated == [{"force": False, "save": True}, {"force": True}, {"force": False}]
+    write_json(second / "results.json", {"not": "a list"})
+    with pytest.raises(evaluate.EvaluationError, match="not a list of result records"):
+        evaluate.collect([second])
 
 
 def test_error_missing_model_and_missing_config(world, capsys, tmp_path):
@@ -348,6 +376,32 @@ def test_error_missing_model_and_missing_config(world, capsys, tmp_path):
     assert_clean_error(code, err, "has no config.json")
     code, _, err = run_main(["--collect", str(tmp_path / "nowhere"), str(run_dir)], capsys)
     assert_clean_error(code, err, "nowhere does not exist")
+
+
+def test_error_run_dir_is_a_file(world, capsys):
+    """Hardening 10: --run-dir naming a file gets one message saying so."""
+    code, _, err = run_main(["--run-dir", str(world[1] / "config.json")], capsys)
+    assert_clean_error(code, err, "config.json is a file")
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda meta: "{\"config\": ", "is not valid JSON"),
+    (lambda meta: "[1, 2]", "'config' is None"),
+    (lambda meta: {**meta, "checksums": []}, "'checksums' is []"),
+    (lambda meta: {**meta, "split_path": None}, "'split_path' is None"),
+    (lambda meta: {**meta, "dataset_dir": 5}, "'dataset_dir' is 5"),
+    (lambda meta: {**meta, "train": "4"}, "'train' is '4'"),
+    (lambda meta: {**meta, "config": {**meta["config"], "model": "cnn"}}, "'config.model' is 'cnn'"),
+    (lambda meta: {**meta, "config": {**meta["config"], "train_setup": "C-X"}}, "'config.train_setup' is 'C-X'"),
+    (lambda meta: {**meta, "side_info_path": None}, "an embedding run without side_info_path"),
+])
+def test_error_damaged_config_json(world, capsys, corrupt, message):
+    """Hardening 10: a hand-corrupted config.json gets one message naming it, never a traceback."""
+    path = world[1] / "config.json"
+    damaged = corrupt(json.loads(path.read_text()))
+    path.write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
+    code, _, err = run_main(["--run-dir", str(world[1])], capsys)
+    assert_clean_error(code, err, str(path), message)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -369,9 +423,35 @@ def test_error_when_the_data_no_longer_matches_config_json(world, capsys, change
     else:
         meta = json.loads((run_dir / "config.json").read_text())
         meta["checksums"]["mels"]["mean"] = 0.3
-        ds.write_json(run_dir / "config.json", meta)
+        write_json(run_dir / "config.json", meta)
     code, _, err = run_main(["--run-dir", str(run_dir)], capsys)
     assert_clean_error(code, err, "no longer matches its data", message)
+
+
+def test_error_split_made_from_other_annotations(world, capsys):
+    """Hardening 4: the split is checked against the annotations even when config.json's checksums agree
+    (a run trained with an explicit --split made before the annotations changed)."""
+    data, run_dir = world
+    with open(data / "annotations.csv", "a", encoding="utf-8") as handle:
+        handle.write("a1,pop\n")
+    meta = json.loads((run_dir / "config.json").read_text())
+    meta["checksums"]["annotations"] = sha256_file(data / "annotations.csv")
+    write_json(run_dir / "config.json", meta)
+    code, _, err = run_main(["--run-dir", str(run_dir)], capsys)
+    assert_clean_error(code, err, "split_seed0.json", "splits.make")
+
+
+def test_error_model_swapped_after_training(world, capsys):
+    """Hardening 6: a model.keras other than the one train_summary.json records is refused, naming the run."""
+    run_dir = world[1]
+    write_json(run_dir / "train_summary.json", {"finished": True, "model_sha256": "0" * 64})
+    code, _, err = run_main(["--run-dir", str(run_dir)], capsys)
+    assert_clean_error(code, err, f"run {run_dir}", "model.keras is not the model this run trained")
+    (run_dir / "train_summary.json").write_text("{broken")
+    code, _, err = run_main(["--run-dir", str(run_dir)], capsys)
+    assert_clean_error(code, err, "train_summary.json is damaged")
+    write_json(run_dir / "train_summary.json", {"model_sha256": sha256_file(run_dir / "model.keras")})
+    assert evaluate.load_run(run_dir).model_sha256 == sha256_file(run_dir / "model.keras")  # the recorded model
 
 
 def test_error_word_without_a_vector(world, capsys):
@@ -381,31 +461,52 @@ def test_error_word_without_a_vector(world, capsys):
     assert_clean_error(code, err, "'banjo' has no side-information vector")
 
 
-def test_error_bad_flags(world, capsys):
-    code, _, err = run_main(["--collect", str(world[1]), "--query", "jazz"], capsys)
-    assert_clean_error(code, err, "use --run-dir, not --collect")
-    code, _, err = run_main(["--run-dir", str(world[1]), "--top", "0", "--query", "jazz"], capsys)
-    assert_clean_error(code, err, "--top must be >= 1")
+@pytest.mark.parametrize("argv, message", [
+    (["--query", "jazz", "--collect", "RUN"], "use --run-dir, not --collect"),
+    (["--query", "jazz", "--top", "0"], "--top must be >= 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--annotate", "AUDIO", "--max-seconds", "-5"], "--max-seconds must be a positive number"),
+    (["--annotate", "AUDIO", "--max-seconds", "0"], "--max-seconds must be a positive number"),
+    (["--annotate", "AUDIO", "--max-seconds", "inf"], "--max-seconds must be a positive number"),
+    (["--annotate", "AUDIO", "--max-seconds", "nan"], "--max-seconds must be a positive number"),
+])
+def test_error_bad_flags(world, capsys, tmp_path, argv, message):
+    """Includes hardening 8: --annotate FILE --max-seconds -5 is refused naming the flag."""
+    audio = tmp_path / "tone.wav"
+    import soundfile
+
+    soundfile.write(audio, np.zeros(22050, dtype=np.float32), 22050)
+    argv = [str(world[1]) if a == "RUN" else str(audio) if a == "AUDIO" else a for a in argv]
+    code, _, err = run_main((["--run-dir", str(world[1])] if "--collect" not in argv else []) + argv, capsys)
+    assert_clean_error(code, err, message)
+
+
+def test_evaluate_py_as_a_script_gives_one_error_line(world):
+    """Run as `python evaluate.py`, a case study's error is caught too (one EvaluationError class)."""
+    result = subprocess.run([sys.executable, "evaluate.py", "--run-dir", str(world[1]), "--query", "banjo"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.startswith("error: 'banjo' has no side-information vector")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Slow tests: a real (untrained) model saved to model.keras
 # ---------------------------------------------------------------------------------------------------------------
-def save_model(path: Path, model_kind: str, seed: int = 0):
+def save_model(path: Path, model_kind: str, seed: int = 0, side_dim: int = len(SIDE["jazz"]),
+               n_labels: int = len(SEEN)):
     import keras
 
     import models
 
     keras.utils.set_random_seed(seed)
-    model = (models.build_embedding_model(len(SIDE["jazz"])) if model_kind == "embedding"
-             else models.build_classification_model(len(SEEN)))
+    model = (models.build_embedding_model(side_dim) if model_kind == "embedding"
+             else models.build_classification_model(n_labels))
     model.save(path)
     return keras.saving.load_model(path, compile=False)
 
 
-def independent_track_outputs(module, data: Path, tracks) -> np.ndarray:
+def independent_track_embeddings(module, data: Path, tracks) -> np.ndarray:
     """Mean of per-segment outputs, one direct call per track (no batching across tracks, no cache)."""
-    with MelStore(data / "mels.h5") as store:
+    with MelStore(data / "mels.h5", in_memory=False) as store:
         return np.stack([np.asarray(module(store.segments(store.index(t)), training=False)).mean(axis=0)
                          for t in tracks])
 
@@ -429,16 +530,17 @@ def trained(tmp_path_factory):
 def test_track_embedding_is_the_mean_of_segment_embeddings(trained):
     run = evaluate.load_run(trained["run_dir"])
     tracks = list(FRAMES)
-    outputs, label_emb, info = evaluate.track_outputs(run, tracks, progress=False)
-    assert info == {"cached_tracks": 9, "computed_tracks": 0, "labels_cached": True}  # cache from the fixture
-    expected = independent_track_outputs(trained["audio"], trained["data"], tracks)
-    np.testing.assert_allclose(outputs, expected, rtol=1e-4, atol=1e-5)
-    # Label embeddings of every side-information label = the semantic module on the raw vectors.
-    assert run.side_info.labels == sorted(SIDE)  # write_side_info sorts the rows
-    vectors = np.asarray([SIDE[lab] for lab in run.side_info.labels], dtype=np.float32)
-    np.testing.assert_allclose(label_emb, np.asarray(trained["semantic"](vectors)), rtol=1e-5, atol=1e-6)
-    # Computed afresh (force) with a batch size that splits tracks across batches: the same.
-    fresh, _, info = evaluate.track_outputs(run, tracks, force=True, batch_size=3, progress=False)
+    with MelStore(run.mels_path, in_memory=False) as store:
+        track_emb, label_emb, info = evaluate.embed(run, store, tracks, progress=False)
+        assert info == {"cached_tracks": 9, "computed_tracks": 0, "labels_cached": True, "rejected": False}
+        expected = independent_track_embeddings(trained["audio"], trained["data"], tracks)
+        np.testing.assert_allclose(track_emb, expected, rtol=1e-4, atol=1e-5)
+        # Label embeddings of the split's labels (seen, then unseen) = the semantic module on the raw vectors.
+        assert run.labels == SEEN + sorted(UNSEEN)
+        vectors = np.asarray([SIDE[lab] for lab in run.labels], dtype=np.float32)
+        np.testing.assert_allclose(label_emb, np.asarray(trained["semantic"](vectors)), rtol=1e-5, atol=1e-6)
+        # Computed afresh (force) with a batch size that splits tracks across batches: the same.
+        fresh, _, info = evaluate.embed(run, store, tracks, force=True, batch_size=3, progress=False)
     assert info["computed_tracks"] == 9
     np.testing.assert_allclose(fresh, expected, rtol=1e-4, atol=1e-5)
 
@@ -454,13 +556,12 @@ def test_results_json_round_trip_and_metrics_from_saved_scores(trained):
     assert sorted(keys) == sorted(expected) and len(set(keys)) == len(keys)
     assert all(r["dataset"] == "tiny" and r["model"] == "embedding" and r["side_info"] == "x" for r in records)
 
-    run = evaluate.load_run(run_dir)
     tracks = list(FRAMES)
-    track_emb = independent_track_outputs(trained["audio"], data, tracks)
+    track_emb = independent_track_embeddings(trained["audio"], data, tracks)
     label_emb = np.asarray(trained["semantic"](np.asarray(list(SIDE.values()), dtype=np.float32)))
     by_key = {(r["test"], r["task"], r["part"]): r for r in records}
     for test, (want_tracks, want_labels) in EXPECTED_SETUPS.items():
-        with np.load(run_dir / "scores" / f"{evaluate._slug(test)}.npz", allow_pickle=False) as npz:
+        with np.load(run_dir / "scores" / f"{SLUG[test]}.npz", allow_pickle=False) as npz:
             assert npz["track_ids"].tolist() == want_tracks and npz["label_names"].tolist() == want_labels
             assert str(npz["test"]) == test
             truth = np.array([[lab in LABELS_OF[t] for lab in want_labels] for t in want_tracks], dtype=np.uint8)
@@ -487,8 +588,38 @@ def test_results_json_round_trip_and_metrics_from_saved_scores(trained):
     assert by_key[("C-(X+Y)", "annotation", "seen")]["AUC-i"] is None  # C tracks have no seen label
     # A re-evaluation from the cache gives the same records; the label map exists.
     again, notes = evaluate.evaluate_run(run_dir, progress=False)
-    assert again == records and any("9 from embeddings.h5, 0 computed" in n for n in notes)
+    assert again == records and any("9 from embeddings.h5, 0 computed." in n for n in notes)
     assert (run_dir / "label_map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_a_permuted_cache_gives_the_same_results(trained):
+    """Hardening 7, end to end: track ids permuted in embeddings.h5 are detected, the cache is recomputed, and
+    the records equal those of the intact cache (the old code returned the permuted rows: wrong metrics)."""
+    run_dir = trained["run_dir"]
+    records = json.loads((run_dir / "results.json").read_text())
+    with h5py.File(run_dir / "embeddings.h5", "r+") as handle:
+        ids = handle["track_ids"].asstr()[...]
+        handle["track_ids"][...] = np.asarray(np.roll(ids, 1), dtype=object)
+    again, notes = evaluate.evaluate_run(run_dir, progress=False)
+    assert any("0 from embeddings.h5, 9 computed (the cache did not match this run: replaced)" in n for n in notes)
+    assert json.dumps(again) == json.dumps(records)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run_model, saved, message", [
+    ("embedding", {"model_kind": "embedding", "side_dim": 5}, "side information (None, 5) (config.json: (None, 4))"),
+    ("classification", {"model_kind": "classification", "n_labels": 4}, "labels (None, 4) (config.json: (None, 3))"),
+    ("embedding", {"model_kind": "classification"}, "kind classification (config.json: embedding)"),
+])
+def test_error_model_that_does_not_fit_the_config(trained, tmp_path, capsys, run_model, saved, message):
+    """Hardening 6: a model from another run (another side-information dimension, another label count, another
+    kind) is refused with one message naming the run, before any score is computed."""
+    run_dir = write_run(tmp_path / "swapped", trained["data"], model=run_model)
+    save_model(run_dir / config.MODEL_FILE, **saved)
+    code, _, err = run_main(["--run-dir", str(run_dir)], capsys)
+    assert_clean_error(code, err, f"run {run_dir}: model.keras does not fit the run's config.json", message)
+    assert not (run_dir / "results.json").exists() and not (run_dir / "embeddings.h5").exists()
 
 
 @pytest.mark.slow
@@ -513,10 +644,11 @@ def test_query_and_neighbors_on_a_known_case(trained, capsys):
     query = result["query"]
     assert query["status"] == "outside the label set" and query["n_tracks"] == 9
     tracks = list(FRAMES)
-    track_emb = independent_track_outputs(trained["audio"], data, tracks)
+    track_emb = independent_track_embeddings(trained["audio"], data, tracks)
     word = np.asarray(trained["semantic"](np.asarray([SIDE["guitar"]], dtype=np.float32)))[0]
     cosine = track_emb @ word / np.linalg.norm(track_emb, axis=1) / np.linalg.norm(word)
     assert [r["track_id"] for r in query["tracks"]] == [tracks[i] for i in np.argsort(-cosine)[:5]]
+    np.testing.assert_allclose([r["score"] for r in query["tracks"]], np.sort(cosine)[::-1][:5], rtol=1e-4)
     assert query["tracks"][0]["labels"] == LABELS_OF[query["tracks"][0]["track_id"]]
     assert query["tracks"][0]["path"] == f"audio/{query['tracks'][0]['track_id']}.wav"
 
@@ -524,6 +656,8 @@ def test_query_and_neighbors_on_a_known_case(trained, capsys):
     assert near["status"] == "seen label"
     assert [r["label"] for r in near["side_information"]] == ["blues", "pop", "rock", "folk"]
     assert [r["unseen"] for r in near["side_information"]] == [True, False, False, True]
+    np.testing.assert_allclose([r["cosine"] for r in near["side_information"]], [0.9487, 0.4472, 0.1400, 0.0],
+                               atol=1e-4)
     names = SEEN + UNSEEN
     emb = np.asarray(trained["semantic"](np.asarray([SIDE[n] for n in names], dtype=np.float32)))
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
@@ -531,14 +665,18 @@ def test_query_and_neighbors_on_a_known_case(trained, capsys):
     assert [r["label"] for r in near["embedding"]] == [names[i] for i in np.argsort(-sims) if names[i] != "jazz"]
 
     code, out, _ = run_main(["--run-dir", str(run_dir), "--query", "blues", "--top", "2"], capsys)
-    assert code == 0 and "unseen label" in out and len(out.strip().splitlines()) == 4  # title, header, 2 rows
+    lines = out.strip().splitlines()
+    assert code == 0 and "unseen label" in lines[0] and len(lines) == 4  # title, header, 2 rows
+    assert lines[1].split() == ["rank", "track_id", "score", "labels", "path"]
+    for fmt, first in (("csv", "# Nearest labels to 'jazz'"), ("markdown", "**Nearest labels to 'jazz'")):
+        code, out, _ = run_main(["--run-dir", str(run_dir), "--neighbors", "jazz", "--format", fmt], capsys)
+        assert code == 0 and out.startswith(first) and "blues (unseen)" in out
+    assert "| rank | side information | cosine | embedding | cosine |" in out and out.count("\n") == 2 + 2 + 4
 
 
 @pytest.mark.slow
 def test_annotate_an_audio_file(trained, tmp_path, capsys):
     import soundfile
-
-    from preprocess.store import audio_file_frames
 
     path = tmp_path / "tone.wav"
     t = np.arange(int(22050 * 4.5)) / 22050
@@ -547,8 +685,7 @@ def test_annotate_an_audio_file(trained, tmp_path, capsys):
                               capsys)
     assert code == 0, err
     result = json.loads(out)["annotate"]
-    with MelStore(trained["data"] / "mels.h5") as store:
-        frames = audio_file_frames(path, store)
+    frames = frontend.file_frames(path, STORE_MEAN, STORE_STD)
     segments = frames[: len(frames) // SEGMENT_FRAMES * SEGMENT_FRAMES].reshape(-1, SEGMENT_FRAMES, 128)
     assert result["segments"] == len(segments) == 1
     track = np.asarray(trained["audio"](segments, training=False)).mean(axis=0)
@@ -556,9 +693,11 @@ def test_annotate_an_audio_file(trained, tmp_path, capsys):
     emb = np.asarray(trained["semantic"](np.asarray([SIDE[n] for n in names], dtype=np.float32)))
     cosine = emb @ track / np.linalg.norm(emb, axis=1) / np.linalg.norm(track)
     assert [r["label"] for r in result["labels"]] == [names[i] for i in np.argsort(-cosine)]
+    np.testing.assert_allclose([r["score"] for r in result["labels"]], np.sort(cosine)[::-1], rtol=1e-4)
     assert {r["label"] for r in result["labels"] if r["unseen"]} == set(UNSEEN)
-    code, out, _ = run_main(["--run-dir", str(trained["run_dir"]), "--annotate", str(path)], capsys)
-    assert "(unseen)" in out
+    code, out, _ = run_main(["--run-dir", str(trained["run_dir"]), "--annotate", str(path), "--max-seconds", "2"],
+                            capsys)
+    assert code == 0 and "(unseen)" in out and "(1 segments)" in out  # 2 s = 87 frames: tiled to one segment
     code, _, err = run_main(["--run-dir", str(trained["run_dir"]), "--annotate", str(tmp_path / "none.wav")], capsys)
     assert_clean_error(code, err, "none.wav")
 
@@ -570,12 +709,17 @@ def test_classification_run_averages_sigmoids_on_b_x(trained, tmp_path):
     records, notes = evaluate.evaluate_run(run_dir, save=True, progress=False)
     assert [(r["test"], r["task"], r["part"]) for r in records] == [("B-X", "retrieval", "all")]
     assert any("classification model scores only its seen labels" in n for n in notes)
-    with MelStore(trained["data"] / "mels.h5") as store:
+    with MelStore(trained["data"] / "mels.h5", in_memory=False) as store:
         expected = np.stack([np.asarray(model(store.segments(store.index(t)), training=False)).mean(axis=0)
                              for t in EXPECTED_SETUPS["B-X"][0]])
     with np.load(run_dir / "scores" / "B-X.npz", allow_pickle=False) as npz:
         np.testing.assert_allclose(npz["scores"], expected, rtol=1e-4, atol=1e-6)
         assert records[0]["AUC-l"] == metrics.retrieval_metrics(npz["scores"], npz["labels"])["AUC-l"]
     assert not (run_dir / "label_map.png").exists()
+    run = evaluate.load_run(run_dir)
     with pytest.raises(evaluate.EvaluationError, match="classification model"):
-        evaluate.neighbors(evaluate.load_run(run_dir), "jazz", progress=False)
+        case_studies.neighbors(run, "jazz", progress=False)
+    result = case_studies.query(run, "pop", top=3, progress=False)
+    assert result["vector_from"] == "classification output" and len(result["tracks"]) == 3
+    with pytest.raises(evaluate.EvaluationError, match="not one of the 3 seen labels"):
+        case_studies.query(run, "blues", progress=False)

@@ -11,6 +11,7 @@ SEED ?= 0
 help:
 	@echo "make demo   - install (once), build the demo corpus, train (instrument + random side info), evaluate"
 	@echo "make test   - install (once) and run the test suite"
+	@echo "make test-fast - the test suite without the slow tests"
 	@echo "make bench  - run the benchmarks under benchmarks/"
 
 $(STAMP): requirements.txt requirements-test.txt
@@ -33,6 +34,10 @@ demo: demo-data
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The suite without the tests marked slow (the ones that train a model or run whole commands).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

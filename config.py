@@ -1,9 +1,8 @@
-"""One configuration for train.py and evaluate.py.
+"""One configuration for train.py and evaluate.py, and the run directory's file names.
 
-`TrainConfig` holds every training choice with the paper's default (../shared/REFERENCE.md); `build_parser` turns
-it into argparse flags (help text from the field metadata), `TrainConfig.to_dict/from_dict` go to and from the
-"config" entry of the run directory's config.json, and the registries below feed argparse
-`choices` so an unknown name fails with the list of valid ones. No TensorFlow import here: `--help` must be fast.
+`TrainConfig` holds every training choice with the paper's default (docs/original.md); `build_parser` turns it into
+argparse flags (help from the field metadata), `check_config` refuses values that cannot work (naming the flag),
+and config.json's "config" entry is `TrainConfig.to_dict()`. No TensorFlow here: `--help` must be fast.
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -18,12 +18,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent
 RUNS_ROOT = REPO_ROOT / "runs"
-CONFIG_FILE = "config.json"
-MODEL_FILE = "model.keras"
+CONFIG_FILE, MODEL_FILE, SUMMARY_FILE = "config.json", "model.keras", "train_summary.json"  # a run directory's
+LOG_FILE, CURVE_FILE, CHECKPOINT_DIR, BACKUP_DIR = "log.csv", "training_curve.png", "checkpoints", "backup"
 
-# ---------------------------------------------------------------------------------------------------------------
-# Registries
-# ---------------------------------------------------------------------------------------------------------------
 MODELS = ("embedding", "classification")
 STRATEGIES = ("default", "mirrored", "multi-worker")
 LOSS_REDUCTIONS = ("sum", "mean")
@@ -34,15 +31,20 @@ DEFAULT_EPOCHS = {"demo": 40}
 DEFAULT_EPOCHS_OTHER = 200
 
 
-class SetupError(argparse.ArgumentTypeError, ValueError):
-    """An unknown training setup (argparse prints its message as is; callers may catch ValueError)."""
+class ConfigError(ValueError):
+    """A flag value that cannot work; the message names the flag."""
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used as it is (a file, a damaged config.json or backup)."""
+
+
+class SetupError(argparse.ArgumentTypeError, ConfigError):
+    """An unknown training setup (argparse prints its message as is)."""
 
 
 def canonical_setup(name: str) -> str:
-    """A training setup in the paper's spelling: 'AB', 'A+B', '(A+B)-X' -> '(A+B)-X' (names live in splits/).
-
-    Raises ValueError (argparse turns it into a usage error) for test setups and unknown names.
-    """
+    """A training setup in the paper's spelling: 'AB', 'A+B', '(A+B)-X' -> '(A+B)-X' (names live in splits/)."""
     import splits
 
     try:
@@ -63,19 +65,15 @@ class TrainConfig:
     """Every choice of a training run; defaults reproduce the paper."""
 
     dataset: str = field(default="demo", metadata=_flag(
-        "demo | fma | msd (data/<name>) or the path of a dataset directory (data/README.md). The demo corpus is "
-        "built automatically when missing."))
+        "demo | fma | msd (data/<name>) or a dataset directory (data/README.md); the demo is built when missing."))
     split: str | None = field(default=None, metadata=_flag(
         "split JSON (splits/README.md). Default: the dataset's splits/split_seed0.json, created if missing."))
     train_setup: str = field(default="(A+B)-X", metadata=_flag(
-        "training setup: A-X, B-X or (A+B)-X (aliases A, B, AB). Paper default for Tables 2-3: all three; "
-        "Table 4 uses A-X.", type=canonical_setup))
+        "A-X, B-X or (A+B)-X (aliases A, B, AB); Tables 2-3 use all three, Table 4 A-X.", type=canonical_setup))
     model: str = field(default="embedding", metadata=_flag(
-        "embedding (deep embedding model, paper Sec. 4.1) or classification (paper Sec. 4.2, Table 4).",
-        choices=MODELS))
+        "embedding (deep embedding model, paper Sec. 4.1) or classification (Sec. 4.2, Table 4).", choices=MODELS))
     side_info: str | None = field(default=None, metadata=_flag(
-        "side information: instrument-count | instrument-confidence | glove | random | any file stem in the "
-        "dataset's side_info/. Default: instrument-count, else glove."))
+        "a file stem in the dataset's side_info/ (instrument-count, glove...); default: instrument-count, else glove."))
     negatives: int = field(default=1, metadata=_flag("negative labels per sample (paper: 1)."))
     margin: float = field(default=0.4, metadata=_flag("hinge-loss margin Delta (paper: 0.4)."))
     loss_reduction: str = field(default="sum", metadata=_flag(
@@ -86,78 +84,79 @@ class TrainConfig:
         "Keras-2-style decay: lr_t = lr / (1 + decay * iteration) (paper: 1e-6)."))
     momentum: float = field(default=0.9, metadata=_flag("Nesterov momentum (paper: 0.9)."))
     epochs: int | None = field(default=None, metadata=_flag(
-        f"maximum epochs (paper: not stated; early stopping ends the run). Default: "
-        f"{DEFAULT_EPOCHS_OTHER}, {DEFAULT_EPOCHS['demo']} on the demo corpus."))
+        f"maximum epochs (early stopping ends a run); default {DEFAULT_EPOCHS_OTHER}, by dataset {DEFAULT_EPOCHS}."))
     patience: int = field(default=20, metadata=_flag("EarlyStopping patience on val_loss (original: 20)."))
     plateau_patience: int = field(default=5, metadata=_flag("ReduceLROnPlateau patience (original: 5)."))
     plateau_factor: float = field(default=0.2, metadata=_flag("ReduceLROnPlateau factor (original: 0.2)."))
     min_lr: float = field(default=1.6e-7, metadata=_flag("ReduceLROnPlateau min_lr (original: 1.6e-7)."))
     checkpoint_every: int = field(default=2, metadata=_flag("save a checkpoint every N epochs (original: 2)."))
-    seed: int = field(default=0, metadata=_flag("seed for weights and sampling. The default split is always split_seed0.json (the paper has one split); "
-        "make others with python -m splits.make --seed N and pass --split."))
+    seed: int = field(default=0, metadata=_flag(
+        "seed for weights and sampling (the default split is split_seed0.json whatever the seed: see splits.make)."))
     run_dir: str | None = field(default=None, metadata=_flag(
-        "run directory (created). Default: a new folder under runs/. Rerunning with an existing run directory "
-        "resumes an interrupted run."))
+        "run directory (created; default: a new folder under runs/). An existing one resumes its interrupted run."))
     strategy: str = field(default="default", metadata=_flag(
-        "default (one device), mirrored (tf.distribute.MirroredStrategy, several GPUs) or multi-worker "
-        "(MultiWorkerMirroredStrategy via TF_CONFIG, several machines).", choices=STRATEGIES))
-    workers: int = field(default=2, metadata=_flag("parallel data-loading workers."))
+        "default (one device), mirrored (several GPUs) or multi-worker (machines, TF_CONFIG).", choices=STRATEGIES))
+    workers: int = field(default=1, metadata=_flag(
+        "1: batches load in one thread beside training (best on few cores); N > 1: in N worker processes."))
     keep_checkpoints: int = field(default=0, metadata=_flag(
         "keep only the last N periodic checkpoints (checkpoints/epoch_NNN.keras); 0 keeps all (original)."))
     verbose: int = field(default=1, metadata=_flag(
         "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.", choices=(0, 1, 2)))
 
-    # ---- derived values ----------------------------------------------------------------------------------------
     def resolved_epochs(self, dataset_name: str) -> int:
-        if self.epochs is not None:
-            return int(self.epochs)
-        return DEFAULT_EPOCHS.get(dataset_name, DEFAULT_EPOCHS_OTHER)
+        return int(self.epochs) if self.epochs is not None else DEFAULT_EPOCHS.get(dataset_name, DEFAULT_EPOCHS_OTHER)
 
-    # ---- persistence -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+
+def check_config(config: TrainConfig) -> TrainConfig:
+    """ConfigError naming the first flag whose value cannot work; returns a copy with the setup in canonical form."""
+    rules = [("negatives", config.negatives >= 1, "at least 1"), ("batch_size", config.batch_size >= 1, "at least 1"),
+             ("lr", config.lr > 0, "> 0"), ("lr_decay", config.lr_decay >= 0, ">= 0"),
+             ("margin", config.margin >= 0, ">= 0"), ("momentum", 0 <= config.momentum < 1, "in [0, 1)"),
+             ("epochs", config.epochs is None or config.epochs >= 1, "at least 1"),
+             ("patience", config.patience >= 0, ">= 0"), ("plateau_patience", config.plateau_patience >= 0, ">= 0"),
+             ("plateau_factor", 0 < config.plateau_factor < 1, "in (0, 1)"), ("min_lr", config.min_lr >= 0, ">= 0"),
+             ("checkpoint_every", config.checkpoint_every >= 0, ">= 0 (0 = no periodic checkpoints)"),
+             ("keep_checkpoints", config.keep_checkpoints >= 0, ">= 0 (0 = keep all)"),
+             ("seed", config.seed >= 0, ">= 0 (numpy and Keras take non-negative seeds)"),
+             ("workers", config.workers >= 1, "at least 1")]
+    for name, ok, rule in rules:
+        value = getattr(config, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            ok, rule = False, f"a finite number {rule}"
+        if not ok:
+            raise ConfigError(f"--{name.replace('_', '-')} {value!r} must be {rule}.")
+    for name, choices in (("model", MODELS), ("strategy", STRATEGIES), ("loss_reduction", LOSS_REDUCTIONS)):
+        if getattr(config, name) not in choices:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)!r}: not one of {', '.join(choices)}")
+    try:
+        return dataclasses.replace(config, train_setup=canonical_setup(config.train_setup))
+    except SetupError as exc:
+        raise ConfigError(f"--train-setup {exc}") from None
 
 
-def build_parser(cls=TrainConfig, **parser_kwargs) -> argparse.ArgumentParser:
-    """argparse parser with one --flag per dataclass field (underscores become dashes), help from metadata."""
+def build_parser(**parser_kwargs) -> argparse.ArgumentParser:
+    """argparse parser with one --flag per TrainConfig field (underscores become dashes), help from metadata."""
     parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **parser_kwargs)
-    for f in dataclasses.fields(cls):
-        meta = dict(f.metadata)
-        kwargs = {"default": f.default, "help": meta.pop("help", "")}
-        if "type" not in meta:
-            base = f.type if isinstance(f.type, type) else str(f.type)
-            text = str(base)
-            if "int" in text:
-                kwargs["type"] = int
-            elif "float" in text:
-                kwargs["type"] = float
-            else:
-                kwargs["type"] = str
-        kwargs.update(meta)
+    for f in dataclasses.fields(TrainConfig):
+        kwargs = {"default": f.default, "type": next((t for t in (int, float) if t.__name__ in str(f.type)), str)}
+        kwargs.update(f.metadata)
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
     return parser
 
 
-def config_from_args(args: argparse.Namespace, cls=TrainConfig):
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in vars(args).items() if k in names})
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Run directories
-# ---------------------------------------------------------------------------------------------------------------
 def new_run_dir(dataset: str, model: str, side_info: str, train_setup: str, root: Path = RUNS_ROOT) -> Path:
     """runs/<YYYYmmdd-HHMMSS>_<dataset>_<model>_<side_info>_<setup>, made unique with a numeric suffix."""
     setup = re.sub(r"[^A-Za-z0-9]+", "", train_setup)  # (A+B)-X -> ABX
-    stem = f"{time.strftime('%Y%m%d-%H%M%S')}_{dataset}_{model}_{side_info}_{setup}"
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem)
-    path = Path(root) / stem
-    suffix = 1
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{time.strftime('%Y%m%d-%H%M%S')}_{dataset}_{model}_{side_info}_{setup}")
+    path, suffix = Path(root) / stem, 1
     while path.exists():
         suffix += 1
         path = Path(root) / f"{stem}_{suffix}"
@@ -166,8 +165,7 @@ def new_run_dir(dataset: str, model: str, side_info: str, train_setup: str, root
 
 def latest_run_dir(root: Path = RUNS_ROOT) -> Path:
     """The most recently modified run directory under `root` that holds a config.json."""
-    root = Path(root)
-    runs = [p for p in root.glob("*") if (p / CONFIG_FILE).is_file()] if root.is_dir() else []
+    runs = [p for p in Path(root).glob("*") if (p / CONFIG_FILE).is_file()]
     if not runs:
         raise FileNotFoundError(f"no run directory with a {CONFIG_FILE} under {root}; train a model first "
                                 "(python train.py) or pass --run-dir.")

@@ -1,36 +1,25 @@
-"""Benchmark: does the training input pipeline starve the model? (target: ratio >= 0.9)
+"""Benchmark: does the training input pipeline starve the model? (target: ratio >= 0.9 for the in-memory store)
 
-Trains the deep embedding model (paper Sec. 4.1; 40-d side information, batch 64, 1 negative) two ways and
-compares their throughput (samples/s of one epoch, after a first epoch that traces the step function):
+Trains the deep embedding model (paper Sec. 4.1; 40-d side information, batch 64, 1 negative) and compares the
+throughput (samples/s of one epoch, after a first epoch that traces the step function) of
 
-  model only   `fit` on one batch of in-memory tensors repeated (tf.data.Dataset.from_tensors(...).repeat())
-  end to end   `fit` on train.py's real pipeline (models.pipeline.make_samplers + training_dataset, as train.py
-               builds them: random crops from a float16 HDF5 mel store written with the documented layout, label
-               draws, side-vector lookups). The store is in memory (auto: < 2 GiB), so this is the "tensorflow"
-               pipeline (TensorFlow ops only, no Python per batch); --pipeline numpy times the numpy loader that
-               train.py uses for lazily read stores (--in-memory no picks it too)
+  model only   `fit` on one batch of in-memory tensors repeated: no input work at all
+  end to end   `fit` on train.py's batches (models.pipeline.training_batches, train.py's --workers): random crops
+               from a float16 HDF5 mel store written with the documented layout, label draws, side-vector lookups.
+               Two paths, side by side in every round:
+                 in memory  the store held in RAM (MelStore(in_memory=True))     -> ratio target >= 0.9
+                 lazy       the store read lazily from the file (in_memory=False)   -> reported, no target
+               (the lazy store is page-cached by the OS after its first epoch: this measures the loader, not a disk)
 
-  tf-only      reference, not the pipeline: crops gathered by TensorFlow ops alone (random starts, tf.gather from
-               the whole in-memory mel array, no Python per batch) - the cheapest input a CPU-only machine can
-               feed; its ratio is how much of the gap the cores' sharing alone explains
+ratio = end-to-end samples/s / model-only samples/s, the median over --rounds rounds of adjacent epochs (the order
+alternates), since other processes share the CPU. "loader alone" reads the batches of one epoch in this process,
+one after the other, without a model. Prints a report and one JSON line (the in-memory path's figures at the top
+level, the lazy path's under "lazy"). Exit status 0: a timing miss is reported as MISS, not as a failure, since
+timings on a shared machine are noisy (--strict exits 1 on a miss). On 2 CPU cores the model step and the loader
+share the cores, so any input work shows in the ratio; on a GPU the model step leaves the CPU to the loader.
 
-Each end-to-end epoch reads the first of a two-epoch dataset, as in train.py, whose dataset spans all remaining
-epochs (a dataset that ends with the timed epoch would make Keras build a next epoch's iterator inside it). All
-batches are full here (--steps x --batch-size samples), so both pipelines declare a static batch dimension, as
-model only does; with a partial last batch the model step itself runs ~3 % slower on this CPU (unknown batch
-dimension), whatever the input. "pipeline alone" iterates the pipeline's dataset without a model, one load at
-a time.
-
-ratio = end-to-end samples/s / model-only samples/s, the median over --rounds rounds of two adjacent epochs (one
-of each, alternating which goes first), since other processes share the CPU. Prints a human-readable
-report and one JSON line. Exit status 0: a timing miss is reported as MISS, not as a failure, since timings on a
-shared machine are noisy (--strict exits 1 on a miss).
-
-On 2 CPU cores the model step and the loader share the cores, so any input work (even TensorFlow's own gather,
-see tf-only) shows up directly in the ratio; on a GPU the model step leaves the CPU free for loading.
-
-    python benchmarks/bench_train.py [--tracks 512] [--frames 650] [--steps 100] [--workers 2] [--rounds 9]
-                                     [--pipeline auto|tensorflow|numpy]
+    python benchmarks/bench_train.py [--tracks 512] [--frames 650] [--steps 100] [--workers 1] [--rounds 9]
+                                     [--in-memory both|yes|no]
 """
 
 from __future__ import annotations
@@ -49,13 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 TARGET = 0.9
+PATHS = {"yes": (True,), "no": (False,), "both": (True, False)}
 
 
 def write_store(path: Path, n_tracks: int, frames: int, seed: int, dtype: str = "float16") -> None:
-    """A store with the documented layout (float16 = the audio builder's default dtype); lengths vary +-30%."""
+    """A store with the documented layout (float16 = the store builder's default dtype); lengths vary +-30%."""
     import h5py
 
-    from preprocess.store import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE
+    from preprocess.frontend import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE
 
     rng = np.random.default_rng(seed)
     lengths = rng.integers(int(frames * 0.7), int(frames * 1.3) + 1, size=n_tracks)
@@ -73,26 +63,6 @@ def write_store(path: Path, n_tracks: int, frames: int, seed: int, dtype: str = 
             handle.attrs[key] = value
 
 
-class EpochTimer:
-    """Wall time of each epoch (Keras callback built lazily so that --help does not import Keras)."""
-
-    def __new__(cls):
-        import keras
-
-        class _Timer(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.times = []
-
-            def on_epoch_begin(self, epoch, logs=None):
-                self._start = time.perf_counter()
-
-            def on_epoch_end(self, epoch, logs=None):
-                self.times.append(time.perf_counter() - self._start)
-
-        return _Timer()
-
-
 def build_model(side_dim: int):
     import models
 
@@ -102,34 +72,15 @@ def build_model(side_dim: int):
     return model
 
 
-def epoch_throughput(model, dataset, steps: int, batch_size: int) -> float:
-    """Samples/s of one `fit` epoch (timed from on_epoch_begin to on_epoch_end, so fit's set-up is excluded)."""
-    timer = EpochTimer()
-    model.fit(dataset, steps_per_epoch=steps, epochs=1, callbacks=[timer], verbose=0, shuffle=False)
-    return steps * batch_size / timer.times[0]
+def epoch_throughput(model, data, steps: int, batch_size: int) -> float:
+    """Samples/s of one `fit` epoch, timed from on_epoch_begin to on_epoch_end (fit's set-up excluded)."""
+    import keras
 
-
-def tf_only_dataset(store, vectors: np.ndarray, batch_size: int):
-    """Reference input: random 130-frame crops and label vectors drawn by TensorFlow ops only (no Python per batch)."""
-    import tensorflow as tf
-
-    from preprocess.store import SEGMENT_FRAMES
-
-    frames_all = np.concatenate([store.frames(i) for i in range(len(store))])  # (frames, 128) float32
-    mel = tf.Variable(frames_all, trainable=False)  # a variable, not a constant: no 2 GB graph limit
-    table = tf.constant(vectors)
-    n_frames, n_labels = int(mel.shape[0]), int(vectors.shape[0])
-    target = tf.tile(tf.constant([[1.0, 0.0]]), [batch_size, 1])
-
-    def batch(_):
-        starts = tf.random.uniform((batch_size, 1), 0, n_frames - SEGMENT_FRAMES, dtype=tf.int64)
-        frames = starts + tf.range(SEGMENT_FRAMES, dtype=tf.int64)[None, :]  # (b, 130)
-        labels = tf.random.uniform((batch_size, 2), 0, n_labels, dtype=tf.int64)
-        inputs = {"mel": tf.gather(mel, frames), "positive": tf.gather(table, labels[:, 0]),
-                  "negatives": tf.gather(table, labels[:, 1:])}
-        return inputs, target
-
-    return tf.data.Dataset.range(1 << 40).map(batch, num_parallel_calls=2).prefetch(2)
+    times = {}
+    timer = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: times.update(start=time.perf_counter()),
+                                           on_epoch_end=lambda e, logs: times.update(end=time.perf_counter()))
+    model.fit(data, steps_per_epoch=steps, epochs=1, callbacks=[timer], verbose=0, shuffle=False)
+    return steps * batch_size / (times["end"] - times["start"])
 
 
 def main(argv=None) -> int:
@@ -141,25 +92,22 @@ def main(argv=None) -> int:
     parser.add_argument("--side-dim", type=int, default=40, help="side-information dimension")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (original: 64)")
     parser.add_argument("--steps", type=int, default=100, help="steps per epoch")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="parallel batch loads of the real pipeline (train.py --workers)")
-    parser.add_argument("--pipeline", choices=("auto", "tensorflow", "numpy"), default="auto",
-                        help="input pipeline of the end-to-end run (auto: what train.py picks for the store)")
-    parser.add_argument("--rounds", type=int, default=9,
-                        help="rounds of one model-only epoch and one end-to-end epoch; the ratio is their median")
-    parser.add_argument("--in-memory", choices=("auto", "yes", "no"), default="auto",
-                        help="MelStore in_memory (auto: RAM when < 2 GiB, like train.py)")
+    parser.add_argument("--workers", type=int, default=1, help="train.py --workers (1: one loader thread)")
+    parser.add_argument("--rounds", type=int, default=9, help="rounds of adjacent epochs; ratios are their median")
+    parser.add_argument("--in-memory", choices=tuple(PATHS), default="both",
+                        help="store paths to time: in memory (yes), read lazily (no), or both side by side")
     parser.add_argument("--store-dtype", choices=("float16", "float32"), default="float16",
                         help="dtype of the generated store (preprocess.store default: float16)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--strict", action="store_true", help="exit 1 when the ratio misses the target")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when the in-memory ratio misses the target")
     args = parser.parse_args(argv)
 
     import keras
     import tensorflow as tf
 
-    from models.pipeline import make_samplers, training_dataset
-    from preprocess.store import N_MELS, SEGMENT_FRAMES, MelStore
+    from models.pipeline import input_pipeline, training_batches
+    from preprocess.frontend import N_MELS, SEGMENT_FRAMES
+    from preprocess.store import MelStore
 
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -167,83 +115,65 @@ def main(argv=None) -> int:
     positives = rng.random((n_samples, args.labels)) < 0.05
     positives[np.arange(n_samples), rng.integers(0, args.labels, n_samples)] = True
     vectors = rng.normal(size=(args.labels, args.side_dim)).astype(np.float32)
-    in_memory = {"auto": None, "yes": True, "no": False}[args.in_memory]
+    rows = rng.integers(0, args.tracks, n_samples)
+    parts = {"train": (rows, positives), "valid": (rows[:args.batch_size], positives[:args.batch_size])}
+    inputs = {"mel": rng.normal(size=(args.batch_size, SEGMENT_FRAMES, N_MELS)).astype(np.float32),
+              "positive": vectors[rng.integers(0, args.labels, args.batch_size)],
+              "negatives": vectors[rng.integers(0, args.labels, (args.batch_size, 1))]}
+    target = np.tile(np.array([[1.0, 0.0]], np.float32), (args.batch_size, 1))
+    model_only = tf.data.Dataset.from_tensors((inputs, target)).repeat()
 
     with tempfile.TemporaryDirectory() as tmp:
         store_path = Path(tmp) / "mels.h5"
         write_store(store_path, args.tracks, args.frames, args.seed, args.store_dtype)
-        with MelStore(store_path, in_memory=in_memory) as store:
-            parts = {"train": (rng.integers(0, args.tracks, n_samples), positives)}
-            sampler = make_samplers(store, parts, vectors, 1, args.batch_size, args.seed, SEGMENT_FRAMES,
-                                    pipeline=args.pipeline)["train"]
-            inputs = {"mel": rng.normal(size=(args.batch_size, SEGMENT_FRAMES, N_MELS)).astype(np.float32),
-                      "positive": vectors[rng.integers(0, args.labels, args.batch_size)],
-                      "negatives": vectors[rng.integers(0, args.labels, (args.batch_size, 1))]}
-            target = np.tile(np.array([[1.0, 0.0]], np.float32), (args.batch_size, 1))
-            model_only = tf.data.Dataset.from_tensors((inputs, target)).repeat()
-            tf_only = tf_only_dataset(store, vectors, args.batch_size)
-            trained = {kind: build_model(args.side_dim) for kind in ("model_only", "end_to_end", "tf_only")}
-            epoch = 0
+        stores = {in_memory: MelStore(store_path, in_memory=in_memory) for in_memory in PATHS[args.in_memory]}
+        epoch = 0
 
-            def dataset_for(kind):
-                nonlocal epoch
-                epoch += 1
-                if kind == "model_only":
-                    return model_only
-                if kind == "tf_only":
-                    return tf_only
-                # Two epochs, of which fit reads one: train.py's dataset spans all remaining epochs, so an epoch
-                # is followed by more data. (A dataset that ends with the epoch makes Keras build the iterator of
-                # a next epoch inside the timed one, a cost a real run pays once, not per epoch.)
-                return training_dataset(sampler, epoch, epoch + 2, args.workers, N_MELS)
+        def batches(store):  # a new epoch each time (batches as train.py builds them)
+            nonlocal epoch
+            epoch += 1
+            return training_batches(store, parts, vectors, 1, args.batch_size, args.seed, epoch, args.workers)["train"]
 
-            for kind in trained:  # trace the step functions
-                epoch_throughput(trained[kind], dataset_for(kind), args.steps, args.batch_size)
-            best = {kind: 0.0 for kind in trained}
-            paired, reference = [], []
-            for round_index in range(args.rounds):
-                rates = {}
-                order = ("model_only", "end_to_end", "tf_only")
-                order = order if round_index % 2 == 0 else order[::-1]
-                for kind in order:  # adjacent epochs, alternating order: bursts of machine load hit both alike
-                    rates[kind] = epoch_throughput(trained[kind], dataset_for(kind), args.steps, args.batch_size)
-                    best[kind] = max(best[kind], rates[kind])
-                paired.append(rates["end_to_end"] / rates["model_only"])
-                reference.append(rates["tf_only"] / rates["model_only"])
-            in_ram = store.in_memory
-            loader = iter(training_dataset(sampler, 0, 1, 1, N_MELS))  # the pipeline alone, one batch at a time
-            next(loader)  # its first batch pays for tracing the map function
+        kinds = {"model_only": lambda: model_only, **{m: (lambda s=s: batches(s)) for m, s in stores.items()}}
+        trained = {kind: build_model(args.side_dim) for kind in kinds}
+        for kind, data in kinds.items():  # trace the step functions
+            epoch_throughput(trained[kind], data(), args.steps, args.batch_size)
+        rates = {kind: [] for kind in kinds}
+        for round_index in range(args.rounds):  # adjacent epochs, alternating order: load bursts hit all alike
+            for kind in list(kinds)[::1 if round_index % 2 == 0 else -1]:
+                rates[kind].append(epoch_throughput(trained[kind], kinds[kind](), args.steps, args.batch_size))
+        results = {}
+        for in_memory, store in stores.items():
+            loader = batches(store)
             start = time.perf_counter()
-            for _ in loader:
-                pass
-            loader_only = (args.steps - 1) * args.batch_size / (time.perf_counter() - start)
+            for k in range(args.steps):
+                loader[k]
+            ratios = np.array(rates[in_memory]) / np.array(rates["model_only"])
+            results[in_memory] = {
+                "in_memory": store.in_memory, "input_pipeline": input_pipeline(store),
+                "loader_samples_per_s": round(n_samples / (time.perf_counter() - start), 1),
+                "end_to_end_samples_per_s": round(float(np.median(rates[in_memory])), 1),
+                "ratio": round(float(np.median(ratios)), 4), "round_ratios": [round(r, 4) for r in ratios]}
+            store.close()
 
-    ratio = float(np.median(paired))
-    ceiling = float(np.median(reference))
-    best_ratio = best["end_to_end"] / best["model_only"]
-    verdict = "PASS" if ratio >= TARGET else "MISS"
-    print(f"store: {args.tracks} tracks x ~{args.frames} frames {args.store_dtype} (in memory: {in_ram}); batch "
-          f"{args.batch_size}, {args.steps} steps/epoch, {sampler.pipeline} input pipeline, {args.workers} parallel "
-          f"loads, {os.cpu_count()} CPUs")
-    print(f"model only (in-memory tensors): {best['model_only']:8.1f} samples/s")
-    print(f"end to end (train.py pipeline): {best['end_to_end']:8.1f} samples/s")
-    print(f"tf-only reference input:        {best['tf_only']:8.1f} samples/s  (ratio {ceiling:.3f}: the cost of any "
-          "input on these cores)")
-    print(f"pipeline alone (one at a time): {loader_only:8.1f} samples/s")
-    print(f"per-round ratios:               {', '.join(f'{r:.2f}' for r in paired)}")
-    print(f"best end-to-end / best model-only: {best_ratio:.3f}")
-    print(f"ratio end-to-end / model-only:  {ratio:8.3f}   (median of the rounds) target >= {TARGET}: {verdict}")
-    print(f"end-to-end / tf-only reference: {ratio / ceiling:8.3f}")
-    print(json.dumps({"benchmark": "train_pipeline", "tf_only_ratio": round(ceiling, 4),
-                      "model_only_samples_per_s": round(best["model_only"], 2),
-                      "end_to_end_samples_per_s": round(best["end_to_end"], 2),
-                      "loader_samples_per_s": round(loader_only, 2), "ratio": round(ratio, 4),
-                      "best_ratio": round(best_ratio, 4),
-                      "round_ratios": [round(r, 4) for r in paired], "target": TARGET,
-                      "pass": ratio >= TARGET, "in_memory": in_ram, "input_pipeline": sampler.pipeline,
-                      "workers": args.workers,
-                      "batch_size": args.batch_size, "cpus": os.cpu_count()}))
-    return 1 if args.strict and ratio < TARGET else 0
+    print(f"store: {args.tracks} tracks x ~{args.frames} frames {args.store_dtype}; batch {args.batch_size}, "
+          f"{args.steps} steps/epoch, {args.workers} loader worker(s), {os.cpu_count()} CPUs, {args.rounds} rounds")
+    print(f"model only (in-memory tensors):   {np.median(rates['model_only']):8.1f} samples/s")
+    for result in results.values():
+        verdict = f"target >= {TARGET}: {'PASS' if result['ratio'] >= TARGET else 'MISS'}" if result["in_memory"] \
+            else "(reported, no target)"
+        print(f"{result['input_pipeline']:>15}: end to end {result['end_to_end_samples_per_s']:8.1f} samples/s, "
+              f"loader alone {result['loader_samples_per_s']:8.1f} samples/s, ratio {result['ratio']:.3f} {verdict}")
+        print(f"{'':>15}  per-round ratios: {', '.join(f'{r:.2f}' for r in result['round_ratios'])}")
+    head = results.get(True) or results[False]
+    record = {"benchmark": "train_pipeline", **head, "target": TARGET,
+              "pass": bool(head["ratio"] >= TARGET) if head["in_memory"] else None,
+              "model_only_samples_per_s": round(float(np.median(rates["model_only"])), 1),
+              "workers": args.workers, "batch_size": args.batch_size, "cpus": os.cpu_count()}
+    if True in results and False in results:
+        record["lazy"] = results[False]
+    print(json.dumps(record))
+    return 1 if args.strict and record["pass"] is False else 0
 
 
 if __name__ == "__main__":

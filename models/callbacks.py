@@ -1,238 +1,202 @@
-"""Training callbacks (../shared/REFERENCE.md, "Training") whose state survives `kill -9` and a rerun.
+"""The training callbacks of the original recipe (docs/original.md, "Training"), and the training log.
 
-Original callbacks: EarlyStopping(val_loss, patience 20), ReduceLROnPlateau(val_loss, factor 0.2, patience 5,
-min_lr 1.6e-7), a checkpoint every 2 epochs and a CSV log. Keras 3 keeps the counters of EarlyStopping and
-ReduceLROnPlateau in memory only, and its BackupAndRestore saves the weights but not those counters. Here:
-
-* `ResumableReduceLROnPlateau` / `ResumableEarlyStopping` are the Keras callbacks plus `get_state`/`set_state`.
-  The plateau callback assigns the optimizer's *base* learning rate; `models.DecaySGD` applies the Keras-2 decay
-  on top, so both effects combine as in Keras 2.
-* `BestModelSaver` writes model.keras whenever val_loss improves (atomically: a temp file, then a rename).
-* `PeriodicCheckpoint` writes checkpoints/epoch_NNN.keras every N epochs.
-* `LearningRateLogger` adds `lr` (the decayed step size in effect at the end of the epoch) to the epoch logs,
-  next to Keras' `learning_rate` (the base rate, before this epoch's plateau decision).
-* `TrainingBackup` (put it LAST in the callback list) saves, after every epoch, the model and optimizer variables
-  (weights, momenta, iteration counter, base learning rate), the early-stopping best weights and the counters of
-  the callbacks above into backup/; `on_train_begin` restores all of it after the other callbacks reset
-  themselves, and `initial_epoch()` tells `fit` where to continue.
+Stock Keras does the recipe: EarlyStopping(val_loss, patience 20), ReduceLROnPlateau(val_loss, factor 0.2,
+patience 5, min_lr 1.6e-7) on the optimizer's base rate (`models.DecaySGD` applies the Keras-2 decay on top, as
+Keras 2 did), ModelCheckpoint(model.keras, best val_loss), CSVLogger(log.csv) and TerminateOnNaN. Two small
+`LambdaCallback`s add the decayed rate to the log ("lr", beside ReduceLROnPlateau's base "learning_rate") and a
+checkpoint every N epochs. The one custom callback is `TrainingBackup`: Keras keeps the counters of EarlyStopping,
+ReduceLROnPlateau and ModelCheckpoint in memory only, so it saves them with the variables after every epoch and
+restores them on resume.
 """
 
 from __future__ import annotations
 
-import contextlib
+import csv
+import io
 import json
-import os
+import math
 import shutil
-import time
+import zipfile
 from pathlib import Path
 
-import h5py
 import keras
 import numpy as np
 
+from config import BACKUP_DIR, CHECKPOINT_DIR, LOG_FILE, MODEL_FILE, RunDirError
+from fileio import atomic_write, atomic_write_text, write_json
+
 STATE_FILE = "state.json"
-WEIGHTS_FILE = "model.weights.h5"
-BEST_WEIGHTS_FILE = "best_weights.h5"
-
-
-def _float_or_none(value):
-    return None if value is None else float(value)
-
-
-def atomic_save_model(model: keras.Model, path) -> None:
-    """model.save(path) through a sibling temp file and a rename, so `path` is never a partial zip."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
-def write_weight_list(path, weights) -> None:
-    """A list of numpy arrays (model.get_weights() order) -> HDF5 datasets "0", "1", ..."""
-    with h5py.File(path, "w") as handle:
-        handle.attrs["count"] = len(weights)
-        for i, array in enumerate(weights):
-            handle.create_dataset(str(i), data=np.asarray(array))
-
-
-def read_weight_list(path) -> list[np.ndarray]:
-    with h5py.File(path, "r") as handle:
-        return [handle[str(i)][()] for i in range(int(handle.attrs["count"]))]
-
-
-class LearningRateLogger(keras.callbacks.Callback):
-    """logs["lr"] = base learning rate / (1 + decay * iterations) at the end of the epoch."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        optimizer = self.model.optimizer
-        if hasattr(optimizer, "current_learning_rate"):
-            logs["lr"] = optimizer.current_learning_rate()
-        else:
-            logs["lr"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-
-
-class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
-    """keras.callbacks.ReduceLROnPlateau with its counters exposed for backup/restore."""
-
-    def get_state(self) -> dict:
-        return {"best": _float_or_none(self.best), "wait": int(self.wait),
-                "cooldown_counter": int(self.cooldown_counter)}
-
-    def set_state(self, state: dict) -> None:
-        self.best = state["best"]
-        self.wait = int(state["wait"])
-        self.cooldown_counter = int(state["cooldown_counter"])
-
-
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """keras.callbacks.EarlyStopping with its counters exposed (best weights are saved by TrainingBackup)."""
-
-    def get_state(self) -> dict:
-        return {"best": _float_or_none(self.best), "wait": int(self.wait), "best_epoch": int(self.best_epoch),
-                "stopped_epoch": int(self.stopped_epoch)}
-
-    def set_state(self, state: dict) -> None:
-        self.best = state["best"]
-        self.wait = int(state["wait"])
-        self.best_epoch = int(state["best_epoch"])
-        self.stopped_epoch = int(state["stopped_epoch"])
-
-
-class BestModelSaver(keras.callbacks.Callback):
-    """Save the whole model to `path` each time `monitor` improves (strictly lower; EarlyStopping's criterion)."""
-
-    def __init__(self, path, monitor: str = "val_loss"):
-        super().__init__()
-        self.path = Path(path)
-        self.monitor = monitor
-        self.best = None
-        self.best_epoch = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        current = (logs or {}).get(self.monitor)
-        if current is None or not np.isfinite(current):
-            return
-        if self.best is None or current < self.best:
-            self.best, self.best_epoch = float(current), int(epoch)
-            atomic_save_model(self.model, self.path)
-
-    def get_state(self) -> dict:
-        return {"best": self.best, "best_epoch": self.best_epoch}
-
-    def set_state(self, state: dict) -> None:
-        self.best, self.best_epoch = state["best"], state["best_epoch"]
-
-
-class PeriodicCheckpoint(keras.callbacks.Callback):
-    """Save the model to folder/epoch_NNN.keras (1-based epoch) every `every` epochs; keep the last `keep`
-    (0 = all)."""
-
-    def __init__(self, folder, every: int = 2, keep: int = 0):
-        super().__init__()
-        self.folder = Path(folder)
-        self.every = int(every)
-        self.keep = int(keep)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.every <= 0 or (epoch + 1) % self.every:
-            return
-        atomic_save_model(self.model, self.folder / f"epoch_{epoch + 1:03d}.keras")
-        if self.keep > 0:
-            for old in sorted(self.folder.glob("epoch_*.keras"))[:-self.keep]:
-                old.unlink(missing_ok=True)
 
 
 class TrainingBackup(keras.callbacks.Callback):
-    """Fault tolerance: resume an interrupted `fit` at the epoch after the last finished one.
+    """Exact resume after kill -9: put it LAST in the callback list.
 
-    Layout: folder/state.json -> {"epoch": last finished epoch (0-based), "dir": "epoch_NNNN", "stopped": bool,
-    "callbacks": {name: state}}, folder/epoch_NNNN/{model.weights.h5, best_weights.h5}. An epoch's files are
-    written into a temp folder, renamed, and only then does state.json (replaced atomically) point to them, so a
-    kill at any moment leaves the previous complete backup in place.
-
-    Args:
-        folder: backup folder (created).
-        stateful: {name: callback with get_state()/set_state()} to save and restore.
-        early_stopping: the EarlyStopping callback whose best weights are saved (or None).
+    After every epoch the model's and the optimizer's variables (weights, iteration counter, base learning rate,
+    momenta) go to folder/epoch_NNNN.npz, then folder/state.json (replaced atomically, so a kill at any moment
+    leaves the previous complete backup) records that file, the epoch, whether training stopped, and the
+    `COUNTERS` of the stateful callbacks. `on_train_begin` restores all of it after the other callbacks have reset
+    themselves; `initial_epoch` tells `fit` where to go on.
     """
 
-    def __init__(self, folder, stateful: dict, early_stopping=None):
+    COUNTERS = {"EarlyStopping": ("best", "wait", "best_epoch", "stopped_epoch"),
+                "ReduceLROnPlateau": ("best", "wait", "cooldown_counter"), "ModelCheckpoint": ("best",)}
+
+    def __init__(self, folder, stateful: list):
         super().__init__()
         self.folder = Path(folder)
-        self.stateful = dict(stateful)
-        self.early_stopping = early_stopping
-        self._restored = None
+        self.stateful = {type(callback).__name__: callback for callback in stateful}
+        self.state = self._read_state()
 
-    def read_state(self) -> dict | None:
-        """The saved state, or None when there is no complete backup."""
+    def _damaged(self, path, problem) -> RunDirError:
+        return RunDirError(f"the training backup {path} is damaged ({problem}): delete the folder {self.folder} to "
+                           "restart this run from its first epoch, or pass a new --run-dir.")
+
+    def _read_state(self) -> dict | None:
         path = self.folder / STATE_FILE
         if not path.is_file():
             return None
-        state = json.loads(path.read_text(encoding="utf-8"))
-        if not (self.folder / state["dir"] / WEIGHTS_FILE).is_file():
-            return None
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            counters = [state["callbacks"][name][attr] for name in self.stateful for attr in self.COUNTERS[name]]
+            if not (isinstance(state["epoch"], int) and isinstance(state["stopped"], bool)
+                    and all(v is None or isinstance(v, (int, float)) for v in counters)):
+                raise ValueError("a value has the wrong type")
+            if not (self.folder / state["weights"]).is_file():
+                raise ValueError(f"{state['weights']} is missing")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise self._damaged(path, exc) from None
         return state
 
+    @property
     def initial_epoch(self) -> int:
-        """The epoch to start from: 0 for a fresh run, last finished epoch + 1 after an interruption."""
-        state = self.read_state()
-        return 0 if state is None else int(state["epoch"]) + 1
+        """0 for a new run, else the epoch after the last one backed up."""
+        return 0 if self.state is None else self.state["epoch"] + 1
 
+    @property
     def stopped(self) -> bool:
-        """True when the backed-up run had already been stopped by early stopping."""
-        state = self.read_state()
-        return bool(state and state.get("stopped"))
+        """True when early stopping had already ended the backed-up run."""
+        return bool(self.state and self.state["stopped"])
+
+    def _variables(self) -> list:
+        return list(self.model.weights) + list(self.model.optimizer.variables)
 
     def on_train_begin(self, logs=None):
-        state = self.read_state()
-        self._restored = state
-        if state is None:
+        if self.state is None:
             return
-        folder = self.folder / state["dir"]
-        optimizer = self.model.optimizer
-        if not optimizer.built:  # Keras builds it lazily at the first step; the saved momenta need it now
-            strategy = getattr(self.model, "distribute_strategy", None)
-            with strategy.scope() if strategy is not None else contextlib.nullcontext():
-                optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(folder / WEIGHTS_FILE)  # model + optimizer variables (iterations, base lr, momenta)
-        iterations = int(keras.ops.convert_to_numpy(optimizer.iterations))
-        if "iterations" in state and iterations != state["iterations"]:
-            raise RuntimeError(f"backup {folder}: the optimizer state was not restored (iterations {iterations}, "
-                               f"saved {state['iterations']}); delete {self.folder} to restart from scratch.")
+        path = self.folder / self.state["weights"]
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                arrays = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise self._damaged(path, exc) from None
+        variables = self._variables()  # the optimizer is built: train.build_model builds it
+        if [a.shape for a in arrays] != [tuple(v.shape) for v in variables]:
+            raise self._damaged(path, "its arrays do not fit this model")
+        for variable, array in zip(variables, arrays):
+            variable.assign(array)
         for name, callback in self.stateful.items():
-            if name in state["callbacks"]:
-                callback.set_state(state["callbacks"][name])
-        best = folder / BEST_WEIGHTS_FILE
-        if self.early_stopping is not None and best.is_file():
-            self.early_stopping.best_weights = read_weight_list(best)
+            for attr, value in self.state["callbacks"][name].items():
+                setattr(callback, attr, value)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.folder.mkdir(parents=True, exist_ok=True)
-        name = f"epoch_{epoch:04d}"
-        tmp = self.folder / f".{name}.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        self.model.save_weights(tmp / WEIGHTS_FILE)
-        best = getattr(self.early_stopping, "best_weights", None)
-        if best is not None:
-            write_weight_list(tmp / BEST_WEIGHTS_FILE, best)
-        final = self.folder / name
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        iterations = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        state = {"epoch": int(epoch), "dir": name, "stopped": bool(self.model.stop_training), "iterations": iterations,
-                 "callbacks": {key: cb.get_state() for key, cb in self.stateful.items()},
-                 "saved": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        state_tmp = self.folder / f".{STATE_FILE}.partial"
-        state_tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-        os.replace(state_tmp, self.folder / STATE_FILE)
-        for old in self.folder.glob("epoch_*"):
+        name = f"epoch_{epoch:04d}.npz"
+        arrays = [keras.ops.convert_to_numpy(v) for v in self._variables()]
+        atomic_write(self.folder / name, lambda tmp: np.savez(tmp, *arrays))
+        counters = {key: {attr: _plain(getattr(callback, attr)) for attr in self.COUNTERS[key]}
+                    for key, callback in self.stateful.items()}
+        self.state = {"epoch": int(epoch), "weights": name, "stopped": bool(self.model.stop_training),
+                      "callbacks": counters}
+        write_json(self.folder / STATE_FILE, self.state)
+        for old in self.folder.glob("epoch_*.npz"):
             if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
+                old.unlink()
 
     def remove(self) -> None:
-        """Delete the backup (after a finished run)."""
+        """Delete the backup (the run has finished)."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value  # numpy scalar -> Python number, for JSON
+
+
+def training_callbacks(model, config, run_dir: Path) -> tuple[list, TrainingBackup]:
+    """The callback list of `config` (a config.TrainConfig) and its backup, in the order each epoch's logs flow:
+    the "lr" column before the plateau's decision, CSVLogger after the columns are in, the backup last. log.csv is
+    cut to the epochs the backup holds (a resumed run trains the later ones again)."""
+    plateau = keras.callbacks.ReduceLROnPlateau("val_loss", factor=config.plateau_factor,
+                                                patience=config.plateau_patience, min_lr=config.min_lr, verbose=1)
+    stopping = keras.callbacks.EarlyStopping("val_loss", patience=config.patience, verbose=1)
+    # Not written atomically, but a kill while it writes is undone: the backup still holds the previous epoch,
+    # which the rerun trains again and saves.
+    best = keras.callbacks.ModelCheckpoint(run_dir / MODEL_FILE, monitor="val_loss", save_best_only=True)
+    backup = TrainingBackup(run_dir / BACKUP_DIR, [plateau, stopping, best])
+    truncate_log(run_dir / LOG_FILE, backup.initial_epoch)  # CSVLogger appends to the epochs backed up
+    decayed_rate = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: logs.update(lr=model.optimizer.current_learning_rate()))
+
+    def checkpoint(epoch, logs):  # checkpoints/epoch_NNN.keras (1-based) every N epochs, the last `keep` kept
+        if config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0:
+            atomic_write(run_dir / CHECKPOINT_DIR / f"epoch_{epoch + 1:03d}.keras", model.save)
+            if config.keep_checkpoints:
+                for old in sorted((run_dir / CHECKPOINT_DIR).glob("epoch_*.keras"))[:-config.keep_checkpoints]:
+                    old.unlink()
+
+    callbacks = [keras.callbacks.TerminateOnNaN(raise_error=True), decayed_rate, plateau, stopping, best,
+                 keras.callbacks.LambdaCallback(on_epoch_end=checkpoint),
+                 keras.callbacks.CSVLogger(str(run_dir / LOG_FILE), append=True), backup]
+    return callbacks, backup
+
+
+# ---- log.csv ------------------------------------------------------------------------------------------------------
+def truncate_log(path: Path, first_epoch: int) -> None:
+    """Keep the rows of the epochs before `first_epoch` (later ones are trained again), one per epoch, in order.
+
+    Rows that do not parse (a second header, a torn line) are dropped, so a damaged log never blocks a resume.
+    """
+    if not path.is_file():
+        return
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        rows = list(csv.reader(handle))
+    header = rows[0] if rows else []
+    kept = {}
+    for row in rows[1:] if "epoch" in header else []:
+        try:
+            epoch = int(float(row[header.index("epoch")]))
+        except (ValueError, IndexError):
+            continue
+        if len(row) == len(header) and 0 <= epoch < first_epoch:
+            kept[epoch] = row
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows([header, *(kept[e] for e in sorted(kept))] if kept else [])
+    atomic_write_text(path, text.getvalue())
+
+
+def read_log(path: Path) -> dict[str, list[float]]:
+    """log.csv -> {column: values} (an empty cell is NaN)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return {key: [float(row[key] or math.nan) for row in rows] for key in (rows[0] if rows else [])}
+
+
+def plot_training_curve(log_path: Path, out_path: Path, title: str) -> None:
+    """training_curve.png: loss and val_loss, and the base and decayed learning rates, per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    log = read_log(log_path)
+    epochs = [e + 1 for e in log.get("epoch", [])]
+    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    for ax, columns in ((ax_loss, {"loss": "loss", "val_loss": "val_loss"}),
+                        (ax_lr, {"learning_rate": "base learning rate", "lr": "decayed learning rate"})):
+        for key, label in columns.items():
+            if key in log:
+                ax.plot(epochs, log[key], marker=".", label=label)
+        ax.legend()
+    ax_loss.set(ylabel="loss", title=title)
+    ax_lr.set(ylabel="learning rate", xlabel="epoch", yscale="log")
+    fig.tight_layout()
+    atomic_write(out_path, lambda tmp: fig.savefig(tmp, dpi=100))
+    plt.close(fig)

@@ -483,12 +483,6 @@ class MelStore:
         """(k, n_frames, 128) float32 evaluation segments of track `row` (frontend.segments)."""
         return segments(self.frames(row), n_frames)
 
-    def in_memory_arrays(self):  # TRANSITION: removed when tests/test_train.py no longer calls it
-        return np.asarray(self._mel, dtype=np.float32), self._offsets.copy()
-
-
-from preprocess.frontend import HOP_LENGTH, N_FFT  # noqa: E402,F401  TRANSITION: train.py imports them from here
-
 
 # --- Command line --------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:

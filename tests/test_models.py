@@ -1,5 +1,5 @@
-"""Tests of models/: architecture and parameter counts (../shared/REFERENCE.md "Models"), the hinge loss on
-hand-computed values, the Keras-2 learning-rate decay combined with ReduceLROnPlateau, save -> load -> predict."""
+"""Tests of models/: architecture and parameter counts (docs/original.md "Models"), the hinge loss on hand-computed
+values, the Keras-2 learning-rate decay with ReduceLROnPlateau, the training backup, save -> load -> predict."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import models
-from models.callbacks import (BestModelSaver, ResumableEarlyStopping, ResumableReduceLROnPlateau,
-                              read_weight_list, write_weight_list)
+from config import TrainConfig
+from models.callbacks import TrainingBackup, training_callbacks
 
 
 def n_trainable(model) -> int:
@@ -155,7 +155,7 @@ def test_plateau_reduces_the_base_rate_and_decay_keeps_applying():
     w = keras.Variable(1.0)
     optimizer = models.DecaySGD(learning_rate=0.1, momentum=0.0, decay=0.1)
     holder = types.SimpleNamespace(optimizer=optimizer, stop_training=False)
-    plateau = ResumableReduceLROnPlateau(monitor="val_loss", factor=0.2, patience=2, min_lr=0.005)
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2, patience=2, min_lr=0.005)
     plateau.set_model(holder)
     plateau.on_train_begin()
     sgd_steps(optimizer, w, 4)
@@ -173,13 +173,14 @@ def test_plateau_reduces_the_base_rate_and_decay_keeps_applying():
     sgd_steps(optimizer, w, 1)
     assert before - float(w.numpy()) == pytest.approx(0.02 / 1.4, rel=1e-5)  # the step really uses it
 
-    # State survives a restart (fresh callback, state restored after its on_train_begin reset).
-    state = plateau.get_state()
+    # State survives a restart (fresh callback, TrainingBackup's counters restored after its on_train_begin reset).
+    state = {attr: getattr(plateau, attr) for attr in TrainingBackup.COUNTERS["ReduceLROnPlateau"]}
     assert state == {"best": 1.0, "wait": 0, "cooldown_counter": 0}
-    resumed = ResumableReduceLROnPlateau(monitor="val_loss", factor=0.2, patience=2, min_lr=0.005)
+    resumed = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2, patience=2, min_lr=0.005)
     resumed.set_model(holder)
     resumed.on_train_begin()
-    resumed.set_state(state)
+    for attr, value in state.items():
+        setattr(resumed, attr, value)
     for epoch in (3, 4):
         resumed.on_epoch_end(epoch, {"val_loss": 1.0})
     assert float(optimizer.learning_rate.numpy()) == pytest.approx(0.005, rel=1e-6)  # 0.004 floored at min_lr
@@ -189,26 +190,51 @@ def test_plateau_reduces_the_base_rate_and_decay_keeps_applying():
     assert optimizer.current_learning_rate() == pytest.approx(0.005 / 1.5, rel=1e-6)
 
 
-def test_callback_states_round_trip(tmp_path):
-    stopping = ResumableEarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)
-    stopping.set_model(types.SimpleNamespace(stop_training=False, get_weights=lambda: [np.ones(2)]))
-    stopping.on_train_begin()
-    for epoch, val in enumerate([2.0, 1.0, 1.5]):
-        stopping.on_epoch_end(epoch, {"val_loss": val})
-    state = stopping.get_state()
-    assert state == {"best": 1.0, "wait": 1, "best_epoch": 1, "stopped_epoch": 0}
-    again = ResumableEarlyStopping(monitor="val_loss", patience=3)
-    again.set_model(types.SimpleNamespace(stop_training=False))
-    again.on_train_begin()
-    again.set_state(state)
-    for epoch in (3, 4):
-        again.on_epoch_end(epoch, {"val_loss": 1.2})
-    assert again.model.stop_training and again.stopped_epoch == 4  # 3 epochs without improvement in all
-    weights = [np.arange(6.0).reshape(2, 3), np.array([1.5], dtype="float32")]
-    write_weight_list(tmp_path / "w.h5", weights)
-    for a, b in zip(read_weight_list(tmp_path / "w.h5"), weights):
-        np.testing.assert_array_equal(a, b)
-        assert a.dtype == b.dtype
+def test_training_backup_restores_variables_and_counters(tmp_path):
+    """What an epoch's backup holds comes back into a fresh model and fresh callbacks: weights, the optimizer's
+    iteration counter, base rate and momenta, and the counters Keras keeps in memory only."""
+    config = TrainConfig(patience=3, plateau_patience=2, checkpoint_every=0)
+    keras.utils.set_random_seed(0)
+
+    def fresh():
+        model = models.build_classification_model(3)
+        model.compile(optimizer=models.DecaySGD(0.1, decay=0.5), loss="binary_crossentropy")
+        model.optimizer.build(model.trainable_variables)
+        callbacks, backup = training_callbacks(model, config, tmp_path)
+        for callback in callbacks:
+            callback.set_model(model)
+            callback.on_train_begin()
+        return model, callbacks, backup
+
+    model, callbacks, backup = fresh()
+    assert backup.initial_epoch == 0 and not backup.stopped
+    mel, target = random_inputs(4)["mel"], np.eye(3, dtype="float32")[[0, 1, 2, 0]]
+    for epoch, val_loss in enumerate([2.0, 1.0, 1.5]):
+        model.train_on_batch(mel, target)
+        logs = {"loss": 1.0, "val_loss": val_loss}
+        for callback in callbacks[1:]:  # TerminateOnNaN acts on batches
+            callback.on_epoch_end(epoch, logs)
+    counters = {type(cb).__name__: {a: getattr(cb, a) for a in TrainingBackup.COUNTERS.get(type(cb).__name__, ())}
+                for cb in callbacks}
+    assert counters["EarlyStopping"] == {"best": 1.0, "wait": 1, "best_epoch": 1, "stopped_epoch": 0}
+    assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == ["epoch_0002.npz", "state.json"]
+    assert [int(r.split(",")[0]) for r in (tmp_path / "log.csv").read_text().splitlines()[1:]] == [0, 1, 2]
+
+    again, callbacks_again, backup_again = fresh()  # a rerun: new objects, reset counters
+    assert backup_again.initial_epoch == 3
+    backup_again.on_train_begin()
+    for a, b in zip(model.weights + model.optimizer.variables, again.weights + again.optimizer.variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    assert int(again.optimizer.iterations.numpy()) == 3
+    assert again.optimizer.current_learning_rate() == pytest.approx(0.1 / 2.5)
+    for callback in callbacks_again:
+        name = type(callback).__name__
+        assert {a: getattr(callback, a) for a in TrainingBackup.COUNTERS.get(name, ())} == counters[name]
+    for epoch in (3, 4):  # the restored counters go on: 3 epochs without improvement in all
+        for callback in callbacks_again[1:]:
+            callback.on_epoch_end(epoch, {"loss": 1.0, "val_loss": 1.2})
+    assert again.stop_training and callbacks_again[3].stopped_epoch == 4
+    assert TrainingBackup(tmp_path / "backup", []).stopped
 
 
 def test_decay_optimizer_serializes():
@@ -227,9 +253,10 @@ def test_save_load_predict_and_submodules(tmp_path):
     x = random_inputs(4, n_negatives=2)
     model.fit(x, np.zeros((4, 3), "float32"), epochs=1, verbose=0)
     expected = model.predict(x, verbose=0)
-    saver = BestModelSaver(tmp_path / "model.keras")
+    saver = keras.callbacks.ModelCheckpoint(tmp_path / "model.keras", monitor="val_loss", save_best_only=True)
     saver.set_model(model)
     saver.on_epoch_end(0, {"val_loss": 1.0})
+    saved = (tmp_path / "model.keras").read_bytes()
     loaded = keras.saving.load_model(tmp_path / "model.keras")  # no custom_objects
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-6)
     assert isinstance(loaded.optimizer, models.DecaySGD) and isinstance(loaded.loss, models.HingeRankingLoss)
@@ -243,7 +270,7 @@ def test_save_load_predict_and_submodules(tmp_path):
                                models.get_semantic_module(model).predict(x["positive"], verbose=0), atol=1e-6)
     assert models.model_kind(loaded) == "embedding"
     saver.on_epoch_end(1, {"val_loss": 1.5})  # no improvement: file untouched
-    assert saver.get_state() == {"best": 1.0, "best_epoch": 0}
+    assert saver.best == 1.0 and (tmp_path / "model.keras").read_bytes() == saved
 
 
 def test_classification_save_load(tmp_path):

@@ -63,7 +63,7 @@ def query(run, word: str, top: int = DEFAULT_TOP["query"], progress: bool = True
           batch_size: int = evaluate.DEFAULT_BATCH_SIZE) -> dict:
     """Top tracks for a word (paper Table 5) among the split's tracks with a mel (A+B+C), by cosine between the
     word's label embedding and the track embeddings, with each track's ground-truth labels and audio path."""
-    from preprocess.store import MelStore
+    from preprocess.melstore import MelStore
 
     if run.is_embedding:
         vector, source = word_vector(run, word, progress)
@@ -92,7 +92,7 @@ def annotate(run, audio_path, top: int = DEFAULT_TOP["annotate"], max_seconds: f
              progress: bool = True, batch_size: int = evaluate.DEFAULT_BATCH_SIZE) -> dict:
     """Top labels for any audio file (paper Table 6): its frames standardized with the store's mean and std, its
     track embedding, scored against the split's labels (the classification model: its seen labels)."""
-    from preprocess.store import MelStore
+    from preprocess.melstore import MelStore
 
     with MelStore(run.mels_path, in_memory=False) as store:
         mean, std = store.mean, store.std

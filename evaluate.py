@@ -127,7 +127,7 @@ def read_config(run_dir: Path) -> dict:
 def changes_since_training(run_dir: Path, meta: dict, model_sha256: str) -> list[str]:
     """What differs from training: files whose sha256 differs from config.json's checksums, a mel store with other
     statistics, a model.keras that is not the one train_summary.json records (once the run has finished)."""
-    from preprocess.store import MelStore
+    from preprocess.melstore import MelStore
 
     problems, checksums, mels, summary = [], meta["checksums"], Path(meta["mels_path"]), run_dir / SUMMARY_FILE
     files = {"annotations": ds.annotations_path(meta["dataset_dir"]), "split": meta["split_path"],
@@ -296,7 +296,7 @@ def evaluate_run(run_dir, save: bool = False, force: bool = False, batch_size: i
                  progress: bool = True, label_map: bool = True) -> tuple[list[dict], list[str]]:
     """Evaluate one run on every test setup that applies; write results.json (and scores/*.npz with `save`).
     Returns (records, notes): per (test, task) part "all" (the paper's numbers), plus the (X+Y) GZSL parts."""
-    from preprocess.store import MelStore
+    from preprocess.melstore import MelStore
 
     run = load_run(run_dir)
     plan, notes = setup_plan(run.model_kind, run.train_setup)

@@ -30,7 +30,7 @@ import splits
 from config import CONFIG_FILE, CURVE_FILE, LOG_FILE, MODEL_FILE, SUMMARY_FILE, ConfigError, RunDirError
 from fileio import OutputError, output_lock, sha256_file, write_json
 from preprocess.frontend import AudioError
-from preprocess.store import MelStore
+from preprocess.melstore import MelStore
 
 PARTS = ("train", "valid")
 RESUMABLE_CHANGES = ("workers", "verbose", "run_dir", "keep_checkpoints")  # flags a resumed run may change

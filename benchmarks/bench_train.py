@@ -107,7 +107,7 @@ def main(argv=None) -> int:
 
     from models.pipeline import input_pipeline, training_batches
     from preprocess.frontend import N_MELS, SEGMENT_FRAMES
-    from preprocess.store import MelStore
+    from preprocess.melstore import MelStore
 
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)

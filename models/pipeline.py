@@ -117,7 +117,7 @@ class Batches(keras.utils.PyDataset):
     processes (for many cores; threads would share the GIL with the training loop).
 
     Args:
-        store: an open `preprocess.store.MelStore`; rows: (n,) the store row of each of the sampler's tracks.
+        store: an open `preprocess.melstore.MelStore`; rows: (n,) the store row of each of the sampler's tracks.
         label_vectors: (L, side_dim) float32 side vectors of the seen labels, or None (classification).
     """
 

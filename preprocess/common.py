@@ -18,7 +18,8 @@ import dataset_dir as ds
 from dataset_dir import DatasetError
 from fileio import OutputError, claim_folder, output_lock
 from preprocess.frontend import AudioError
-from preprocess.store import DEFAULT_DTYPE, DTYPES, MelStore, build_store, failures_path
+from preprocess.melstore import MelStore
+from preprocess.store import DEFAULT_DTYPE, DTYPES, build_store, failures_path
 
 # The tracks handed to the store, kept as the store's selection key; tracks.csv = these minus the store's failures.
 CANDIDATES_FILE = "candidates.csv"

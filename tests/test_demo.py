@@ -27,7 +27,8 @@ from fileio import MARKER_FILE, OutputError, output_lock
 from preprocess.frontend import SAMPLE_RATE, log_mel
 from preprocess.openmic import load_openmic, track_id_from_sample_key
 from preprocess.side_info import instrument_side_info, random_side_info
-from preprocess.store import MelStore, failures_path
+from preprocess.melstore import MelStore
+from preprocess.store import failures_path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY = {"tracks": 36, "seconds": 2.5}

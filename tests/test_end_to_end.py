@@ -22,7 +22,8 @@ import evaluate
 import metrics
 import splits
 from fileio import sha256_file
-from preprocess.store import MelStore, failures_path
+from preprocess.melstore import MelStore
+from preprocess.store import failures_path
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}

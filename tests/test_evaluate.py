@@ -29,7 +29,7 @@ import splits
 from fileio import sha256_file, write_json
 from preprocess import frontend
 from preprocess.frontend import SEGMENT_FRAMES
-from preprocess.store import MelStore
+from preprocess.melstore import MelStore
 
 REPO = Path(__file__).resolve().parent.parent
 

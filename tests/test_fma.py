@@ -238,7 +238,7 @@ def test_build_end_to_end(raw, tmp_path, capsys):
     assert tracks["track_id"].tolist() == ["2", "3", "5", "300", "500"]
     assert tracks["path"].tolist() == [str(fma.fma_audio_path((raw / "fma_large").resolve(), t))
                                       for t in tracks["track_id"]]
-    from preprocess.store import MelStore
+    from preprocess.melstore import MelStore
 
     with MelStore(out / "mels.h5", in_memory=True) as store:
         assert store.track_ids == tracks["track_id"].tolist()  # store and tracks.csv: the same tracks

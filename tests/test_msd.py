@@ -301,7 +301,7 @@ def test_build_end_to_end(raw, tmp_path, capsys, source):
     tracks = ds.read_tracks(out / "tracks.csv")
     assert tracks["track_id"].tolist() == ["TRAAAAA128F4", "TRBBBBB128F4", "TRCCCCC128F4"]
     assert tracks["path"].iloc[0] == str((raw / "audio").resolve() / "A" / "A" / "TRAAAAA128F4.clip.mp3")
-    from preprocess.store import MelStore
+    from preprocess.melstore import MelStore
 
     with MelStore(out / "mels.h5", in_memory=True) as store:
         assert store.track_ids == tracks["track_id"].tolist()

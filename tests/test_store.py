@@ -19,10 +19,11 @@ from test_frontend import (ATOL, FLOAT16_ATOL, librosa_logmel, truncated_mp3, wr
                            write_wav_header_rate)
 
 from fileio import OutputError, output_lock
-from preprocess import store as store_module
+from preprocess import melstore, store as store_module
 from preprocess.frontend import (HOP_LENGTH, N_MELS, SAMPLE_RATE, SEGMENT_FRAMES, AudioError, crop, crop_starts,
                                  file_frames, load_audio, log_mel)
-from preprocess.store import MelStore, build_store, failures_path, select_tracks
+from preprocess.melstore import MelStore
+from preprocess.store import build_store, failures_path, select_tracks
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -451,7 +452,7 @@ def test_non_finite_mel_values_never_reach_a_caller(corpus, tmp_path, monkeypatc
         last = int(store._offsets[-2])  # first frame of the last track
     with pytest.raises(AudioError, match=r"sampled\.h5: non-finite values in track\(s\) \['t_mp3'\]"):
         MelStore(_copy_with(corpus["out"], tmp_path / "sampled.h5", mel={3: np.nan}))  # checked on open
-    monkeypatch.setattr(store_module, "_CHECK_ROWS", 1)  # open-time sample: track 0 only
+    monkeypatch.setattr(melstore, "_CHECK_ROWS", 1)  # open-time sample: track 0 only
     build_corpus_again(corpus, tmp_path / "half.h5")  # float16: its own finite test of the exponent bits
     damaged = _copy_with(corpus["out"], tmp_path / "damaged.h5", mel={last + 2: np.inf})
     half = _copy_with(tmp_path / "half.h5", tmp_path / "damaged16.h5", mel={last + 2: np.nan})
@@ -486,19 +487,19 @@ def test_in_memory_follows_the_memory_available(corpus, tmp_path, monkeypatch):
     out = tmp_path / "mels16.h5"
     build_corpus_again(corpus, out)  # float16
     size = read_store(out)["mel"].nbytes
-    monkeypatch.setattr(store_module, "available_memory", lambda: 2 * size)
+    monkeypatch.setattr(melstore, "available_memory", lambda: 2 * size)
     with MelStore(out) as store:
         assert store.in_memory and store._mel.dtype == np.float16 and type(store._mel) is np.ndarray
         assert store.crops([0], [0], 10).dtype == np.float32 and "fits" in store.in_memory_reason
         half = store.crops([0, 1], [3, 0], 10, dtype=None)  # the stored dtype, for a model that casts it
         assert half.dtype == np.float16 and np.array_equal(half, store.crops([0, 1], [3, 0], 10))
-    monkeypatch.setattr(store_module, "available_memory", lambda: 2 * size - 1)
+    monkeypatch.setattr(melstore, "available_memory", lambda: 2 * size - 1)
     with MelStore(out) as store, MelStore(out, in_memory=True) as forced:
         assert not store.in_memory and isinstance(store._mel, np.memmap) and "too large" in store.in_memory_reason
         assert forced.in_memory and forced.in_memory_reason.endswith("as asked")
         rows, starts = [0, 3, 3], [5, 0, 44]
         assert np.array_equal(store.crops(rows, starts, SEGMENT_FRAMES), forced.crops(rows, starts, SEGMENT_FRAMES))
-    assert store_module.available_memory() > 0
+    assert melstore.available_memory() > 0
 
 
 @pytest.mark.parametrize("in_memory", [True, False])

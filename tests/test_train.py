@@ -31,7 +31,7 @@ from fileio import output_lock, sha256_file
 from models.callbacks import STATE_FILE, truncate_log
 from models.pipeline import Batches, Sampler, input_pipeline, training_batches
 from preprocess.frontend import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE, SEGMENT_FRAMES, crop, crop_starts
-from preprocess.store import MelStore
+from preprocess.melstore import MelStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -546,9 +546,9 @@ def test_classification_run_from_a_lazily_read_store(tmp_path, dataset_dir, monk
     """A store too large for the memory available is read lazily; the same pipeline says and records it."""
     import keras
 
-    import preprocess.store
+    import preprocess.melstore
 
-    monkeypatch.setattr(preprocess.store, "available_memory", lambda: 0)
+    monkeypatch.setattr(preprocess.melstore, "available_memory", lambda: 0)
     run_dir = train.run(tiny_config(dataset_dir, tmp_path / "run", epochs=1, model="classification"))
     assert "numpy-lazy input pipeline" in capsys.readouterr().out
     assert json.loads((run_dir / cfg.SUMMARY_FILE).read_text())["input_pipeline"] == "numpy-lazy"

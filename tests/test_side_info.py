@@ -213,12 +213,10 @@ def test_duplicate_track_ids_are_a_clear_error():
 
 def test_object_or_non_finite_y_true_is_a_clear_error(tmp_path, monkeypatch):
     # Hardening 10: an object Y_true raised numpy's ValueError (a traceback). Nothing may be unpickled on the way.
-    import pickle
-
     keys, y_true, y_mask = _openmic_fixture(tmp_path)
     np.savez(tmp_path / "openmic-2018.npz", Y_true=np.array(y_true.tolist(), dtype=object), Y_mask=y_mask,
              sample_key=np.array(keys))
-    monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("unpickled"))
+    monkeypatch.setattr("pickle.load", lambda *a, **k: pytest.fail("unpickled"))
     with pytest.raises(DatasetError, match="Y_true or Y_mask is an object array, which we never unpickle"):
         openmic.load_openmic(tmp_path)
     y_true[1, 2] = np.nan

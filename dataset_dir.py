@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fileio import atomic_write_text, sha256_file, write_json  # noqa: F401  (re-exported for old callers)
+from fileio import atomic_write_text, write_json
 
 REPO_ROOT = Path(__file__).resolve().parent
 DATA_ROOT = REPO_ROOT / "data"

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dataset_dir as ds
+import fileio
 
 
 def _write(path, text):
@@ -92,16 +93,16 @@ def test_summarize_counts(tmp_path):
 
 def test_atomic_write_and_sha(tmp_path):
     target = tmp_path / "sub" / "f.txt"
-    ds.atomic_write_text(target, "abc")
+    fileio.atomic_write_text(target, "abc")
     assert target.read_text() == "abc" and list(target.parent.iterdir()) == [target]
-    assert ds.sha256_file(target) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert fileio.sha256_file(target) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
 
 def test_atomic_write_uses_ordinary_permissions(tmp_path):
     import os
 
     target = tmp_path / "perm.txt"
-    ds.atomic_write_text(target, "x")
+    fileio.atomic_write_text(target, "x")
     mask = os.umask(0)
     os.umask(mask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask

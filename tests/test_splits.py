@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import splits
 import dataset_dir as ds
+import fileio
 from splits import make as make_cli
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -192,7 +193,7 @@ def test_canonical_hash_is_the_written_annotations_file(tmp_path):
     assert splits.annotations_sha256(frame(pairs)) == expected
     odd = frame([("id,1", 'say "hi"'), ("plain", "x y"), ("line\nbreak", "z"), ("plain", "a,b")])
     ds.write_annotations(tmp_path / "annotations.csv", odd)
-    assert splits.annotations_sha256(odd) == ds.sha256_file(tmp_path / "annotations.csv")
+    assert splits.annotations_sha256(odd) == fileio.sha256_file(tmp_path / "annotations.csv")
     assert splits.annotations_sha256(odd.iloc[::-1]) == splits.annotations_sha256(odd)
 
 
@@ -231,7 +232,7 @@ def test_split_files_are_byte_identical_to_the_previous_implementation(tmp_path,
     split, stats = splits.make_split_with_statistics(golden_annotations(), seed)
     splits.save_split(split, tmp_path / "split.json")
     splits.save_statistics(stats, splits.stats_path(tmp_path / "split.json"))
-    digests = tuple(ds.sha256_file(path) for path in (tmp_path / "split.json", tmp_path / "split.stats.json"))
+    digests = tuple(fileio.sha256_file(path) for path in (tmp_path / "split.json", tmp_path / "split.stats.json"))
     assert digests == GOLDEN[seed]
 
 

@@ -465,6 +465,22 @@ def test_non_finite_mel_values_never_reach_a_caller(corpus, tmp_path, monkeypatc
                 store.frames(len(store) - 1)
 
 
+def test_fast_finite_test_equals_numpy_on_every_float16():
+    """The exponent-bit test of float16 reads agrees with np.isfinite on all 65,536 bit patterns, one at a time."""
+    every = np.arange(2 ** 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    expected = np.isfinite(every.astype(np.float32))
+    assert expected.sum() == 2 ** 16 - 2 * 2 ** 10  # +-inf and the NaNs: exponent 11111, any of 2**10 mantissas
+    fine = np.zeros(300, np.float16)
+    found = [melstore._all_finite(np.concatenate([fine, every[i:i + 1], fine])) for i in range(2 ** 16)]
+    assert found == expected.tolist()
+    assert melstore._all_finite(np.float32([1.0, 3e38])) and not melstore._all_finite(np.float32([1.0, np.nan]))
+    long = np.zeros((3, melstore._BLOCK + 5), np.float16)  # blocks of the flattened array, boundaries included
+    for position in (0, melstore._BLOCK - 1, melstore._BLOCK, long.size - 1):
+        damaged = long.copy()
+        damaged.reshape(-1)[position] = -np.inf
+        assert melstore._all_finite(long) and not melstore._all_finite(damaged)
+
+
 def test_reader_lookups(corpus):
     raw = read_store(corpus["out"])
     with MelStore(corpus["out"]) as store:

@@ -2,8 +2,11 @@
 
     python evaluate.py                                  # the latest run under runs/
     python evaluate.py --run-dir runs/X --save-scores   # + scores/<setup>.npz per test setup
-    python evaluate.py --collect runs/A runs/B runs/C   # several runs merged into one set of tables
+    python evaluate.py --collect runs/A runs/B runs/C   # several runs merged; seeds aggregated (mean +- 95% CI)
+    python evaluate.py --compare runs/A runs/B          # A - B per metric, 95% paired bootstrap interval
     python evaluate.py --run-dir runs/X --query guitar --annotate song.mp3 --neighbors lovely  # case_studies.py
+    python evaluate.py --external clap.npz --dataset demo   # another model's embeddings (external.py)
+    python evaluate.py --run-dir runs/X --export-embeddings ours.npz   # this run's, in the same format
 
 The paper's evaluation (Sec. 4.3, 5.3; docs/original.md "Evaluation"), in the order of this file:
   1. the run: config.json -> dataset, split, side information, model (checked against what training recorded);
@@ -23,7 +26,6 @@ import json
 import math
 import os
 import sys
-from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -345,33 +347,42 @@ def _read_results(path: Path) -> list[dict]:
     raise EvaluationError(f"{path} is not a list of result records; rerun with --force.")
 
 
-def collect(run_dirs, force: bool = False, **evaluate_kwargs) -> tuple[list[dict], list[str]]:
-    """Records of several runs: a run's results.json when it is newer than model.keras (a resumed training writes
-    a newer model) and has scores/ if asked for, unless `force`; a fresh evaluation otherwise. Runs that give
-    records with the same key (e.g. two seeds of one setup) get a "run" field (the run directory's name) so that
-    the tables show them side by side."""
+def gather_runs(run_dirs, force: bool = False, **evaluate_kwargs) -> tuple[dict[Path, list[dict]], list[str]]:
+    """{run directory: its records}: a run's results.json when it is newer than model.keras (a resumed training
+    writes a newer model) and has scores/ if asked for, unless `force`; a fresh evaluation otherwise. An external
+    model's result folder (evaluate.py --external: external.json, no model.keras) is never evaluated here."""
+    from aggregate import is_external
+
     per_run, notes = {}, []
     for run_dir in (Path(p).expanduser().resolve() for p in run_dirs):
         results, model = run_dir / RESULTS_FILE, run_dir / config.MODEL_FILE
         fresh = results.is_file() and model.is_file() and results.stat().st_mtime >= model.stat().st_mtime
-        if not force and fresh and (not evaluate_kwargs.get("save") or (run_dir / SCORES_DIR).is_dir()):
-            per_run[run_dir] = records = _read_results(run_dir / RESULTS_FILE)
-            notes.append(f"{run_dir}: reusing {RESULTS_FILE} ({len(records)} records; --force re-evaluates)")
+        reuse = fresh and not force and (not evaluate_kwargs.get("save") or (run_dir / SCORES_DIR).is_dir())
+        if reuse or is_external(run_dir):
+            per_run[run_dir] = records = _read_results(results)
+            why = "--force re-evaluates" if reuse else "an external model's results, never re-evaluated"
+            notes.append(f"{run_dir}: reusing {RESULTS_FILE} ({len(records)} records; {why})")
         else:
             per_run[run_dir], run_notes = evaluate_run(run_dir, force=force, **evaluate_kwargs)
             notes += [f"{run_dir}: {note}" for note in run_notes]
-    key = lambda record: tuple(record.get(k) for k in KEY_FIELDS)  # noqa: E731
-    runs_of = Counter(k for records in per_run.values() for k in {key(r) for r in records})
-    shared = {run_dir for run_dir, records in per_run.items() if any(runs_of[key(r)] > 1 for r in records)}
-    if shared:
-        notes.append(f"{len(shared)} runs give results for the same setups; their records are told apart by a "
-                     f"'run' field: {', '.join(sorted(p.name for p in shared))}.")
-    return [{**r, "run": d.name} if d in shared else dict(r) for d, records in per_run.items() for r in records], notes
+    return per_run, notes
+
+
+def collect(run_dirs, force: bool = False, aggregated: bool = False, **evaluate_kwargs):
+    """Records of several runs (gather_runs): with `aggregated`, runs that differ only in their seeds become one
+    record of each metric's mean, std and 95% interval (aggregate.aggregate_runs); otherwise each run's records,
+    those of runs that share a setup told apart by a "run" field (aggregate.label_runs). Returns (records, notes)."""
+    import aggregate
+
+    per_run, notes = gather_runs(run_dirs, force, **evaluate_kwargs)
+    records, more = (aggregate.aggregate_runs if aggregated else aggregate.label_runs)(per_run)
+    return records, notes + more
 
 
 # ---- Command line ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     import case_studies
+    import external
 
     parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=(
         "Evaluate trained zero-shot runs (paper Tables 2-4, plus a generalized zero-shot view) and run the case "
@@ -379,35 +390,50 @@ def build_parser() -> argparse.ArgumentParser:
     add, where = parser.add_argument, parser.add_mutually_exclusive_group()
     where.add_argument("--run-dir", help="run directory written by train.py. Default: the latest run under runs/.")
     where.add_argument("--collect", nargs="+", metavar="RUN_DIR", help="several run directories merged into one "
-                       "set of tables; runs with a results.json are reused unless --force.")
+                       "set of tables; runs with a results.json are reused unless --force. Runs that differ "
+                       "only in their seeds are aggregated: mean +- 95%% t-interval (aggregate.py).")
+    where.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="paired bootstrap comparison of two "
+                       "runs on the same split: A - B per metric with a 95%% interval (evaluates with scores/).")
+    add("--per-run", action="store_true", help="--collect: one row per run, no aggregation over seeds.")
+    add("--resamples", type=int, default=1000, help="--compare: bootstrap resamples of the test tracks/labels.")
+    add("--bootstrap-seed", type=int, default=0, help="--compare: seed of the bootstrap resampling.")
     add("--format", choices=FORMATS, default="table", help="output format of tables and case studies.")
     add("--save-scores", action="store_true", help="also write <run_dir>/scores/<setup>.npz (scores, labels, ...).")
     add("--force", action="store_true", help="re-evaluate runs with a results.json (--collect), recompute the cache.")
     case_studies.add_flags(parser)  # --query, --annotate, --neighbors, --top, --max-seconds
+    external.add_flags(parser, where)  # --external, --dataset, --split, --name, --out, ..., --export-embeddings
     add("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="segments per inference call.")
     add("--no-progress", action="store_true", help="hide progress bars.")
     return parser
 
 
 def main(argv=None) -> int:
+    import aggregate
     import case_studies
+    import external
 
     args = build_parser().parse_args(argv)
     kwargs = {"save": args.save_scores, "batch_size": args.batch_size, "progress": not args.no_progress}
     try:
         if args.batch_size < 1:
             raise EvaluationError(f"--batch-size must be >= 1, got {args.batch_size}.")
+        if external.asked(args):  # --external, --export-embeddings (external.py checks their flags)
+            sys.stdout.write(external.from_args(args))
+            return 0
         if case_studies.asked(args):  # checks their flags
             sys.stdout.write(case_studies.from_args(args))
             return 0
-        if args.collect:
-            records, notes = collect(args.collect, force=args.force, **kwargs)
+        if args.compare:
+            records, notes = aggregate.compare(*args.compare, args.resamples, args.bootstrap_seed, args.force, **kwargs)
+        elif args.collect:
+            records, notes = collect(args.collect, force=args.force, aggregated=not args.per_run, **kwargs)
         else:
             records, notes = evaluate_run(args.run_dir or config.latest_run_dir(), force=args.force, **kwargs)
         print("\n".join(f"note: {note}" for note in notes), file=sys.stderr)
         import tables
 
-        sys.stdout.write(tables.render_tables(records, fmt=args.format).rstrip("\n") + "\n")
+        render = tables.render_comparison if args.compare else tables.render_tables
+        sys.stdout.write(render(records, fmt=args.format).rstrip("\n") + "\n")
         return 0
     except (EvaluationError, ds.DatasetError, splits.SplitError, AudioError, OutputError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,6 +1,9 @@
 """evaluate.py's result records (results.json) in the layout of the paper's Tables 2-4 (Choi et al., ISMIR 2019),
 with the published numbers (reference/paper_tables.csv) and ours - paper for FMA and MSD, plus a clearly labelled
-generalized zero-shot view; a record outside the paper's tables goes to "Other results", never dropped."""
+generalized zero-shot view; a record outside the paper's tables goes to "Other results", never dropped.
+Aggregated records (aggregate.py: several seeds) show "mean ± half-width" of their 95% interval, n, and for FMA/MSD
+where the published number lies against that interval; rows of other models (evaluate.py --external) come under
+ours. render_comparison prints evaluate.py --compare."""
 
 from __future__ import annotations
 
@@ -21,8 +24,13 @@ IDENTITY_KEYS = ("dataset", "model", "side_info", "train", "test", "task")
 PAPER_KEYS = ("dataset", "model", "train", "test", "task", "metric")  # a published cell
 METRIC_ORDER = ("AUC-i", "MAP-i", "P@1", "P@5", "P@10", "AUC-l", "MAP-l")
 METRIC_PATTERN = re.compile(r"^(AUC-[il]|MAP-[il]|P@\d+)$")
-LONG_FIELDS = ("dataset", "model", "side_info", "train", "test", "task", "part", "run", "table", "metric", "value",
-               "paper", "diff", "evaluated", "skipped")
+ROW_KEYS = ("dataset", "model", "side_info", "train", "test", "task", "part", "variant", "run")  # a row's identity
+LONG_FIELDS = (*ROW_KEYS, "table", "metric", "value", "paper", "diff", "verdict", "n_runs", "std", "ci95_low",
+               "ci95_high", "evaluated", "skipped")
+COUNTS = ("evaluated", "skipped")
+COMPARISON_FIELDS = ("dataset", "test", "task", "metric", "a", "b", "diff", "ci95_low", "ci95_high", "rows",
+                     "left_out", "resamples", "seed", "run_a", "run_b")  # csv of render_comparison
+OUR_MODELS = ("embedding", "classification")  # other model names: external models, shown under ours
 TABLE_TESTS = {"2": splits.ANNOTATION_TESTS, "3": splits.RETRIEVAL_TESTS, "4": (splits.TABLE4_TEST,),
                "gzsl": splits.ANNOTATION_TESTS}
 TABLE4_TRAIN = "A-X"  # evaluate.py tests B-X only after A-X training (B's tracks train the other setups)
@@ -44,18 +52,24 @@ NOTES = {"2": [_SKIPPED.format("tracks whose labels are all negative or all posi
                    "one model); published numbers, where any, are in the csv/json output."]}
 PAPER_NOTE = ("paper = published value (Choi et al. 2019, Table {}; FMA used instrument side information, MSD GloVe), "
               "shown for every side information of ours; diff = ours - paper.")
+AGGREGATE_NOTE = ("ours = mean ± half-width of the 95% t-interval over the n runs that differ only in their seeds "
+                  "(mean ± t(0.975, n-1) * std / sqrt(n)); n = 1: the run's value, no interval.")
+VERDICT_NOTE = ("paper is = where the published number lies against our 95% interval: 'inside' it, 'above' it (the "
+                "paper reports more than our whole interval) or 'below' it (less); '-' without an interval (n = 1).")
 
 
 def render_tables(records, fmt: str = "table") -> str:
-    """Records (of one or several runs) as "table", "markdown", "csv" / "json" (a row per record and metric)."""
+    """Records (of one or several runs, or aggregated by aggregate.py) as "table", "markdown", "csv" (a row per
+    record and metric) or "json" (the same rows; an aggregated record stays one object, plus paper/diff/verdict)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     records = [_normalize(record, i) for i, record in enumerate(records)]
     paper = {tuple(row[k] for k in PAPER_KEYS): row["value"] for row in load_paper_tables()}
-    rows = [row for record in records for row in _long_rows(record, paper)]
-    if fmt == "json":
-        return json.dumps(rows, indent=2) + "\n"
+    if fmt == "json":  # aggregated records as aggregate.py writes them (+ published numbers); others one per metric
+        return json.dumps([row for r in records for row in ([_json_record(r, paper)] if "n_runs" in r else
+                                                             _long_rows(r, paper))], indent=2) + "\n"
     if fmt == "csv":
+        rows = [row for record in records for row in _long_rows(record, paper)]
         return pd.DataFrame(rows, columns=LONG_FIELDS, dtype=object).to_csv(index=False, lineterminator="\n")
     if not records:
         return "No results to show.\n"
@@ -78,11 +92,38 @@ def _normalize(record, index: int) -> dict:
         problem = f"is a {type(record).__name__}" if not isinstance(record, dict) else f"lacks {missing}"
         raise ValueError(f"record {index} {problem}; a record is a dict with {list(IDENTITY_KEYS)}, as in results.json")
     out = {**record, "part": record.get("part", "all")}
-    for key in filter(METRIC_PATTERN.match, record):
-        if record[key] is not None and (isinstance(record[key], bool) or not isinstance(record[key], (int, float))):
-            raise ValueError(f"record {index}: metric {key!r} must be a number or null, got {record[key]!r}")
-        out[key] = math.nan if record[key] is None else float(record[key])
+    if "mean" in record:  # an aggregated record (aggregate.py): its means are the values shown
+        out.update(_check_aggregate(record, index))
+    for key in filter(METRIC_PATTERN.match, out):
+        if out[key] is not None and (isinstance(out[key], bool) or not isinstance(out[key], (int, float))):
+            raise ValueError(f"record {index}: metric {key!r} must be a number or null, got {out[key]!r}")
+        out[key] = math.nan if out[key] is None else float(out[key])
     return out
+
+
+def _check_aggregate(record: dict, index: int) -> dict:
+    """An aggregated record's means as metric fields, after checking n_runs, mean, std and ci95."""
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    problems = [f"{key} is not a dict of metrics" for key in ("mean", "std", "ci95")
+                if not isinstance(record.get(key), dict)]
+    if not (isinstance(record.get("n_runs"), int) and record["n_runs"] >= 1):
+        problems.append(f"n_runs is {record.get('n_runs')!r}, not a positive integer")
+    if not problems:
+        problems += [f"ci95 of {m} is {v!r}, not [low, high]" for m, v in record["ci95"].items() if v is not None
+                     and not (isinstance(v, list) and len(v) == 2 and all(map(number, v)) and v[0] <= v[1])]
+        problems += [f"std of {m} is {v!r}" for m, v in record["std"].items() if v is not None and not number(v)]
+    if problems:
+        raise ValueError(f"aggregated record {index}: {'; '.join(problems)} (aggregate.py writes these records)")
+    return dict(record["mean"])
+
+
+def paper_verdict(published: float | None, ci95) -> str | None:
+    """Where a published number lies against our 95% interval [low, high]: "inside" it, "above" it (the paper's
+    number is higher than our whole interval) or "below" it; None without a published number or an interval."""
+    if published is None or not ci95:
+        return None
+    low, high = ci95
+    return "above" if published > high else "below" if published < low else "inside"
 
 
 def _placement(record: dict) -> str:
@@ -105,24 +146,53 @@ def _metric_names(records) -> list[str]:
 
 
 def _long_rows(record: dict, paper: dict) -> list[dict]:
-    """One row per metric of a record: identity, placement, our value, the published value and the difference."""
+    """One row per metric of a record: identity, placement, our value (an aggregate: the mean, with n, std and the
+    interval), the published value, the difference and (an aggregate) the verdict."""
     table, rows = _placement(record), []
     for metric in _metric_names([record]):
-        value = record[metric]
+        value, ci95 = record[metric], record.get("ci95", {}).get(metric)
         published = paper.get((*(record[k] for k in PAPER_KEYS[:-1]), metric)) if record["part"] == "all" else None
-        rows.append({**{key: record.get(key) for key in LONG_FIELDS[:8]}, "table": None if table == "other" else
-                     table, "metric": metric, "value": None if math.isnan(value) else value, "paper": published,
+        rows.append({**{key: record.get(key) for key in ROW_KEYS}, "table": None if table == "other" else table,
+                     "metric": metric, "value": None if math.isnan(value) else value, "paper": published,
                      # rounded: 0.0064, not the float noise 0.00639999... of the subtraction
                      "diff": None if published is None or math.isnan(value) else round(value - published, 10),
-                     "evaluated": record.get("evaluated"), "skipped": record.get("skipped")})
+                     "verdict": paper_verdict(published, ci95), "n_runs": record.get("n_runs"),
+                     "std": record.get("std", {}).get(metric), "ci95_low": ci95 and ci95[0],
+                     "ci95_high": ci95 and ci95[1], **{count: _count(record.get(count)) for count in COUNTS}})
     return rows
+
+
+def _json_record(record: dict, paper: dict) -> dict:
+    """An aggregated record for --format json: as aggregate.py wrote it (metric means in "mean"), plus its table
+    and, per metric with a published number, "paper", "diff" and "verdict" (empty dicts elsewhere)."""
+    rows = _long_rows(record, paper)
+    out = {key: record[key] for key in (*ROW_KEYS, "n_runs", "runs") if key in record}
+    out["mean"] = {r["metric"]: r["value"] for r in rows}
+    out.update({key: record[key] for key in ("std", "ci95", *COUNTS) if key in record})
+    return {**out, "table": rows[0]["table"] if rows else None, **{
+        key: {r["metric"]: r[key] for r in rows if r["paper"] is not None} for key in ("paper", "diff", "verdict")}}
 
 
 def _cell(value, sign: str = "") -> str:
     """A metric with 4 decimals ("+": signed), "n/a" for NaN (every row skipped), "-" for no value; a count."""
-    if value is None or isinstance(value, int):
+    if value is None or isinstance(value, (int, str)):
         return "-" if value is None else str(value)
     return "n/a" if math.isnan(value) else f"{value:{sign}.4f}"
+
+
+def _ours(record: dict, metric: str) -> str:
+    """Our value of a metric: "mean ± half-width" of an aggregated record's interval, else the value alone."""
+    ci95 = record.get("ci95", {}).get(metric)
+    return _cell(record.get(metric)) + (f" ± {(ci95[1] - ci95[0]) / 2:.4f}" if ci95 else "")
+
+
+def _count(value):
+    """A count of evaluated/skipped rows; an aggregate's counts per run as "min..max" (one value if all equal)."""
+    if not isinstance(value, list):
+        return value
+    known = [v for v in value if isinstance(v, int)]
+    low, high = (min(known), max(known)) if known else (None, None)
+    return low if low == high else f"{low}..{high}"
 
 
 def _dataset_blocks(dataset: str, records: list[dict], paper: dict, fmt: str) -> list[str]:
@@ -144,17 +214,22 @@ def _dataset_blocks(dataset: str, records: list[dict], paper: dict, fmt: str) ->
             shows_paper = dataset in published_datasets and table in ("2", "3", "4")
             frame = _gzsl_frame(placed[table]) if table == "gzsl" else _metric_frame(
                 table, placed[table], paper if shows_paper else None)
-            blocks.append(_render(TITLES[table], frame, NOTES[table] + [PAPER_NOTE.format(table)] * shows_paper, fmt))
+            aggregated = any("n_runs" in r for r in placed[table])
+            notes = [*NOTES[table], *[PAPER_NOTE.format(table)] * shows_paper, *[AGGREGATE_NOTE] * aggregated,
+                     *[VERDICT_NOTE] * (aggregated and shows_paper)]
+            blocks.append(_render(TITLES[table], frame, notes, fmt))
     return blocks
 
 
 def _sorted(records: list[dict], table: str) -> list[dict]:
-    """The paper's order of the setups (others after, by first appearance); Table 4's embedding model first."""
+    """Our models first (other models' rows under ours), then the paper's order of the setups (others after, by
+    first appearance); Table 4's embedding model first."""
     def order(known, key):  # the paper's order first, then first appearance
         return {value: i for i, value in enumerate(dict.fromkeys([*known, *(r[key] for r in records)]))}
     trains, tests = order(splits.TRAIN_SETUPS, "train"), order(TABLE_TESTS.get(table, ()), "test")
     models = {"embedding": 0, "classification": 1} if table == "4" else {}
-    return sorted(records, key=lambda r: (models.get(r["model"], 2), trains[r["train"]], tests[r["test"]]))
+    return sorted(records, key=lambda r: (r["model"] not in OUR_MODELS, models.get(r["model"], 2),
+                                          trains[r["train"]], tests[r["test"]]))
 
 
 def _metric_frame(table: str, records: list[dict], paper: dict | None) -> pd.DataFrame:
@@ -162,15 +237,16 @@ def _metric_frame(table: str, records: list[dict], paper: dict | None) -> pd.Dat
     records = _sorted(records, table)
     metrics = {"2": [m for m in _metric_names(records) if not m.endswith("-l")], "4": ["AUC-l"],
                "3": [m for m in _metric_names(records) if m.endswith("-l")]}.get(table, _metric_names(records))
-    rows = []
+    rows, aggregated = [], any("n_runs" in r for r in records)
     for record in records:
         row, published = {}, {cell["metric"]: cell for cell in _long_rows(record, paper or {})}
         for metric in metrics:
-            row[metric, "ours" if paper else ""] = _cell(record.get(metric))
+            row[metric, "ours" if paper else ""] = _ours(record, metric) if metric in record else "-"
             if paper:
                 cell = published.get(metric, {})
                 row[metric, "paper"], row[metric, "diff"] = _cell(cell.get("paper")), _cell(cell.get("diff"), "+")
-        rows.append({**row, **{(count, ""): _cell(record.get(count)) for count in ("evaluated", "skipped")}})
+                row.update({(metric, "paper is"): _cell(cell.get("verdict"))} if aggregated else {})
+        rows.append({**row, **_counts(record, aggregated)})
     setup = {"Train": "train", "Test": "test", **({"Task": "task", "Part": "part"} if table == "other" else {})}
     return _frame(rows, records, setup)
 
@@ -178,8 +254,9 @@ def _metric_frame(table: str, records: list[dict], paper: dict | None) -> pd.Dat
 def _gzsl_frame(records: list[dict]) -> pd.DataFrame:
     """Per (X+Y) setup and variant: each metric's seen part, unseen part and harmonic mean H; the counts."""
     variants: dict[tuple, dict[str, dict]] = {}
+    aggregated = any("n_runs" in r for r in records)
     for record in _sorted(records, "gzsl"):
-        key = tuple(record.get(k) for k in ("train", "test", "side_info", "model", "run"))
+        key = tuple(record.get(k) for k in ("train", "test", "side_info", "model", "variant", "run"))
         variants.setdefault(key, {})[record["part"]] = record
     rows = []
     for parts in variants.values():
@@ -187,17 +264,27 @@ def _gzsl_frame(records: list[dict]) -> pd.DataFrame:
         row = {}
         for metric in _metric_names(records):
             s, u = seen.get(metric), unseen.get(metric)
-            h = harmonic.get(metric, harmonic_mean(s, u) if s is not None and u is not None else None)
-            row.update({(metric, "seen"): _cell(s), (metric, "unseen"): _cell(u), (metric, "H"): _cell(h)})
-        rows.append({**row, **{(f"{count} s/u", ""): f"{_cell(seen.get(count))}/{_cell(unseen.get(count))}"
-                               for count in ("evaluated", "skipped")}})
+            h = _ours(harmonic, metric) if metric in harmonic else _cell(
+                harmonic_mean(s, u) if s is not None and u is not None else None)
+            row.update({(metric, "seen"): _ours(seen, metric) if s is not None else "-",
+                        (metric, "unseen"): _ours(unseen, metric) if u is not None else "-", (metric, "H"): h})
+        n = {("n", ""): _cell(next(iter(parts.values())).get("n_runs"))} if aggregated else {}
+        rows.append({**row, **n, **{(f"{count} s/u", ""): f"{_cell(_count(seen.get(count)))}/"
+                                    f"{_cell(_count(unseen.get(count)))}" for count in COUNTS}})
     return _frame(rows, [next(iter(p.values())) for p in variants.values()], {"Train": "train", "Test": "test"})
+
+
+def _counts(record: dict, aggregated: bool) -> dict:
+    """The count columns of a row: n (when the table holds aggregated records), evaluated, skipped."""
+    counts = {("n", ""): _cell(record.get("n_runs"))} if aggregated else {}
+    return {**counts, **{(count, ""): _cell(_count(record.get(count))) for count in COUNTS}}
 
 
 def _frame(rows: list[dict], records: list[dict], setup: dict[str, str]) -> pd.DataFrame:
     """Rows labelled by setup, side information, model (unless all embedding) and run; a two-level header if any."""
     names = {**setup, "Side info": "side_info"}
     names.update({"Model": "model"} if {r["model"] for r in records} != {"embedding"} else {})
+    names.update({"Variant": "variant"} if any(r.get("variant") for r in records) else {})
     names.update({"Run": "run"} if any("run" in r for r in records) else {})
     index = pd.MultiIndex.from_tuples([tuple(str(r.get(k, "-")) for k in names.values()) for r in records],
                                       names=list(names))
@@ -205,6 +292,34 @@ def _frame(rows: list[dict], records: list[dict], setup: dict[str, str]) -> pd.D
     two_levels = any(sub for _, sub in frame.columns)
     frame.columns = pd.MultiIndex.from_tuples(frame.columns) if two_levels else [top for top, _ in frame.columns]
     return frame
+
+
+def render_comparison(rows: list[dict], fmt: str = "table") -> str:
+    """evaluate.py --compare (aggregate.compare_runs: per test setup, task and metric, A, B, A - B and its 95%
+    paired bootstrap interval) as "table", "markdown", "csv" (the interval as ci95_low, ci95_high) or "json"."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    if fmt == "csv":
+        flat = [{**r, "ci95_low": r["ci95"][0], "ci95_high": r["ci95"][1]} for r in rows]
+        return pd.DataFrame(flat, columns=COMPARISON_FIELDS).to_csv(index=False, lineterminator="\n")
+    if not rows:
+        return "No test setup to compare.\n"
+    frame = pd.DataFrame([{"A": _cell(r["a"]), "B": _cell(r["b"]), "A - B": _cell(r["diff"], "+"),
+                           "95% interval": f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]",
+                           "0 inside": "yes" if r["ci95"][0] <= 0 <= r["ci95"][1] else "no",
+                           "rows": r["rows"], "left out": r["left_out"]} for r in rows],
+                         index=pd.MultiIndex.from_tuples([(r["test"], r["task"], r["metric"]) for r in rows],
+                                                         names=["Test", "Task", "Metric"]))
+    first = rows[0]
+    notes = [f"A = {first['run_a']}", f"B = {first['run_b']}",
+             "A - B = difference of the metric's means over the test rows (tracks: annotation, labels: retrieval) "
+             f"defined in both runs; 95% interval = 2.5th and 97.5th percentiles of A - B over {first['resamples']} "
+             f"paired bootstrap resamples of those rows (seed {first['seed']}).",
+             "0 inside = no: the interval excludes 0, the sign of A - B holds at the 95% level for this test split "
+             "(the split and the training seeds vary too: evaluate.py --collect aggregates seeds)."]
+    return _render(f"Paired comparison A - B on dataset {first['dataset']}", frame, notes, fmt)
 
 
 def _render(title: str, frame: pd.DataFrame, notes: list[str], fmt: str) -> str:

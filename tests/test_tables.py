@@ -328,3 +328,110 @@ def test_merged_runs_keep_datasets_apart_and_show_run_column():
     assert text.index("Dataset: demo") < text.index("Dataset: fma")
     assert "runs/demo/instrument-count" in text
     assert math.isclose(json.loads(tables.render_tables(records, fmt="json"))[0]["value"], 0.80)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Aggregated records (aggregate.py: several seeds) and other models' rows
+
+
+def aggregated(dataset="fma", test="B-Y", task="annotation", means=None, ci95=None, n=3, variant="", **keys):
+    """An aggregated record as aggregate.py writes it (evaluate.py --collect)."""
+    means = means or {"AUC-i": 0.88, "MAP-i": 0.50}
+    ci95 = ci95 if ci95 is not None else {"AUC-i": [0.87, 0.89], "MAP-i": [0.49, 0.51]}
+    return {**record(dataset, keys.pop("train", "A-X"), test, task, **keys), "variant": variant, "n_runs": n,
+            "runs": [f"runs/s{i}" for i in range(n)], "mean": means, "std": {m: 0.01 if n > 1 else None for m in means},
+            "ci95": {m: ci95.get(m) for m in means}, "evaluated": [100, 101, 100][:n], "skipped": [3, 2, 3][:n]}
+
+
+def test_paper_verdict_says_which_side_the_paper_is_on():
+    assert tables.paper_verdict(0.8736, [0.87, 0.89]) == "inside"
+    assert tables.paper_verdict(0.87, [0.87, 0.89]) == "inside"          # the ends belong to the interval
+    assert tables.paper_verdict(0.5118, [0.49, 0.51]) == "above"         # the paper reports more than we do
+    assert tables.paper_verdict(0.4, [0.49, 0.51]) == "below"
+    assert tables.paper_verdict(None, [0.49, 0.51]) is None and tables.paper_verdict(0.5, None) is None
+
+
+def test_aggregated_cells_show_mean_half_width_n_and_verdict():
+    records = [aggregated(), aggregated(means={"AUC-i": 0.95, "MAP-i": 0.5}, ci95={"AUC-i": [0.94, 0.96]},
+                                        variant="epochs=20 weights=last"),
+               aggregated(n=1, ci95={}, variant="epochs=20 weights=last", side_info="random")]
+    text = tables.render_tables(records, fmt="markdown")
+    rows = find_table(markdown_tables(text), "Table 2")
+    assert [(r["Variant"], r["AUC-i ours"], r["AUC-i paper"], r["AUC-i diff"], r["AUC-i paper is"], r["n"])
+            for r in rows] == [("", "0.8800 ± 0.0100", "0.8736", "+0.0064", "inside", "3"),
+                               ("epochs=20 weights=last", "0.9500 ± 0.0100", "0.8736", "+0.0764", "below", "3"),
+                               ("epochs=20 weights=last", "0.8800", "0.8736", "+0.0064", "-", "1")]
+    assert (rows[0]["MAP-i paper is"], rows[1]["MAP-i ours"], rows[1]["MAP-i paper is"]) == ("above", "0.5000", "-")
+    assert (rows[0]["evaluated"], rows[0]["skipped"], rows[2]["evaluated"]) == ("100..101", "2..3", "100")
+    assert "'above' it (the paper reports more than our whole interval)" in text
+    assert "mean ± half-width of the 95% t-interval" in text
+    plain = tables.render_tables(records[:1], fmt="table")
+    assert "0.8800 ± 0.0100" in plain and "paper is" in plain
+
+
+def test_verdicts_only_for_fma_and_msd():
+    records = [aggregated(dataset="demo"), aggregated(dataset="msd", side_info="glove")]
+    found = markdown_tables(tables.render_tables(records, fmt="markdown"), dataset="demo")
+    assert set(find_table(found, "Table 2")[0]) == {"Train", "Test", "Side info", "AUC-i", "MAP-i", "n",
+                                                     "evaluated", "skipped"}
+    assert find_table(found, "Table 2")[0]["AUC-i"] == "0.8800 ± 0.0100"
+    demo, msd = json.loads(tables.render_tables(records, fmt="json"))
+    assert demo["paper"] == demo["verdict"] == {} and demo["mean"] == {"AUC-i": 0.88, "MAP-i": 0.5}
+    assert msd["paper"] == {"AUC-i": 0.8559, "MAP-i": 0.3391} and msd["verdict"] == {"AUC-i": "below",
+                                                                                    "MAP-i": "below"}
+    rows = list(csv.DictReader(io.StringIO(tables.render_tables(records, fmt="csv"))))
+    assert [(r["dataset"], r["verdict"]) for r in rows] == [("demo", ""), ("demo", ""), ("msd", "below"),
+                                                            ("msd", "below")]
+    assert (rows[0]["value"], rows[0]["n_runs"], rows[0]["ci95_low"], rows[0]["ci95_high"]) == ("0.88", "3", "0.87",
+                                                                                                 "0.89")
+
+
+def test_aggregated_gzsl_view():
+    parts = [aggregated(test="B-(X+Y)", part=p, means={"AUC-i": v}, ci95={"AUC-i": [v - 0.02, v + 0.02]})
+             for p, v in (("seen", 0.9), ("unseen", 0.8), ("harmonic", 0.84))]
+    row = find_table(markdown_tables(tables.render_tables(parts, fmt="markdown")), "Beyond the paper")[0]
+    assert (row["AUC-i seen"], row["AUC-i unseen"], row["AUC-i H"], row["n"]) == (
+        "0.9000 ± 0.0200", "0.8000 ± 0.0200", "0.8400 ± 0.0200", "3")
+
+
+def test_other_models_rows_come_under_ours():
+    external = record("fma", "none", "B-Y", "annotation", model="clap", side_info="external",
+                      **annotation_values(0.70))
+    ours = record("fma", "(A+B)-X", "B-Y", "annotation", **annotation_values(0.80))
+    table2 = find_table(markdown_tables(tables.render_tables([external, ours], fmt="markdown")), "Table 2")
+    assert [(r["Train"], r["Model"], r["AUC-i ours"], r["AUC-i paper"]) for r in table2] == [
+        ("(A+B)-X", "embedding", "0.8000", "0.8864"), ("none", "clap", "0.7000", "-")]
+    retrieval = record("fma", "none", "(B+C)-Y", "retrieval", model="clap", side_info="external",
+                       **{"AUC-l": 0.6, "MAP-l": 0.1})
+    assert find_table(markdown_tables(tables.render_tables([retrieval], fmt="markdown")), "Table 3")
+
+
+def test_malformed_aggregated_records():
+    with pytest.raises(ValueError, match=r"aggregated record 0: ci95 of AUC-i is \[0.9, 0.8\], not \[low, high\]"):
+        tables.render_tables([aggregated(ci95={"AUC-i": [0.9, 0.8]})])
+    with pytest.raises(ValueError, match=r"aggregated record 0: n_runs is 0, not a positive integer"):
+        tables.render_tables([aggregated(n=0)])
+    with pytest.raises(ValueError, match=r"aggregated record 0: std is not a dict of metrics"):
+        tables.render_tables([{**aggregated(), "std": 0.1}])
+
+
+def comparison_rows():
+    common = {"dataset": "demo", "test": "B-Y", "task": "annotation", "rows": 157, "left_out": 0, "resamples": 1000,
+              "seed": 0, "run_a": "runs/a", "run_b": "runs/b"}
+    return [{**common, "metric": "AUC-i", "a": 0.70, "b": 0.45, "diff": 0.25, "ci95": [0.18, 0.32]},
+            {**common, "metric": "P@1", "a": 0.10, "b": 0.11, "diff": -0.01, "ci95": [-0.05, 0.03]}]
+
+
+def test_render_comparison():
+    text = tables.render_comparison(comparison_rows(), fmt="markdown")
+    rows = find_table(markdown_tables(text), "Paired comparison A - B on dataset demo")
+    assert [(r["Metric"], r["A - B"], r["95% interval"], r["0 inside"]) for r in rows] == [
+        ("AUC-i", "+0.2500", "[+0.1800, +0.3200]", "no"), ("P@1", "-0.0100", "[-0.0500, +0.0300]", "yes")]
+    assert "A = runs/a" in text and "over 1000 paired bootstrap resamples of those rows (seed 0)" in text
+    flat = list(csv.DictReader(io.StringIO(tables.render_comparison(comparison_rows(), fmt="csv"))))
+    assert list(flat[0]) == list(tables.COMPARISON_FIELDS) and (flat[1]["ci95_low"], flat[1]["ci95_high"]) == (
+        "-0.05", "0.03")
+    assert json.loads(tables.render_comparison(comparison_rows(), fmt="json")) == comparison_rows()
+    assert tables.render_comparison([], fmt="table") == "No test setup to compare.\n"
+    with pytest.raises(ValueError, match="unknown format 'html'"):
+        tables.render_comparison([], fmt="html")

@@ -159,15 +159,10 @@ def label_runs(per_run: dict[Path, list[dict]]) -> tuple[list[dict], list[str]]:
 def row_metrics(scores, labels, task: str) -> dict[str, np.ndarray]:
     """The value of each metric per test track (annotation: rows of the (n_tracks, n_labels) arrays) or per test
     label (retrieval: columns): metrics.roc_auc, average_precision and apk (P@K) of each, NaN where undefined
-    (labels all 0 or all 1). metrics.annotation_metrics / retrieval_metrics are their means over the defined ones.
-    (Computed by metrics' vectorized path, which tests/test_metrics.py holds equal to those definitions.)"""
-    scores, labels = metrics._prepare(scores, labels)  # noqa: SLF001 - the one per-row implementation
+    (labels all 0 or all 1). metrics.annotation_metrics / retrieval_metrics are their means over the defined ones."""
     if task == "retrieval":
-        per_row = metrics._fast_row_metrics(np.ascontiguousarray(scores.T), np.ascontiguousarray(labels.T))
-        return {"AUC-l": per_row["AUC"], "MAP-l": per_row["AP"]}
-    per_row = metrics._fast_row_metrics(scores, labels, metrics.DEFAULT_KS)
-    return {"AUC-i": per_row["AUC"], "MAP-i": per_row["AP"], **{f"P@{k}": per_row[f"P@{k}"]
-                                                                for k in metrics.DEFAULT_KS}}
+        return metrics.per_label_metrics(scores, labels)
+    return metrics.per_track_metrics(scores, labels)
 
 
 def paired_bootstrap(a: dict[str, np.ndarray], b: dict[str, np.ndarray], resamples: int = DEFAULT_RESAMPLES,

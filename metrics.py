@@ -76,9 +76,7 @@ def annotation_metrics(scores, labels, ks=DEFAULT_KS) -> dict:
 
     Returns {"AUC-i", "MAP-i", "P@K" for each K: means over the tracks with at least one positive and one negative
     label; "evaluated": int, "skipped": int (the other tracks)}."""
-    ks = _validate_ks(ks)
-    per_row = _fast_row_metrics(*_prepare(scores, labels), ks)
-    return _summarize(per_row, {"AUC": "AUC-i", "AP": "MAP-i", **{f"P@{k}": f"P@{k}" for k in ks}})
+    return _summarize(per_track_metrics(scores, labels, ks))
 
 
 def retrieval_metrics(scores, labels) -> dict:
@@ -86,9 +84,23 @@ def retrieval_metrics(scores, labels) -> dict:
 
     Returns {"AUC-l", "MAP-l": means over the labels with at least one positive and one negative track;
     "evaluated", "skipped": the other labels (the paper's Table 4 footnote excluded them)}."""
+    return _summarize(per_label_metrics(scores, labels))
+
+
+def per_track_metrics(scores, labels, ks=DEFAULT_KS) -> dict[str, np.ndarray]:
+    """The values annotation_metrics averages: {"AUC-i", "MAP-i", "P@K"} of each track, (n_tracks,) arrays
+    (roc_auc, average_precision, apk of its row), NaN for a track whose labels are all 0 or all 1."""
+    ks = _validate_ks(ks)
+    per_row = _fast_row_metrics(*_prepare(scores, labels), ks)
+    return {"AUC-i": per_row["AUC"], "MAP-i": per_row["AP"], **{f"P@{k}": per_row[f"P@{k}"] for k in ks}}
+
+
+def per_label_metrics(scores, labels) -> dict[str, np.ndarray]:
+    """The values retrieval_metrics averages: {"AUC-l", "MAP-l"} of each label (column), (n_labels,) arrays,
+    NaN for a label whose tracks are all negative or all positive."""
     scores, labels = _prepare(scores, labels)
     per_column = _fast_row_metrics(np.ascontiguousarray(scores.T), np.ascontiguousarray(labels.T))
-    return _summarize(per_column, {"AUC": "AUC-l", "AP": "MAP-l"})
+    return {"AUC-l": per_column["AUC"], "MAP-l": per_column["AP"]}
 
 
 def harmonic_mean(seen, unseen):
@@ -100,11 +112,11 @@ def harmonic_mean(seen, unseen):
     return float(value) if value.ndim == 0 else value
 
 
-def _summarize(per_row: dict[str, np.ndarray], names: dict[str, str]) -> dict:
-    """Means of the per-row values over the defined rows (NaN when none), keyed by the published names."""
-    defined = ~np.isnan(per_row["AUC"])
+def _summarize(per_row: dict[str, np.ndarray]) -> dict:
+    """Means of the per-row values over the defined rows (NaN when none); a row is defined where its AUC is."""
+    defined = ~np.isnan(next(iter(per_row.values())))
     evaluated = int(defined.sum())
-    result = {name: float(per_row[key][defined].mean()) if evaluated else float("nan") for key, name in names.items()}
+    result = {name: float(values[defined].mean()) if evaluated else float("nan") for name, values in per_row.items()}
     return {**result, "evaluated": evaluated, "skipped": int(defined.size - evaluated)}
 
 

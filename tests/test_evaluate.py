@@ -140,7 +140,7 @@ def assert_clean_error(code, err, *fragments):
 # Fast tests (no TensorFlow)
 # ---------------------------------------------------------------------------------------------------------------
 def test_import_is_light():
-    code = "import sys, evaluate, case_studies; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    code = "import sys, evaluate, case_studies, aggregate, external; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 

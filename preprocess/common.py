@@ -48,13 +48,13 @@ class StoreResult:  # what store_tracks made
 
 
 def store_tracks(out, candidates: pd.DataFrame, audio_dir, jobs: int = 1, max_seconds=None, min_seconds=None,
-                 dtype: str = DEFAULT_DTYPE, progress: bool = True) -> StoreResult:
+                 dtype: str = DEFAULT_DTYPE, progress: bool = True, excerpt: str = "start") -> StoreResult:
     """Write <out>/candidates.csv (track_id,path) and build <out>/mels.h5 for exactly these tracks (a rerun with
-    the same candidates finds the store done, or resumes it after a crash)."""
+    the same candidates finds the store done, or resumes it after a crash); excerpt: frontend.EXCERPTS."""
     out = Path(out)
     ds.write_tracks(out / CANDIDATES_FILE, candidates)
     build_store(audio_dir=audio_dir, out=ds.mels_path(out), tracks_csv=out / CANDIDATES_FILE, jobs=jobs,
-                max_seconds=max_seconds, min_seconds=min_seconds, progress=progress, dtype=dtype)
+                max_seconds=max_seconds, min_seconds=min_seconds, progress=progress, dtype=dtype, excerpt=excerpt)
     with MelStore(ds.mels_path(out), in_memory=False) as store:
         stored = list(store.track_ids)
     failures = ds.read_csv_columns(failures_path(ds.mels_path(out)), ("track_id", "path", "reason"), "audio failures")

@@ -29,6 +29,9 @@ AUDIO_EXTENSIONS = (".mp3", ".ogg", ".flac", ".wav")
 # Headers outside these rates are broken: a 1 Hz header would make the resampler allocate 22,050x the file.
 MIN_RATE, MAX_RATE = 1_000, 1_000_000
 MAX_DURATION_S = 4 * 3600  # longest audio decoded at once (about 1.3 GB at 22,050 Hz); use max_seconds beyond it
+# Where the max_seconds excerpt of a longer file is taken: its first seconds (the default, as librosa.load with a
+# duration) or its middle, from frame (frames - wanted) // 2 on (full songs: MTG-Jamendo, preprocess/jamendo.py).
+EXCERPTS = ("start", "middle")
 
 # Written into every store and checked when one is opened (the first four are required).
 FRONT_END = {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop_length": HOP_LENGTH, "n_mels": N_MELS,
@@ -62,8 +65,9 @@ def check_seconds(name: str, seconds, allow_zero: bool = False) -> None:
 
 
 # --- Decoding ------------------------------------------------------------------------------------------------------
-def load_audio(path, max_seconds: float | None = None) -> np.ndarray:
-    """(n,) float32 mono at 22,050 Hz, equal to ``librosa.load(path, sr=22050, duration=max_seconds)[0]``.
+def load_audio(path, max_seconds: float | None = None, excerpt: str = "start") -> np.ndarray:
+    """(n,) float32 mono at 22,050 Hz, equal to ``librosa.load(path, sr=22050, duration=max_seconds)[0]``
+    (excerpt "middle": the max_seconds that start at frame (frames - wanted) // 2, in the file's own rate).
 
     AudioError names the file for a missing, empty, undecodable or implausible file. A file that decodes shorter
     than its header declares gives an AudioWarning (the store records it) and is used as decoded, like librosa.
@@ -71,6 +75,8 @@ def load_audio(path, max_seconds: float | None = None) -> np.ndarray:
     import soundfile
 
     check_seconds("max_seconds", max_seconds)
+    if excerpt not in EXCERPTS:
+        raise AudioError(f"excerpt {excerpt!r}: choose one of {', '.join(EXCERPTS)}.")
     path = Path(path)
     if not path.is_file():
         raise file_error(path, "file not found")
@@ -85,6 +91,8 @@ def load_audio(path, max_seconds: float | None = None) -> np.ndarray:
             if wanted / rate > MAX_DURATION_S:
                 raise file_error(path, f"{wanted / rate:.0f} s of audio is longer than the {MAX_DURATION_S} s "
                                        "decoded at once: pass --max-seconds")
+            if excerpt == "middle":
+                handle.seek((declared - wanted) // 2)
             y = handle.read(frames=wanted, dtype="float32", always_2d=True).T  # (channels, n), as librosa reads
     except AudioError:
         raise

@@ -45,8 +45,8 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from fileio import OutputError, atomic_write, atomic_write_text, output_lock
-from preprocess.frontend import (AUDIO_EXTENSIONS, FRONT_END, N_MELS, RESAMPLER, SAMPLE_RATE, SEGMENT_FRAMES,
-                                 AudioError, AudioWarning, check_seconds, file_error, load_audio,
+from preprocess.frontend import (AUDIO_EXTENSIONS, EXCERPTS, FRONT_END, N_MELS, RESAMPLER, SAMPLE_RATE,
+                                 SEGMENT_FRAMES, AudioError, AudioWarning, check_seconds, file_error, load_audio,
                                  log_mel, standardize)
 
 DTYPES = ("float16", "float32")
@@ -130,7 +130,7 @@ def _build_part(task: tuple) -> tuple[int, float]:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", AudioWarning)
-                y = load_audio(absolute, options["max_seconds"])
+                y = load_audio(absolute, options["max_seconds"], options.get("excerpt", "start"))
             if options["min_seconds"] and y.size < options["min_seconds"] * SAMPLE_RATE:
                 raise file_error(absolute, f"too short: {y.size / SAMPLE_RATE:.2f} s < --min-seconds "
                                            f"{options['min_seconds']:g}")
@@ -289,10 +289,11 @@ def _remove_work_dir(work: Path, out: Path) -> None:
 
 
 def build_store(audio_dir, out, tracks_csv=None, jobs=1, max_seconds=None, min_seconds=None, progress=True,
-                dtype=DEFAULT_DTYPE, chunk_tracks=None) -> dict:
+                dtype=DEFAULT_DTYPE, chunk_tracks=None, excerpt="start") -> dict:
     """Build (or finish, or confirm) the standardized log-mel store `out` and its failure list beside it.
 
-    Options as the command line's (chunk_tracks: a rerun reuses parts only with the same value). Returns {"stored",
+    Options as the command line's (chunk_tracks: a rerun reuses parts only with the same value; excerpt: where a
+    max_seconds excerpt is taken, frontend.EXCERPTS). Returns {"stored",
     "failed", "warnings" [(track_id, path, warning)], "skipped" (done by an earlier run), "computed", "total",
     "frames", "mean", "std", "dtype", "already_done", "audio_seconds", "seconds", "out", "failures_csv"}.
     """
@@ -303,6 +304,10 @@ def build_store(audio_dir, out, tracks_csv=None, jobs=1, max_seconds=None, min_s
     if out.is_dir():
         raise AudioError(f"--out {out}: is a folder; give the path of the .h5 file to write.")
     options = {"max_seconds": max_seconds, "min_seconds": min_seconds, "dtype": dtype}
+    if excerpt != "start":  # only then in the digest: stores built before this option stay "already done"
+        if excerpt not in EXCERPTS:
+            raise AudioError(f"excerpt {excerpt!r}: choose one of {', '.join(EXCERPTS)}.")
+        options["excerpt"] = excerpt
     digest, work = _digest(tracks, options), out.with_name(out.name + ".work")
     summary = {"out": str(out), "failures_csv": str(failures_path(out)), "total": len(tracks), "dtype": dtype,
                "computed": 0, "skipped": len(tracks), "audio_seconds": 0.0, "already_done": True}

@@ -35,7 +35,6 @@ CONFIDENCE = 0.95
 DEFAULT_RESAMPLES, DEFAULT_BOOTSTRAP_SEED = 1000, 0
 EXTERNAL_FILE = "external.json"  # evaluate.py --external writes it beside results.json (no model.keras)
 SEED_FIELDS = ("seed", "split_seed", "split")  # what the runs of one experiment may change
-NO_EFFECT_FIELDS = ("run_dir", "verbose", "workers", "keep_checkpoints")  # change nothing in the trained model
 IN_RECORD_KEY = ("model", "side_info", "train_setup", "external")  # the record's key shows them: not in the label
 COUNT_FIELDS = ("evaluated", "skipped")
 
@@ -61,7 +60,7 @@ def run_identity(run_dir) -> tuple[dict, tuple]:
                     "allow_missing": meta.get("allow_missing")}
         return settings, (None, split.get("sha256") or str(run_dir))  # no split recorded: never a repeat
     meta = read_config(run_dir)
-    dropped = set(SEED_FIELDS + NO_EFFECT_FIELDS + ("dataset",))
+    dropped = set(SEED_FIELDS + config.NO_EFFECT_FIELDS + ("dataset",))
     settings = {key: value for key, value in meta["config"].items() if key not in dropped}
     settings["dataset_dir"] = str(Path(meta["dataset_dir"]).resolve())
     return settings, (meta["config"].get("seed"), meta["checksums"].get("split") or meta["split_path"])

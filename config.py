@@ -24,6 +24,12 @@ LOG_FILE, CURVE_FILE, CHECKPOINT_DIR, BACKUP_DIR = "log.csv", "training_curve.pn
 MODELS = ("embedding", "classification")
 STRATEGIES = ("default", "mirrored", "multi-worker")
 LOSS_REDUCTIONS = ("sum", "mean")
+WEIGHTS = ("best", "last")  # which epoch's weights become model.keras
+LAST_BATCH = ("drop", "keep")  # the last, partial training batch of an epoch
+VALID_DRAWS = ("once", "every-epoch")  # validation crops and labels
+# training flags that change nothing in the trained model: a resumed run may change them, aggregates ignore them
+NO_EFFECT_FIELDS = ("run_dir", "verbose", "workers", "keep_checkpoints", "in_memory")
+IN_MEMORY = {"auto": None, "yes": True, "no": False}  # where training reads the mel store from (MelStore in_memory)
 # Side information picked when --side-info is not given: the first kind the dataset has, in this order.
 DEFAULT_SIDE_INFO_ORDER = ("instrument-count", "glove")
 # Epochs when --epochs is not given. The paper does not state a number; early stopping (patience 20) ends real runs.
@@ -67,7 +73,10 @@ class TrainConfig:
     dataset: str = field(default="demo", metadata=_flag(
         "demo | fma | msd (data/<name>) or a dataset directory (data/README.md); the demo is built when missing."))
     split: str | None = field(default=None, metadata=_flag(
-        "split JSON (splits/README.md). Default: the dataset's splits/split_seed0.json, created if missing."))
+        "split JSON (splits/README.md); wins over --split-seed. Default: the dataset's split of --split-seed."))
+    split_seed: int = field(default=0, metadata=_flag(
+        "seed of the default split, the dataset's splits/split_seed<N>.json (made when missing); config.json "
+        "records the seed of the split used."))
     train_setup: str = field(default="(A+B)-X", metadata=_flag(
         "A-X, B-X or (A+B)-X (aliases A, B, AB); Tables 2-3 use all three, Table 4 A-X.", type=canonical_setup))
     model: str = field(default="embedding", metadata=_flag(
@@ -90,12 +99,24 @@ class TrainConfig:
     plateau_factor: float = field(default=0.2, metadata=_flag("ReduceLROnPlateau factor (original: 0.2)."))
     min_lr: float = field(default=1.6e-7, metadata=_flag("ReduceLROnPlateau min_lr (original: 1.6e-7)."))
     checkpoint_every: int = field(default=2, metadata=_flag("save a checkpoint every N epochs (original: 2)."))
+    weights: str = field(default="best", metadata=_flag(
+        "what becomes model.keras: best (the epoch of the lowest val_loss) or last (the last epoch trained; the "
+        "original's budget is --epochs 20 --weights last).", choices=WEIGHTS))
+    last_batch: str = field(default="drop", metadata=_flag(
+        "drop: floor(n / batch size) training batches per epoch, the last partial batch left out (original); "
+        "keep: ceil, every track every epoch.", choices=LAST_BATCH))
+    valid_draws: str = field(default="once", metadata=_flag(
+        "once: validation crops and labels drawn once, so val_loss compares across epochs (early stopping and "
+        "the best weights read it); every-epoch: new draws every epoch (original).", choices=VALID_DRAWS))
     seed: int = field(default=0, metadata=_flag(
-        "seed for weights and sampling (the default split is split_seed0.json whatever the seed: see splits.make)."))
+        "seed for weights and sampling (the split has its own: --split-seed)."))
     run_dir: str | None = field(default=None, metadata=_flag(
         "run directory (created; default: a new folder under runs/). An existing one resumes its interrupted run."))
     strategy: str = field(default="default", metadata=_flag(
         "default (one device), mirrored (several GPUs) or multi-worker (machines, TF_CONFIG).", choices=STRATEGIES))
+    in_memory: str = field(default="auto", metadata=_flag(
+        "auto: hold the mel store in RAM (float16) when it fits in half the memory available, else read it lazily "
+        "from the file; yes / no force either (same batches).", choices=tuple(IN_MEMORY)))
     workers: int = field(default=1, metadata=_flag(
         "1: batches load in one thread beside training (best on few cores); N > 1: in N worker processes."))
     keep_checkpoints: int = field(default=0, metadata=_flag(
@@ -121,6 +142,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
              ("checkpoint_every", config.checkpoint_every >= 0, ">= 0 (0 = no periodic checkpoints)"),
              ("keep_checkpoints", config.keep_checkpoints >= 0, ">= 0 (0 = keep all)"),
              ("seed", config.seed >= 0, ">= 0 (numpy and Keras take non-negative seeds)"),
+             ("split_seed", config.split_seed >= 0, ">= 0 (numpy takes non-negative seeds)"),
              ("workers", config.workers >= 1, "at least 1")]
     for name, ok, rule in rules:
         value = getattr(config, name)
@@ -128,7 +150,9 @@ def check_config(config: TrainConfig) -> TrainConfig:
             ok, rule = False, f"a finite number {rule}"
         if not ok:
             raise ConfigError(f"--{name.replace('_', '-')} {value!r} must be {rule}.")
-    for name, choices in (("model", MODELS), ("strategy", STRATEGIES), ("loss_reduction", LOSS_REDUCTIONS)):
+    for name, choices in (("model", MODELS), ("strategy", STRATEGIES), ("loss_reduction", LOSS_REDUCTIONS),
+                          ("weights", WEIGHTS), ("last_batch", LAST_BATCH), ("valid_draws", VALID_DRAWS),
+                          ("in_memory", tuple(IN_MEMORY))):
         if getattr(config, name) not in choices:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)!r}: not one of {', '.join(choices)}")
     try:
@@ -137,10 +161,11 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise ConfigError(f"--train-setup {exc}") from None
 
 
-def build_parser(**parser_kwargs) -> argparse.ArgumentParser:
-    """argparse parser with one --flag per TrainConfig field (underscores become dashes), help from metadata."""
+def build_parser(skip: tuple[str, ...] = (), **parser_kwargs) -> argparse.ArgumentParser:
+    """argparse parser with one --flag per TrainConfig field (underscores become dashes), help from metadata;
+    `skip`: fields the caller sets itself (reproduce.py chooses the seeds and run directories)."""
     parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **parser_kwargs)
-    for f in dataclasses.fields(TrainConfig):
+    for f in (f for f in dataclasses.fields(TrainConfig) if f.name not in skip):
         kwargs = {"default": f.default, "type": next((t for t in (int, float) if t.__name__ in str(f.type)), str)}
         kwargs.update(f.metadata)
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)

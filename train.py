@@ -6,7 +6,9 @@
 
 `run` reads config -> data -> model -> fit -> save, with the original recipe (docs/original.md, "Training"); bad
 input is found before TensorFlow starts: one `error: ...` line, exit status 2. A run directory holds config.json,
-model.keras (best val_loss), log.csv, training_curve.png, checkpoints/, backup/ and train_summary.json (at the end).
+model.keras (best val_loss, or the last epoch with --weights last), log.csv, training_curve.png, checkpoints/,
+backup/ and train_summary.json (at the end). config.json also records the library versions and whether they match
+the lock file (requirements-lock.txt).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from preprocess.frontend import AudioError
 from preprocess.melstore import MelStore
 
 PARTS = ("train", "valid")
-RESUMABLE_CHANGES = ("workers", "verbose", "run_dir", "keep_checkpoints")  # flags a resumed run may change
+LOCK_FILE = Path(__file__).resolve().parent / "requirements-lock.txt"  # the versions the tests pass with
+BACKEND_PACKAGES = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
 
 
 class TrainError(ValueError):
@@ -47,7 +50,7 @@ def _listing(items, limit: int = 20) -> str:
 # ---- data: resolved and checked before the model is built ---------------------------------------------------------
 @dataclass
 class TrainingData:
-    config: cfg.TrainConfig  # resolved: canonical setup, side-info kind, epochs, absolute split path
+    config: cfg.TrainConfig  # resolved: canonical setup, side-info kind, epochs, absolute split path and its seed
     dataset: str
     dataset_dir: Path
     split_path: Path
@@ -73,6 +76,7 @@ def prepare(config: cfg.TrainConfig) -> TrainingData:
     split_path = resolve_split(config, dataset_dir)
     split = splits.load_split(split_path, annotations)  # made from these annotations, however it was given
     tracks, seen = setup_tracks(split, config.train_setup, split_path)
+    check_full_batch(len(tracks["train"]), config)
     positives = {part: dsio.label_matrix(annotations, tracks[part], seen) for part in PARTS}
     for part in PARTS:
         check_positives(tracks[part], positives[part], part, config)
@@ -84,7 +88,8 @@ def prepare(config: cfg.TrainConfig) -> TrainingData:
             vectors = dsio.side_vectors(dsio.read_side_info(side_path), seen, f"side information {side_path}")
     facts, rows = store_rows(mels_path := dsio.mels_path(dataset_dir).resolve(), tracks)
     dataset = dsio.dataset_name(dataset_dir)
-    config = dataclasses.replace(config, side_info=kind, epochs=config.resolved_epochs(dataset), split=str(split_path))
+    config = dataclasses.replace(config, side_info=kind, epochs=config.resolved_epochs(dataset), split=str(split_path),
+                                 split_seed=int(split["seed"]))
     return TrainingData(config, dataset, dataset_dir, split_path, list(seen), tracks, positives, rows, side_path,
                         vectors, mels_path, facts)
 
@@ -104,9 +109,9 @@ def resolve_dataset(config: cfg.TrainConfig) -> Path:
 
 
 def resolve_split(config: cfg.TrainConfig, dataset_dir: Path) -> Path:
-    """--split, else the dataset's splits/split_seed0.json (made from annotations.csv when missing)."""
+    """--split, else the dataset's splits/split_seed<--split-seed>.json (made from annotations.csv when missing)."""
     if not config.split:
-        return Path(splits.ensure_split(dataset_dir, seed=0)).resolve()
+        return Path(splits.ensure_split(dataset_dir, seed=config.split_seed)).resolve()
     if not (path := Path(config.split).expanduser().resolve()).is_file():
         raise TrainError(f"--split {config.split}: no such file.")
     return path
@@ -125,6 +130,13 @@ def setup_tracks(split: dict, setup: str, split_path: Path) -> tuple[dict, list[
         raise TrainError(f"training setup {setup} of split {split_path} has no validation tracks; val_loss drives "
                          "early stopping and the learning-rate plateau (remake the split with more data).")
     return {"train": list(train), "valid": list(valid)}, list(seen)
+
+
+def check_full_batch(n_train: int, config: cfg.TrainConfig) -> None:
+    """--last-batch drop trains on full batches only: there must be one."""
+    if config.last_batch == "drop" and n_train < config.batch_size:
+        raise TrainError(f"--last-batch drop: the {n_train} training tracks of {config.train_setup} fill no batch of "
+                         f"--batch-size {config.batch_size}; pass a smaller --batch-size or --last-batch keep.")
 
 
 def resolve_side_info_kind(config: cfg.TrainConfig, dataset_dir: Path) -> str | None:
@@ -163,12 +175,44 @@ def store_rows(mels_path: Path, tracks: dict) -> tuple[dict, dict]:
 
 # ---- the run directory and config.json ----------------------------------------------------------------------------
 def versions() -> dict:
-    """Versions of the libraries that shape the result, and the Keras backend."""
-    found = {"python": platform.python_version(), "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow")}
-    for package in ("numpy", "tensorflow", "tensorflow-cpu", "keras", "h5py", "librosa"):
+    """Versions of the libraries that shape the result, the Keras backend in use and its own version(s)."""
+    import importlib
+
+    import keras
+
+    backend = keras.backend.backend()
+    found = {"python": platform.python_version(), "keras_backend": backend}
+    for package in ("numpy", "keras", "h5py", "librosa"):
         with contextlib.suppress(metadata.PackageNotFoundError):
-            found.setdefault(package.removesuffix("-cpu"), metadata.version(package))
+            found[package] = metadata.version(package)
+    for module in BACKEND_PACKAGES.get(backend, ()):  # the module's own version: tensorflow-cpu installs tensorflow
+        found[module] = importlib.import_module(module).__version__
     return found
+
+
+def lock_check(lock_path: Path = LOCK_FILE) -> dict:
+    """Whether the installed packages are the lock file's exact versions: {"lock", "matches", "differences"};
+    the lock's lines whose platform marker does not apply here are not checked, packages it lacks are ignored."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if not Path(lock_path).is_file():
+        return {"lock": Path(lock_path).name, "matches": False, "differences": ["the lock file is missing"]}
+    differences = []
+    for line in Path(lock_path).read_text(encoding="utf-8").splitlines():
+        try:
+            requirement = Requirement(line.split("#")[0].strip())
+        except InvalidRequirement:  # a comment, a blank or an option line (--index-url ...)
+            continue
+        if requirement.marker and not requirement.marker.evaluate():
+            continue
+        locked = next((s.version for s in requirement.specifier if s.operator == "=="), None)
+        try:
+            installed = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            installed = None
+        if installed != locked:
+            differences.append(f"{requirement.name}: locked {locked}, installed {installed or 'none'}")
+    return {"lock": Path(lock_path).name, "matches": not differences, "differences": differences}
 
 
 def run_record(data: TrainingData) -> dict:
@@ -180,7 +224,7 @@ def run_record(data: TrainingData) -> dict:
             "checksums": {"annotations": sha256_file(dsio.annotations_path(data.dataset_dir)),
                           "split": sha256_file(data.split_path), "side_info": side and sha256_file(side),
                           "mels": dict(data.store_facts)},
-            "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": versions(), "environment": lock_check(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "train": {"tracks": len(data.tracks["train"]), "valid_tracks": len(data.tracks["valid"]),
                       "side_dim": data.side_dim, "n_labels": len(data.seen_labels)}}
 
@@ -202,7 +246,7 @@ def check_same_run(run_dir: Path, record: dict) -> None:
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise RunDirError(f"{run_dir / CONFIG_FILE} is damaged ({exc}): restore it, or pass a new --run-dir.") from None
     new, new_sums = record["config"], record["checksums"]  # other side information: its kind or checksum differs
-    changed = [k for k in sorted(set(old) | set(new)) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
+    changed = [k for k in sorted(set(old) | set(new)) if k not in cfg.NO_EFFECT_FIELDS and old.get(k) != new.get(k)]
     changed += [f"checksum of {k}" for k in sorted(new_sums) if old_sums.get(k) != new_sums.get(k)]
     if changed:
         details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" if k in new else k for k in changed)
@@ -230,10 +274,11 @@ def run(config: cfg.TrainConfig) -> Path:
         model = build_model(data, strategy)
         callbacks, backup = training_callbacks(model, config, run_dir)  # log.csv cut to the epochs backed up
         first_epoch = backup.initial_epoch
-        with MelStore(data.mels_path) as store:
+        with MelStore(data.mels_path, in_memory=cfg.IN_MEMORY[config.in_memory]) as store:
             batches = pipeline.training_batches(
                 store, {part: (data.rows[part], data.positives[part]) for part in PARTS}, data.label_vectors,
-                config.negatives, config.batch_size, config.seed, first_epoch, config.workers, replicas)
+                config.negatives, config.batch_size, config.seed, first_epoch, config.workers, replicas,
+                config.last_batch, config.valid_draws)
             loader = record["train"]["input_pipeline"] = pipeline.input_pipeline(store)
             if not (run_dir / CONFIG_FILE).is_file():
                 write_json(run_dir / CONFIG_FILE, {**record, "config": {**record["config"], "run_dir": str(run_dir)}})
@@ -245,7 +290,8 @@ def run(config: cfg.TrainConfig) -> Path:
                 fit(model, batches, callbacks, first_epoch, config)
         summary = finish_run(run_dir, data, backup, time.time() - start, {
             "steps_per_epoch": steps, "replicas": replicas, "input_pipeline": loader})
-    print(f"best val_loss {summary['best_val_loss']:.4f} at epoch {summary['best_epoch'] + 1}: {run_dir / MODEL_FILE}")
+    print(f"best val_loss {summary['best_val_loss']:.4f} at epoch {summary['best_epoch'] + 1}; {run_dir / MODEL_FILE}: "
+          f"the weights of epoch {summary['model_epoch'] + 1} (--weights {config.weights})")
     return run_dir
 
 
@@ -257,6 +303,7 @@ def build_model(data: TrainingData, strategy):
     from models.distribute import multi_worker_fixes, scope
 
     config = data.config
+    keras.backend.clear_session()  # a run trained in this process before (reproduce.py) leaves no state behind
     keras.utils.set_random_seed(config.seed)
     with scope(strategy):
         if config.model == "embedding":
@@ -274,6 +321,8 @@ def build_model(data: TrainingData, strategy):
 
 def fit(model, batches: dict, callbacks: list, first_epoch: int, config: cfg.TrainConfig) -> None:
     """model.fit on the batches; a non-finite loss or a damaged store ends training with one clear error."""
+    if follow := getattr(batches["valid"], "follow_epochs", None):  # --valid-draws every-epoch
+        callbacks = [follow(), *callbacks]
     try:
         model.fit(batches["train"], validation_data=batches["valid"], steps_per_epoch=batches["train"].sampler.steps,
                   initial_epoch=first_epoch, epochs=config.epochs, callbacks=callbacks, verbose=config.verbose,
@@ -295,8 +344,10 @@ def finish_run(run_dir: Path, data: TrainingData, backup, seconds: float, extra:
 
     log = read_log(run_dir / LOG_FILE)
     best = int(np.nanargmin(log["val_loss"]))
+    kept = best if data.config.weights == "best" else len(log["epoch"]) - 1  # the epoch model.keras holds
     summary = {"finished": True, "epochs_completed": len(log["epoch"]), "train_seconds": round(seconds, 1),
                "best_epoch": int(log["epoch"][best]), "best_val_loss": log["val_loss"][best],
+               "weights": data.config.weights, "model_epoch": int(log["epoch"][kept]),
                "final_loss": log["loss"][-1], **extra, "model_sha256": sha256_file(run_dir / MODEL_FILE)}
     plot_training_curve(run_dir / LOG_FILE, run_dir / CURVE_FILE,
                         f"{data.dataset} {data.config.model} {data.config.side_info or ''} {data.config.train_setup}")

@@ -2,7 +2,8 @@
 
 Stock Keras does the recipe: EarlyStopping(val_loss, patience 20), ReduceLROnPlateau(val_loss, factor 0.2,
 patience 5, min_lr 1.6e-7) on the optimizer's base rate (`models.DecaySGD` applies the Keras-2 decay on top, as
-Keras 2 did), ModelCheckpoint(model.keras, best val_loss), CSVLogger(log.csv) and TerminateOnNaN. Two small
+Keras 2 did), ModelCheckpoint(model.keras: best val_loss, or every epoch so that the last one stays with
+--weights last), CSVLogger(log.csv) and TerminateOnNaN. Two small
 `LambdaCallback`s add the decayed rate to the log ("lr", beside ReduceLROnPlateau's base "learning_rate") and a
 checkpoint every N epochs. The one custom callback is `TrainingBackup`: Keras keeps the counters of EarlyStopping,
 ReduceLROnPlateau and ModelCheckpoint in memory only, so it saves them with the variables after every epoch and
@@ -129,7 +130,8 @@ def training_callbacks(model, config, run_dir: Path) -> tuple[list, TrainingBack
     stopping = keras.callbacks.EarlyStopping("val_loss", patience=config.patience, verbose=1)
     # Not written atomically, but a kill while it writes is undone: the backup still holds the previous epoch,
     # which the rerun trains again and saves.
-    best = keras.callbacks.ModelCheckpoint(run_dir / MODEL_FILE, monitor="val_loss", save_best_only=True)
+    best = keras.callbacks.ModelCheckpoint(run_dir / MODEL_FILE, monitor="val_loss",
+                                           save_best_only=config.weights == "best")
     backup = TrainingBackup(run_dir / BACKUP_DIR, [plateau, stopping, best])
     truncate_log(run_dir / LOG_FILE, backup.initial_epoch)  # CSVLogger appends to the epochs backed up
     decayed_rate = keras.callbacks.LambdaCallback(

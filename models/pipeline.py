@@ -1,7 +1,8 @@
 """What a training batch holds (docs/original.md, "Training"), and how it reaches `fit`.
 
 An epoch holds one sample per track of the stream, in an order shuffled per epoch, cut into batches of
-`batch_size` (the last one may be smaller). A sample of the embedding model is
+`batch_size`; the last, partial training batch is left out (train.py --last-batch drop, the original) or kept
+(--last-batch keep). A sample of the embedding model is
   * mel        one 130-frame crop of the track's standardized log-mel, its start drawn uniformly among the
                `frontend.crop_starts(length, 130)` valid starts (a track shorter than 130 frames is tiled first,
                as `frontend.crop` does),
@@ -9,7 +10,8 @@ An epoch holds one sample per track of the stream, in an order shuffled per epoc
   * negatives  the side vectors of N labels drawn uniformly without replacement from its seen negatives,
   * target     [1, 0, ..., 0] (the hinge loss ignores it: column 0 is the positive);
 a sample of the classification model is the crop and the multi-hot vector of the track's seen labels.
-The validation stream draws the batches of epoch 0 every epoch, so that val_loss compares across epochs.
+The validation stream keeps every track and draws the batches of epoch 0 every epoch, so that val_loss compares
+across epochs (train.py --valid-draws once), or new ones every epoch (--valid-draws every-epoch, the original).
 
 `Sampler.draw` makes every random choice of a batch as a pure function of (seed, stream, epoch, step), in numpy;
 the store only reads the crops (`MelStore.crops`, from RAM or lazily from the file). So a batch is the same
@@ -48,17 +50,22 @@ class Sampler:
         lengths: (n,) frames of each track.
         n_negatives: N per sample (0: classification model). Each track needs >= N seen negatives (train.py checks).
         batch_size, seed: train.py's flags.
-        stream: "train" (new draws every epoch) or "valid" (the draws of epoch 0, every epoch).
+        stream: "train" or "valid": keys the draws apart.
         multiple: every batch holds a multiple of this many samples (the replicas of a tf.distribute strategy
             need equal shares): the last batch of an epoch is cut, leaving out at most multiple - 1 samples.
+        drop_last: leave the last, partial batch of an epoch out (the original's floor(n / batch_size) batches).
+        redraw: new draws every epoch; False: every epoch draws the batches of epoch 0. Default: the training
+            stream redraws, the validation stream does not (so that val_loss compares across epochs).
     """
 
     def __init__(self, positives, lengths, n_negatives: int, batch_size: int, seed: int, stream: str,
-                 n_frames: int = SEGMENT_FRAMES, multiple: int = 1):
+                 n_frames: int = SEGMENT_FRAMES, multiple: int = 1, drop_last: bool = False,
+                 redraw: bool | None = None):
         self.positives = np.asarray(positives).astype(bool)
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.n_negatives, self.batch_size, self.seed = int(n_negatives), int(batch_size), int(seed)
         self.stream, self.n_frames, self.multiple = stream, int(n_frames), int(multiple)
+        self.drop_last, self.redraw = bool(drop_last), stream == "train" if redraw is None else bool(redraw)
         if stream not in STREAMS:
             raise ValueError(f"stream must be one of {', '.join(STREAMS)}, got {stream!r}")
         if self.batch_size < 1 or self.multiple < 1 or self.batch_size % self.multiple:
@@ -69,12 +76,13 @@ class Sampler:
 
     @property
     def steps(self) -> int:
-        """Batches per epoch: ceil(n / batch_size), less the last one when its cut to a multiple leaves nothing."""
+        """Batches per epoch: floor(n / batch_size) with drop_last, else ceil(n / batch_size), less the last one
+        when its cut to a multiple leaves nothing."""
         full, rest = divmod(len(self.lengths), self.batch_size)
-        return full + int(rest >= self.multiple)
+        return full + int(rest >= self.multiple and not self.drop_last)
 
     def _key(self, epoch: int, *more: int) -> list[int]:
-        return [self.seed, STREAMS[self.stream], 0 if self.stream == "valid" else int(epoch), *more]
+        return [self.seed, STREAMS[self.stream], int(epoch) if self.redraw else 0, *more]
 
     def order(self, epoch: int) -> np.ndarray:
         """(n,) the epoch's permutation of the tracks (the last two epochs' are kept: every batch needs one)."""
@@ -113,7 +121,7 @@ class Batches(keras.utils.PyDataset):
     Training (`first_epoch` given): batch k is step k % steps of epoch first_epoch + k // steps, without end; use
     `fit(..., steps_per_epoch=sampler.steps, initial_epoch=first_epoch)`. Keras keeps one iterator across the
     epochs, and its worker pool goes on with the next index after each epoch. Validation: the `steps` batches of
-    epoch 0. workers 1 loads in one thread beside training (Keras prefetches), `workers` > 1 in that many worker
+    epoch 0 (`RedrawnValidation`: of the epoch being trained). workers 1 loads in one thread beside training (Keras prefetches), `workers` > 1 in that many worker
     processes (for many cores; threads would share the GIL with the training loop).
 
     Args:
@@ -146,19 +154,41 @@ class Batches(keras.utils.PyDataset):
         return inputs, target
 
 
+class RedrawnValidation(Batches):
+    """Validation batches drawn anew every epoch (train.py --valid-draws every-epoch): batch `index` of the draws of
+    `epoch`, which the callback of `follow_epochs` sets when each training epoch begins. Keras reads a validation's
+    batches only after that (its worker processes start anew for every validation), so epoch e validates on the
+    draws of epoch e, also after a resume."""
+
+    epoch = 0
+
+    def __getitem__(self, index: int):
+        return super().__getitem__(self.epoch * self.sampler.steps + int(index))
+
+    def follow_epochs(self):
+        """The callback for `fit` that keeps `epoch` at the epoch being trained."""
+        return keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: setattr(self, "epoch", int(epoch)))
+
+
 def training_batches(store, parts: dict, label_vectors, n_negatives: int, batch_size: int, seed: int,
-                     first_epoch: int, workers: int = 1, replicas: int = 1) -> dict:
+                     first_epoch: int, workers: int = 1, replicas: int = 1, last_batch: str = "keep",
+                     valid_draws: str = "once") -> dict:
     """{"train", "valid"} `Batches` of parts {stream: (store rows, positives)} for train.py's flags, training from
     `first_epoch`; label_vectors None: the classification model. Several replicas load in this process (a
-    tf.distribute dataset takes batches from the worker pool out of order)."""
+    tf.distribute dataset takes batches from the worker pool out of order).
+
+    last_batch "drop" leaves the last partial training batch out; validation always uses every track.
+    valid_draws "every-epoch": the validation batches are a `RedrawnValidation` (pass its `follow_epochs()` to fit)."""
     if batch_size % replicas or len(parts["valid"][0]) < replicas:
         raise ConfigError(f"--batch-size {batch_size} and the {len(parts['valid'][0])} validation tracks must be "
                           f"shared evenly by the {replicas} replicas of the --strategy.")
     n_negatives, workers, batches = n_negatives * (label_vectors is not None), workers if replicas == 1 else 1, {}
+    redraw = {"train": True, "valid": valid_draws == "every-epoch"}
     for stream, (rows, positives) in parts.items():
-        sampler = Sampler(positives, store.lengths[rows], n_negatives, batch_size, seed, stream, multiple=replicas)
-        batches[stream] = Batches(store, rows, sampler, label_vectors, first_epoch if stream == "train" else None,
-                                  workers)
+        sampler = Sampler(positives, store.lengths[rows], n_negatives, batch_size, seed, stream, multiple=replicas,
+                          drop_last=stream == "train" and last_batch == "drop", redraw=redraw[stream])
+        kind = RedrawnValidation if stream == "valid" and redraw["valid"] else Batches
+        batches[stream] = kind(store, rows, sampler, label_vectors, first_epoch if stream == "train" else None, workers)
     return batches
 
 

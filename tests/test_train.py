@@ -29,7 +29,7 @@ import splits
 import train
 from fileio import output_lock, sha256_file
 from models.callbacks import STATE_FILE, truncate_log
-from models.pipeline import Batches, Sampler, input_pipeline, training_batches
+from models.pipeline import Batches, RedrawnValidation, Sampler, input_pipeline, training_batches
 from preprocess.frontend import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE, SEGMENT_FRAMES, crop, crop_starts
 from preprocess.melstore import MelStore
 
@@ -98,8 +98,9 @@ def flags(dataset: Path, run_dir: Path, *extra) -> list[str]:
 
 
 def train_steps(dataset: Path, batch_size: int = 8) -> int:
+    """Batches per epoch of the default --last-batch drop: floor(n / batch_size)."""
     split = splits.load_split(splits.default_split_path(dataset))
-    return -(-len(splits.setup_tracks_labels(split, "(A+B)-X", "train")[0]) // batch_size)
+    return len(splits.setup_tracks_labels(split, "(A+B)-X", "train")[0]) // batch_size
 
 
 def read_csv_rows(path: Path) -> list[dict]:
@@ -121,8 +122,8 @@ def id_store_path(tmp: Path, lengths) -> Path:
     return path
 
 
-def sampler_for(positives, lengths=LENGTHS, n_negatives=2, batch_size=4, seed=3, stream="train", multiple=1):
-    return Sampler(positives, lengths, n_negatives, batch_size, seed, stream, multiple=multiple)
+def sampler_for(positives, lengths=LENGTHS, n_negatives=2, batch_size=4, seed=3, stream="train", multiple=1, **more):
+    return Sampler(positives, lengths, n_negatives, batch_size, seed, stream, multiple=multiple, **more)
 
 
 def vectors_for(n_labels: int, side_dim: int = 5) -> np.ndarray:
@@ -231,6 +232,85 @@ def test_batches_cut_to_a_multiple_of_the_replicas_and_classification_targets(id
     with pytest.raises(cfg.ConfigError, match="--batch-size 4 and the 2 validation tracks must be shared evenly by "
                                               "the 3 replicas"):
         training_batches(store, parts, None, 1, 4, 0, 0, replicas=3)
+
+
+def assert_same_draws(one, two):
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_dropping_the_last_batch_and_redrawing_validation(id_store):
+    """drop_last: floor(10 / 4) = 2 full batches, the tracks of the order's first 8 places; redraw: the validation
+    stream draws anew every epoch, epoch 0 being the draws of the once-drawn stream."""
+    _, positives = id_store
+    dropping = sampler_for(positives, drop_last=True)
+    assert dropping.steps == 2 and [len(dropping.draw(3, s).tracks) for s in range(2)] == [4, 4]
+    np.testing.assert_array_equal(np.concatenate([dropping.draw(3, s).tracks for s in range(2)]), dropping.order(3)[:8])
+    assert_same_draws(dropping.draw(3, 1), sampler_for(positives).draw(3, 1))  # the same draws, one batch fewer
+    once, every = sampler_for(positives, stream="valid"), sampler_for(positives, stream="valid", redraw=True)
+    assert_same_draws(every.draw(0, 2), once.draw(0, 2))
+    assert_same_draws(once.draw(5, 2), once.draw(0, 2))
+    assert not np.array_equal(every.draw(5, 1).starts, every.draw(6, 1).starts)
+    assert_same_draws(every.draw(5, 1), sampler_for(positives, stream="valid", redraw=True).draw(5, 1))
+    assert not np.array_equal(every.draw(5, 1).starts, sampler_for(positives).draw(5, 1).starts)  # streams differ
+
+
+def test_training_batches_of_the_original_protocol(id_store):
+    """last_batch "drop" cuts the training stream only; valid_draws "every-epoch": the validation batches are the
+    draws of the epoch their `epoch` names."""
+    store, positives = id_store
+    parts = {"train": (np.arange(10), positives), "valid": (np.arange(6), positives[:6])}
+    batches = training_batches(store, parts, vectors_for(7), 2, 4, 3, first_epoch=2, last_batch="drop",
+                               valid_draws="every-epoch")
+    train_sampler, valid, valid_sampler = batches["train"].sampler, batches["valid"], batches["valid"].sampler
+    assert (train_sampler.steps, valid_sampler.steps) == (2, 2)  # floor(10 / 4); ceil(6 / 4): every valid track
+    assert isinstance(valid, RedrawnValidation) and valid.num_batches == 2 and valid_sampler.redraw
+    for epoch in (2, 3, 7):
+        valid.epoch = epoch
+        for step in range(valid_sampler.steps):
+            draw = valid_sampler.draw(epoch, step)
+            np.testing.assert_array_equal(valid[step][0]["positive"], vectors_for(7)[draw.positive])
+    default = training_batches(store, parts, vectors_for(7), 2, 4, 3, first_epoch=2)
+    assert default["train"].sampler.steps == 3 and type(default["valid"]) is Batches
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_fit_validates_on_each_epochs_draws_with_every_epoch(id_store, workers):
+    """Through Keras `fit` from epoch 1, inline or with 2 worker processes: epoch e validates on the draws of e."""
+    import keras
+
+    store, positives = id_store
+
+    class Recorder(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.valid = []
+
+        def call(self, inputs):
+            return inputs["positive"]
+
+        def train_step(self, data):
+            return {"n": keras.ops.zeros(())}
+
+        def test_step(self, data):
+            self.valid.append(keras.ops.convert_to_numpy(data[0]["mel"][:, 0, 0]))
+            return {"n": keras.ops.zeros(())}
+
+    parts = {"train": (np.arange(10), positives), "valid": (np.arange(5), positives[:5])}
+    batches = training_batches(store, parts, vectors_for(7), 2, 4, 3, first_epoch=1, workers=workers,
+                               valid_draws="every-epoch")
+    model = Recorder()
+    model.compile(run_eagerly=True)
+    model.fit(batches["train"], validation_data=batches["valid"], steps_per_epoch=3, initial_epoch=1, epochs=4,
+              verbose=0, shuffle=False, callbacks=[batches["valid"].follow_epochs()])
+    expected = []
+    for epoch in (1, 2, 3):
+        batches["valid"].epoch = epoch
+        expected += [batches["valid"][step][0]["mel"][:, 0, 0] for step in range(2)]
+    assert len(model.valid) == 6
+    for seen, wanted in zip(model.valid, expected):
+        np.testing.assert_array_equal(seen, wanted)
+    assert not np.array_equal(np.concatenate(expected[:2]), np.concatenate(expected[2:4]))  # epochs 1, 2 differ
 
 
 def chi_square(counts) -> float:
@@ -448,7 +528,7 @@ def test_default_dataset_is_the_demo_built_on_demand(tmp_path, monkeypatch):
 
     monkeypatch.setattr(dsio, "DATA_ROOT", tmp_path / "data")
     monkeypatch.setattr(demo.build, "ensure_demo", fake_ensure_demo)
-    data = train.prepare(cfg.TrainConfig())
+    data = train.prepare(cfg.TrainConfig(batch_size=8))  # the 39 training tracks here fill no batch of 64
     demo_dir = (tmp_path / "data" / "demo").resolve()
     assert calls == [(demo_dir, 0)]
     assert data.dataset == "demo" and data.dataset_dir == demo_dir
@@ -529,6 +609,7 @@ def test_short_training_run_lowers_the_loss_and_fills_the_run_dir(tmp_path, data
     assert summary["model_sha256"] == sha256_file(run_dir / cfg.MODEL_FILE)
     val = [float(r["val_loss"]) for r in rows]
     assert summary["best_epoch"] == int(np.argmin(val)) and summary["epochs_completed"] == 4
+    assert summary["weights"] == "best" and summary["model_epoch"] == summary["best_epoch"]
     assert summary["best_val_loss"] == pytest.approx(min(val))
 
     # model.keras is the best-val_loss model and loads without custom_objects.
@@ -557,6 +638,11 @@ def test_classification_run_from_a_lazily_read_store(tmp_path, dataset_dir, monk
     model = keras.saving.load_model(run_dir / cfg.MODEL_FILE)
     assert model.output_shape == (None, len(record["seen_labels"])) == (None, record["train"]["n_labels"])
     assert model.get_layer("classifier").activation.__name__ == "sigmoid"
+    # --in-memory yes forces RAM (and says so); the batches, hence the losses, are the same
+    forced = train.run(tiny_config(dataset_dir, tmp_path / "forced", epochs=1, model="classification", in_memory="yes"))
+    assert "numpy-in-memory input pipeline (0.00 GB store, 0.0 GB memory available: as asked)" in capsys.readouterr().out
+    lazy_loss, ram_loss = (float(read_csv_rows(folder / cfg.LOG_FILE)[0]["loss"]) for folder in (run_dir, forced))
+    assert ram_loss == pytest.approx(lazy_loss, rel=1e-5)
 
 
 @pytest.mark.slow
@@ -591,11 +677,13 @@ def test_damaged_store_met_while_training_is_one_clear_error(tmp_path, capsys):
 @pytest.mark.slow
 def test_resume_after_kill_9(tmp_path, dataset_dir):
     """kill -9 in the middle of training, rerun the same command: it continues after the last finished epoch,
-    with the optimizer's iteration counter (hence the decayed learning rate) and the plateau counters restored."""
+    with the optimizer's iteration counter (hence the decayed learning rate) and the plateau counters restored, and
+    validates on the draws of each epoch (--valid-draws every-epoch) as the uninterrupted run does."""
     run_dir = tmp_path / "run"
     epochs, decay, lr0, patience = 12, 0.01, 0.05, 2
     command = [PYTHON, "train.py", *flags(dataset_dir, run_dir, "--epochs", str(epochs), "--lr-decay", str(decay),
-                                          "--lr", str(lr0), "--plateau-patience", str(patience), "--workers", "1")]
+                                          "--lr", str(lr0), "--plateau-patience", str(patience), "--workers", "1",
+                                          "--valid-draws", "every-epoch")]
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     state_file = run_dir / cfg.BACKUP_DIR / STATE_FILE
     deadline = time.time() + 90
@@ -616,12 +704,12 @@ def test_resume_after_kill_9(tmp_path, dataset_dir):
     rows = read_csv_rows(run_dir / cfg.LOG_FILE)
     assert [int(r["epoch"]) for r in rows] == list(range(epochs))
     assert rows[:finished + 1] == before  # finished epochs were not trained again
-    # The base rate follows ReduceLROnPlateau's rule (factor 0.2, min_delta 1e-4) replayed over the whole val_loss
-    # column, so the plateau counters crossed the kill intact.
+    # The base rate follows ReduceLROnPlateau's rule (factor 0.2; an improvement is val_loss + min_delta 1e-4 < best)
+    # replayed over the whole val_loss column, so the plateau counters crossed the kill intact.
     base, best, wait, expected_base = lr0, np.inf, 0, []
     for val in (float(r["val_loss"]) for r in rows):
         expected_base.append(base)
-        if val - 1e-4 < best:
+        if val + 1e-4 < best:
             best, wait = val, 0
         else:
             wait += 1
@@ -637,9 +725,10 @@ def test_resume_after_kill_9(tmp_path, dataset_dir):
     assert summary["finished"] is True and summary["model_sha256"] == sha256_file(run_dir / cfg.MODEL_FILE)
     # The resumed run drew the batches of the uninterrupted one: an uninterrupted run logs the same losses.
     whole = train.run(tiny_config(dataset_dir, tmp_path / "whole", epochs=epochs, lr_decay=decay, lr=lr0,
-                                  plateau_patience=patience))
-    np.testing.assert_allclose([float(r["loss"]) for r in read_csv_rows(whole / cfg.LOG_FILE)],
-                               [float(r["loss"]) for r in rows], rtol=1e-4)
+                                  plateau_patience=patience, valid_draws="every-epoch"))
+    for column in ("loss", "val_loss"):
+        np.testing.assert_allclose([float(r[column]) for r in read_csv_rows(whole / cfg.LOG_FILE)],
+                                   [float(r[column]) for r in rows], rtol=1e-4)
 
 
 MIRRORED_SCRIPT = textwrap.dedent("""

@@ -186,7 +186,8 @@ def versions() -> dict:
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[package] = metadata.version(package)
     for module in BACKEND_PACKAGES.get(backend, ()):  # the module's own version: tensorflow-cpu installs tensorflow
-        found[module] = importlib.import_module(module).__version__
+        with contextlib.suppress(ImportError, AttributeError):
+            found[module] = importlib.import_module(module).__version__
     return found
 
 

@@ -8,17 +8,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
-from test_train import PYTHON, REPO_ROOT, flags, make_dataset, read_csv_rows, train_steps
+from test_train import PYTHON, REPO_ROOT, flags, kill_after_two_epochs, make_dataset, read_csv_rows, train_steps
 
 import config as cfg
 import evaluate
-from models.callbacks import STATE_FILE
 
 BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(
     importlib.util.find_spec(module) is None, reason=f"{module} is not installed (README 'Choosing a Keras backend')"))
@@ -51,17 +48,7 @@ def test_trains_resumes_after_kill_9_and_tensorflow_scores_the_run_alike(tmp_pat
     epochs, decay, lr0 = 6, 0.01, 0.05
     command = [PYTHON, "-c", WITHOUT_TENSORFLOW, "train.py",
                *flags(data, run_dir, "--epochs", str(epochs), "--lr-decay", str(decay), "--lr", str(lr0))]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment(backend), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    state_file, deadline = run_dir / cfg.BACKUP_DIR / STATE_FILE, time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        if state_file.is_file() and json.loads(state_file.read_text())["epoch"] >= 1:
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, f"training ended before it could be killed: {process.stderr.read()[-2000:]}"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    finished = json.loads(state_file.read_text())["epoch"]
+    finished = kill_after_two_epochs(command, environment(backend), run_dir)
     before = read_csv_rows(run_dir / cfg.LOG_FILE)[:finished + 1]
 
     rerun = run_under(backend, *command[3:])

@@ -640,7 +640,8 @@ def test_classification_run_from_a_lazily_read_store(tmp_path, dataset_dir, monk
     assert model.get_layer("classifier").activation.__name__ == "sigmoid"
     # --in-memory yes forces RAM (and says so); the batches, hence the losses, are the same
     forced = train.run(tiny_config(dataset_dir, tmp_path / "forced", epochs=1, model="classification", in_memory="yes"))
-    assert "numpy-in-memory input pipeline (0.00 GB store, 0.0 GB memory available: as asked)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "numpy-in-memory input pipeline (0.00 GB store, 0.0 GB memory available: as asked)" in out
     lazy_loss, ram_loss = (float(read_csv_rows(folder / cfg.LOG_FILE)[0]["loss"]) for folder in (run_dir, forced))
     assert ram_loss == pytest.approx(lazy_loss, rel=1e-5)
 
@@ -674,6 +675,20 @@ def test_damaged_store_met_while_training_is_one_clear_error(tmp_path, capsys):
     assert err.startswith(f"error: {dsio.mels_path(data)}: non-finite values in track(s) ['{100 + row}']")
 
 
+def kill_after_two_epochs(command: list[str], env: dict, run_dir: Path, timeout: float = 120) -> int:
+    """Start a training command, kill -9 it once its backup holds epoch >= 1; returns the last backed-up epoch."""
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state_file, deadline = run_dir / cfg.BACKUP_DIR / STATE_FILE, time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if state_file.is_file() and json.loads(state_file.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, f"training ended before it could be killed: {process.stderr.read()[-2000:]}"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    return json.loads(state_file.read_text())["epoch"]
+
+
 @pytest.mark.slow
 def test_resume_after_kill_9(tmp_path, dataset_dir):
     """kill -9 in the middle of training, rerun the same command: it continues after the last finished epoch,
@@ -684,17 +699,7 @@ def test_resume_after_kill_9(tmp_path, dataset_dir):
     command = [PYTHON, "train.py", *flags(dataset_dir, run_dir, "--epochs", str(epochs), "--lr-decay", str(decay),
                                           "--lr", str(lr0), "--plateau-patience", str(patience), "--workers", "1",
                                           "--valid-draws", "every-epoch")]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    state_file = run_dir / cfg.BACKUP_DIR / STATE_FILE
-    deadline = time.time() + 90
-    while time.time() < deadline and process.poll() is None:
-        if state_file.is_file() and json.loads(state_file.read_text())["epoch"] >= 1:
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, f"training ended before it could be killed: {process.stderr.read()[-2000:]}"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    finished = json.loads(state_file.read_text())["epoch"]
+    finished = kill_after_two_epochs(command, ENV, run_dir)
     assert finished < epochs - 1 and not (run_dir / cfg.SUMMARY_FILE).exists()
     before = read_csv_rows(run_dir / cfg.LOG_FILE)[:finished + 1]
 

@@ -272,6 +272,16 @@ def make_record(run: Run, test: str, task: str, part: str, values: dict) -> dict
             **{key: clean(value) for key, value in values.items()}}
 
 
+def setup_values(test: str, task: str, scores: np.ndarray, truth: np.ndarray, seen_mask: np.ndarray) -> dict:
+    """{part: metrics} of one test setup and task: part "all" (the paper's numbers), plus for the (X+Y) annotation
+    setups the GZSL parts of gzsl_values. seen_mask: (m,) which label columns are seen labels."""
+    metric = metrics.annotation_metrics if task == "annotation" else metrics.retrieval_metrics
+    parts = {"all": metric(scores, truth)}
+    if task == "annotation" and test.endswith("-(X+Y)"):  # the GZSL view
+        parts.update(gzsl_values(scores, truth, seen_mask))
+    return parts
+
+
 def gzsl_values(scores: np.ndarray, labels: np.ndarray, seen_mask: np.ndarray) -> dict[str, dict]:
     """Generalized zero-shot view of an (X+Y) annotation setup: annotation metrics over the seen-label columns
     ("seen"), over the unseen-label columns ("unseen"), and per metric their harmonic mean ("harmonic", whose
@@ -323,11 +333,8 @@ def evaluate_run(run_dir, save: bool = False, force: bool = False, batch_size: i
         if save:
             notes.append(f"wrote {save_scores(run.run_dir, test, scores, truth, tracks, labels)}")
         for task in [task for t, task in plan if t == test]:
-            metric = metrics.annotation_metrics if task == "annotation" else metrics.retrieval_metrics
-            records.append(make_record(run, test, task, "all", metric(scores, truth)))
-            if task == "annotation" and test.endswith("-(X+Y)"):  # the GZSL view
-                records += [make_record(run, test, task, part, values)
-                            for part, values in gzsl_values(scores, truth, np.isin(labels, run.seen)).items()]
+            records += [make_record(run, test, task, part, values)
+                        for part, values in setup_values(test, task, scores, truth, np.isin(labels, run.seen)).items()]
     if label_map and run.is_embedding:
         import case_studies
 

@@ -35,7 +35,6 @@ import numpy as np
 import config
 import dataset_dir as ds
 import evaluate
-import metrics
 import splits
 from fileio import atomic_write, claim_folder, output_lock, sha256_file, write_json
 
@@ -227,10 +226,7 @@ def score_exchange(exchange: Exchange, split: dict, annotations, model: External
         lost = {"missing_tracks": tracks_left_out, "missing_labels": len(all_labels) - len(labels)} if restricted \
             else {}
         for task in [task for t, task in plan if t == test]:
-            metric = metrics.annotation_metrics if task == "annotation" else metrics.retrieval_metrics
-            parts = {"all": metric(scores, truth)}
-            if task == "annotation" and test.endswith("-(X+Y)"):  # the GZSL view, as evaluate_run gives it
-                parts.update(evaluate.gzsl_values(scores, truth, np.isin(labels, split["seen"])))
+            parts = evaluate.setup_values(test, task, scores, truth, np.isin(labels, split["seen"]))
             records += [{**evaluate.make_record(model, test, task, part, values), **lost}
                         for part, values in parts.items()]
     if restricted:
@@ -279,8 +275,9 @@ def evaluate_external(path, dataset, split_path=None, name=None, out=None, allow
 def check_name(name: str) -> str:
     """The model's name in records and folder names: short, plain characters, not one of our model kinds."""
     if not NAME_PATTERN.match(name) or name in config.MODELS:
-        raise ExternalError(f"--name {name!r} (default: the file's name): use 1-64 letters, digits, '.', '_', '+' or '-' (starting with a letter "
-                            f"or digit), other than our model kinds {', '.join(config.MODELS)}.")
+        raise ExternalError(f"--name {name!r} (default: the file's name): use 1-64 letters, digits, '.', '_', '+' "
+                            f"or '-' (starting with a letter or digit), other than our model kinds "
+                            f"{', '.join(config.MODELS)}.")
     return name
 
 

@@ -325,6 +325,10 @@ def fit(model, batches: dict, callbacks: list, first_epoch: int, config: cfg.Tra
     if follow := getattr(batches["valid"], "follow_epochs", None):  # --valid-draws every-epoch
         callbacks = [follow(), *callbacks]
     try:
+        # Build the loss and metrics on a validation batch first: the JAX and PyTorch trainers otherwise take one
+        # batch from the training iterator to build them, and with --workers > 1 (a worker pool that goes on with
+        # the next index) every later batch would shift by one, away from (seed, epoch, step).
+        model.test_on_batch(*batches["valid"][0])
         model.fit(batches["train"], validation_data=batches["valid"], steps_per_epoch=batches["train"].sampler.steps,
                   initial_epoch=first_epoch, epochs=config.epochs, callbacks=callbacks, verbose=config.verbose,
                   shuffle=False)

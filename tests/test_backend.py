@@ -73,6 +73,20 @@ def test_trains_resumes_after_kill_9_and_tensorflow_scores_the_run_alike(tmp_pat
                 assert record[metric] == pytest.approx(tf_by_key[key(record)][metric], abs=1e-4), (key(record), metric)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.slow
+def test_worker_processes_train_on_the_batches_of_one_thread(tmp_path, backend):
+    """The JAX and PyTorch trainers take a batch from the training iterator to build the loss unless train.fit has
+    built it; with a pool of worker processes that shifted every batch by one (other losses from --workers 2)."""
+    data = make_dataset(tmp_path / "data", n_tracks=36)
+    logs = []
+    for workers in (1, 2):
+        run_dir = tmp_path / f"workers{workers}"
+        run_under(backend, "train.py", *flags(data, run_dir, "--epochs", "2", "--workers", str(workers)))
+        logs.append([(row["loss"], row["val_loss"]) for row in read_csv_rows(run_dir / cfg.LOG_FILE)])
+    assert len(logs[0]) == 2 and logs[0] == logs[1]
+
+
 LOAD = """
 import os, sys, keras, numpy as np
 import models  # registers the custom layers

@@ -24,7 +24,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 import config
 import metrics
@@ -91,6 +90,8 @@ def mean_std_ci(values) -> tuple[float, float | None, list[float] | None]:
     if len(values) < 2:
         return mean, None, None
     std = float(values.std(ddof=1))
+    from scipy import stats  # here, not at import: scipy.stats costs ~1 s, and every evaluate.py command imports us
+
     half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1)) * std / math.sqrt(len(values))
     return mean, std, [mean - half, mean + half]
 

@@ -5,7 +5,7 @@ and the split) are repeated measurements of one experiment: per result record an
     mean, sample standard deviation s (ddof=1), n, and the 95% interval mean +- t(0.975, n-1) * s / sqrt(n).
 Runs that differ in anything else (epochs, which weights were kept, ...) are other experiments: their records stay
 apart, told apart by a short "variant" label naming the settings that differ ("epochs=20 weights=last").
-An aggregated record holds the key fields of a result record (evaluate.KEY_FIELDS) plus
+An aggregated record holds the key fields of a result record (protocol.KEY_FIELDS) plus
     variant, n_runs, runs (the run directories), mean / std / ci95 ({metric: value}; ci95 values [low, high];
     std and ci95 null for n = 1), evaluated / skipped (one count per run).
 
@@ -27,25 +27,18 @@ import numpy as np
 
 import config
 import metrics
-from evaluate import KEY_FIELDS, RESULTS_FILE, SCORES_DIR, EvaluationError, gather_runs, read_config
+from protocol import (EXTERNAL_FILE, KEY_FIELDS, RESULTS_FILE, SCORES_DIR, EvaluationError, gather_runs,
+                      is_external, read_config)
 from tables import METRIC_PATTERN
 
 CONFIDENCE = 0.95
 DEFAULT_RESAMPLES, DEFAULT_BOOTSTRAP_SEED = 1000, 0
-EXTERNAL_FILE = "external.json"  # evaluate.py --external writes it beside results.json (no model.keras)
 SEED_FIELDS = ("seed", "split_seed", "split")  # what the runs of one experiment may change
 IN_RECORD_KEY = ("model", "side_info", "train_setup", "external")  # the record's key shows them: not in the label
 COUNT_FIELDS = ("evaluated", "skipped")
 
 
 # ---- Which runs belong together --------------------------------------------------------------------------------
-def is_external(run_dir) -> bool:
-    """An external model's result folder (evaluate.py --external): results.json and external.json, no model."""
-    run_dir = Path(run_dir)
-    return (run_dir / EXTERNAL_FILE).is_file() and (run_dir / RESULTS_FILE).is_file() \
-        and not (run_dir / config.MODEL_FILE).exists()
-
-
 def run_identity(run_dir) -> tuple[dict, tuple]:
     """(settings, seeds) of a run directory. settings: what makes it another experiment, i.e. config.json's
     training choices except the seeds and the fields that change nothing in the model, plus the dataset directory
@@ -153,6 +146,15 @@ def label_runs(per_run: dict[Path, list[dict]]) -> tuple[list[dict], list[str]]:
              f"field: {', '.join(sorted(run.name for run in shared))}."] if shared else []
     return [{**r, "run": run.name} if run in shared else dict(r) for run, records in per_run.items()
             for r in records], notes
+
+
+def collect(run_dirs, force: bool = False, aggregated: bool = False, **evaluate_kwargs):
+    """Records of several runs (protocol.gather_runs): with `aggregated`, runs that differ only in their seeds
+    become one record of each metric's mean, std and 95% interval (aggregate_runs); otherwise each run's records,
+    those of runs that share a setup told apart by a "run" field (label_runs). Returns (records, notes)."""
+    per_run, notes = gather_runs(run_dirs, force, **evaluate_kwargs)
+    records, more = (aggregate_runs if aggregated else label_runs)(per_run)
+    return records, notes + more
 
 
 # ---- Paired bootstrap ------------------------------------------------------------------------------------------

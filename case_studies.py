@@ -1,4 +1,4 @@
-"""The paper's case studies (Sec. 6, Tables 5-7) on one trained run, and its label map; run through evaluate.py:
+"""The paper's case studies (Sec. 6, Tables 5-7) on one trained run; run through evaluate.py:
 
     python evaluate.py --run-dir runs/X --query guitar      # Table 5: the split's top tracks for a word
     python evaluate.py --run-dir runs/X --annotate song.mp3 # Table 6: the top labels of any audio file
@@ -11,21 +11,20 @@ GloVe file that the dataset's summary.json records (read with preprocess.common.
 from __future__ import annotations
 
 import json
-import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 import dataset_dir as ds
-import evaluate
-from evaluate import EvaluationError
-from fileio import atomic_write
+import embeddings
+import protocol
 from preprocess import frontend
+from preprocess.common import read_glove
+from preprocess.melstore import MelStore
+from protocol import EvaluationError
 
 DEFAULT_TOP = {"query": 5, "annotate": 10, "neighbors": 10}  # paper Tables 5, 6 and 7
 GLOVE_KINDS = ("glove",)  # side information whose vectors are GloVe word vectors: any GloVe word has one
-LABEL_MAP_NAMES_MAX = 60  # the label map writes label names only when there are at most this many labels
 
 
 def label_status(run, word: str) -> str:
@@ -41,8 +40,6 @@ def word_vector(run, word: str, progress: bool = True) -> tuple[np.ndarray, str]
         raise EvaluationError(f"{word!r} has no side-information vector: it is not a label of {run.side_info_path} "
                               f"({len(run.side_info.labels)} labels), and only GloVe side information can describe "
                               "other words.")
-    from preprocess.common import read_glove
-
     summary = ds.summary_path(run.dataset_dir)
     path = json.loads(summary.read_text(encoding="utf-8")).get("glove_path") if summary.is_file() else None
     if not path:
@@ -60,23 +57,21 @@ def word_vector(run, word: str, progress: bool = True) -> tuple[np.ndarray, str]
 
 
 def query(run, word: str, top: int = DEFAULT_TOP["query"], progress: bool = True,
-          batch_size: int = evaluate.DEFAULT_BATCH_SIZE) -> dict:
+          batch_size: int = protocol.DEFAULT_BATCH_SIZE) -> dict:
     """Top tracks for a word (paper Table 5) among the split's tracks with a mel (A+B+C), by cosine between the
     word's label embedding and the track embeddings, with each track's ground-truth labels and audio path."""
-    from preprocess.melstore import MelStore
-
     if run.is_embedding:
         vector, source = word_vector(run, word, progress)
     elif word not in run.seen_labels:
         raise EvaluationError(f"{word!r} is not one of the {len(run.seen_labels)} seen labels that the "
                               f"classification model {run.run_dir} scores.")
     with MelStore(run.mels_path, in_memory=False) as store:
-        tracks, _, _ = evaluate.setup_members(run.split, "(A+B+C)-Y", set(store.track_ids))
-        track_emb, _, _ = evaluate.embed(run, store, tracks, batch_size=batch_size, progress=progress)
+        tracks, _, _ = protocol.setup_members(run.split, "(A+B+C)-Y", set(store.track_ids))
+        track_emb, _, _ = protocol.embed(run, store, tracks, batch_size=batch_size, progress=progress)
     if run.is_embedding:
-        scores = evaluate.cosine_scores(track_emb, run.semantic(vector[None]))[:, 0]  # (n_tracks,)
+        scores = embeddings.cosine_scores(track_emb, run.semantic(vector[None]))[:, 0]  # (n_tracks,)
     else:
-        source, scores = "classification output", evaluate.setup_scores(run, track_emb, None, [word])[:, 0]
+        source, scores = "classification output", protocol.setup_scores(run, track_emb, None, [word])[:, 0]
     best = np.argsort(-scores, kind="stable")[:top]
     top_ids = [tracks[i] for i in best]
     found = run.annotations[run.annotations["track_id"].isin(top_ids)]  # only the top tracks (MSD: 1M pairs)
@@ -89,11 +84,9 @@ def query(run, word: str, top: int = DEFAULT_TOP["query"], progress: bool = True
 
 
 def annotate(run, audio_path, top: int = DEFAULT_TOP["annotate"], max_seconds: float | None = None,
-             progress: bool = True, batch_size: int = evaluate.DEFAULT_BATCH_SIZE) -> dict:
+             progress: bool = True, batch_size: int = protocol.DEFAULT_BATCH_SIZE) -> dict:
     """Top labels for any audio file (paper Table 6): its frames standardized with the store's mean and std, its
     track embedding, scored against the split's labels (the classification model: its seen labels)."""
-    from preprocess.melstore import MelStore
-
     with MelStore(run.mels_path, in_memory=False) as store:
         mean, std = store.mean, store.std
     try:
@@ -101,10 +94,10 @@ def annotate(run, audio_path, top: int = DEFAULT_TOP["annotate"], max_seconds: f
     except frontend.AudioError as exc:
         raise EvaluationError(f"--annotate {audio_path}: {exc}") from None
     segments = frontend.segments(frames, frontend.SEGMENT_FRAMES)  # (k, 130, 128)
-    track = evaluate.track_embedding(lambda x: run.predict(x, batch_size), segments)[None]  # (1, d)
+    track = embeddings.track_embedding(lambda x: run.predict(x, batch_size), segments)[None]  # (1, d)
     labels = run.labels if run.is_embedding else run.seen_labels
-    label_emb = evaluate.label_embeddings(run, run.labels) if run.is_embedding else None
-    scores = evaluate.setup_scores(run, track, label_emb, labels)[0]
+    label_emb = protocol.label_embeddings(run, run.labels) if run.is_embedding else None
+    scores = protocol.setup_scores(run, track, label_emb, labels)[0]
     best = np.argsort(-scores, kind="stable")[:top]
     rows = [{"rank": r + 1, "label": labels[i], "score": float(scores[i]), "unseen": labels[i] in run.unseen}
             for r, i in enumerate(best)]
@@ -112,7 +105,7 @@ def annotate(run, audio_path, top: int = DEFAULT_TOP["annotate"], max_seconds: f
 
 
 def _nearest(vector: np.ndarray, vectors: np.ndarray, names: list[str], exclude: str, top: int, unseen) -> list:
-    cosines = evaluate.cosine_scores(vector[None], vectors)[0]
+    cosines = embeddings.cosine_scores(vector[None], vectors)[0]
     order = [i for i in np.argsort(-cosines, kind="stable") if names[i] != exclude][:top]
     return [{"rank": r + 1, "label": names[i], "cosine": float(cosines[i]), "unseen": names[i] in unseen}
             for r, i in enumerate(order)]
@@ -157,78 +150,3 @@ def render(kind: str, result: dict, fmt: str) -> str:
         lines = [columns, ["---"] * len(columns)] + rows
         return f"**{title}**\n\n" + "".join(f"| {' | '.join(map(str, line))} |\n" for line in lines)
     return f"{title}\n{frame.to_string(index=False)}\n"
-
-
-def add_flags(parser) -> None:
-    """evaluate.py's case-study flags."""
-    add = parser.add_argument
-    add("--query", metavar="WORD", help="case study (Table 5): top tracks for a word with a side-information vector "
-        "(with GloVe side information: any word of the GloVe file).")
-    add("--annotate", metavar="AUDIO_FILE", help="case study (Table 6): top labels for an audio file.")
-    add("--neighbors", metavar="WORD",
-        help="case study (Table 7): nearest labels in the side-information vs the embedding space.")
-    add("--top", type=int, help="results per case study. Default: 5 for --query, 10 for --annotate, --neighbors.")
-    add("--max-seconds", type=float, help="--annotate: read at most this many seconds (MSD used 30). Default: all.")
-
-
-def asked(args) -> bool:
-    """Whether the command line asks for a case study; its flags are checked."""
-    if args.top is not None and args.top < 1:
-        raise EvaluationError(f"--top must be >= 1, got {args.top}.")
-    if args.max_seconds is not None and not (math.isfinite(args.max_seconds) and args.max_seconds > 0):
-        raise EvaluationError(f"--max-seconds must be a positive number of seconds, got {args.max_seconds}.")
-    wanted = any(flag is not None for flag in (args.query, args.annotate, args.neighbors))
-    if wanted and args.collect:
-        raise EvaluationError("--query/--annotate/--neighbors work on one run: use --run-dir, not --collect.")
-    return wanted
-
-
-def from_args(args) -> str:
-    """evaluate.py's --query / --annotate / --neighbors on --run-dir (default: the latest run), as text."""
-    import config
-
-    run = evaluate.load_run(args.run_dir or config.latest_run_dir())
-    progress, results = not args.no_progress, {}
-    if args.query is not None:
-        results["query"] = query(run, args.query, args.top or DEFAULT_TOP["query"], progress, args.batch_size)
-    if args.annotate is not None:
-        results["annotate"] = annotate(run, args.annotate, args.top or DEFAULT_TOP["annotate"], args.max_seconds,
-                                       progress, args.batch_size)
-    if args.neighbors is not None:
-        results["neighbors"] = neighbors(run, args.neighbors, args.top or DEFAULT_TOP["neighbors"], progress)
-    if args.format == "json":
-        return json.dumps(results, indent=2) + "\n"
-    return "\n".join(render(kind, result, args.format) for kind, result in results.items())
-
-
-def write_label_map(run, label_emb: np.ndarray, path: Path) -> Path:
-    """PNG of the label embeddings (rows in run.labels order: seen, then unseen) on their first two principal
-    components. Rows are L2-normalized first: scores are cosines, so only directions matter."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    unit = label_emb / np.maximum(np.linalg.norm(label_emb, axis=1, keepdims=True), 1e-12)  # (m, 100)
-    centered = unit - unit.mean(axis=0)
-    _, singular, vt = np.linalg.svd(centered, full_matrices=False)
-    coords = np.zeros((len(unit), 2))
-    coords[:, :min(2, len(vt))] = centered @ vt[:2].T  # (m, 2); fewer components for tiny label sets
-    explained = np.zeros(2)
-    explained[:min(2, len(singular))] = singular[:2] ** 2 / max(float((singular ** 2).sum()), 1e-12)
-    n_seen = len(run.seen)
-    fig, ax = plt.subplots(figsize=(8, 7))
-    ax.scatter(coords[:n_seen, 0], coords[:n_seen, 1], s=14, c="tab:blue", label=f"seen ({n_seen})")
-    ax.scatter(coords[n_seen:, 0], coords[n_seen:, 1], s=22, c="tab:orange", marker="^",
-               label=f"unseen ({len(unit) - n_seen})")
-    if len(unit) <= LABEL_MAP_NAMES_MAX:
-        for (x, y), name in zip(coords, run.labels):
-            ax.annotate(name, (x, y), fontsize=7, xytext=(2, 2), textcoords="offset points")
-    ax.set(xlabel=f"PC1 ({explained[0]:.0%} of variance)", ylabel=f"PC2 ({explained[1]:.0%} of variance)",
-           title=f"Label embeddings (unit length, PCA): {run.dataset}, {run.side_info_kind}, "
-                 f"trained on {run.train_setup}")
-    ax.legend(loc="best")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
-    plt.close(fig)
-    return path

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import splits
+
 REPO_ROOT = Path(__file__).resolve().parent
 RUNS_ROOT = REPO_ROOT / "runs"
 CONFIG_FILE, MODEL_FILE, SUMMARY_FILE = "config.json", "model.keras", "train_summary.json"  # a run directory's
@@ -51,8 +53,6 @@ class SetupError(argparse.ArgumentTypeError, ConfigError):
 
 def canonical_setup(name: str) -> str:
     """A training setup in the paper's spelling: 'AB', 'A+B', '(A+B)-X' -> '(A+B)-X' (names live in splits/)."""
-    import splits
-
     try:
         setup = splits.canonical_setup(name)
     except ValueError:

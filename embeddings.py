@@ -1,8 +1,13 @@
-"""Plumbing of evaluate.py's embeddings: many tracks embedded in few predict calls, and the run's cache.
+"""Paper Sec. 4.3 and 5: a track's embedding and its score for a label, then the plumbing that runs them.
 
-`track_embeddings` gives evaluate.track_embedding (the paper's definition) for many tracks at once. The cache,
-<run_dir>/embeddings.h5, keeps track and label embeddings between evaluations, so that re-scoring a run needs no
-audio inference (and no TensorFlow):
+    track_embedding(predict, segments)   the mean of the model's outputs over a track's non-overlapping
+                                         130-frame segments (MelStore.segments): the definition
+    cosine_scores(tracks, labels)        cosine(track, label) of every pair: the paper's relevance score
+    track_embeddings(predict, store, ..) the batched path that evaluation runs: track_embedding of many tracks
+                                         in few predict calls (tests/test_evaluate.py: equal to the definition)
+
+The cache, <run_dir>/embeddings.h5, keeps track and label embeddings between evaluations, so that re-scoring a
+run needs no audio inference (and no TensorFlow):
 
     track_ids      (n,) UTF-8        track ids, in the row order of `tracks`
     tracks         (n, d) float32    track embeddings (the classification model: its averaged sigmoid outputs)
@@ -13,7 +18,7 @@ audio inference (and no TensorFlow):
     attrs checksum     sha256 of the four arrays: a damaged or hand-edited cache (ids permuted, rows changed) fails
                        it, as does one with non-finite values, and is recomputed whole.
 
-No TensorFlow here: evaluate.py passes the model as a `predict(segments)` function.
+No TensorFlow here: protocol.py passes the model as a `predict(segments)` function.
 """
 
 from __future__ import annotations
@@ -30,8 +35,25 @@ from preprocess.frontend import SEGMENT_FRAMES
 CACHE_FILE = "embeddings.h5"
 
 
+def track_embedding(predict, segments: np.ndarray) -> np.ndarray:
+    """(k, 130, 128) segments of one track (MelStore.segments) -> (d,): the mean of the model's outputs over the
+    segments, the track embedding of paper Sec. 4.3."""
+    return np.asarray(predict(segments), dtype=np.float64).mean(axis=0)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row of (n, d) `x` divided by its L2 norm (float64; a zero row stays zero)."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def cosine_scores(tracks: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(n, d) track and (m, d) label embeddings -> (n, m) float32 cosines, the paper's relevance score."""
+    return (unit_rows(tracks) @ unit_rows(labels).T).astype(np.float32)
+
+
 def track_embeddings(predict, store, rows, budget: int, progress: bool = True) -> np.ndarray:
-    """(len(rows), d) float64: evaluate.track_embedding(predict, store.segments(row)) of each store row, with the
+    """(len(rows), d) float64: track_embedding(predict, store.segments(row)) of each store row, with the
     segments of several tracks (about `budget`) in one predict call and the store read in file order (a test
     shows both are equal)."""
     from tqdm.auto import tqdm

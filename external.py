@@ -9,7 +9,7 @@ The exchange format is one .npz of plain arrays (numpy.savez; np.load(path, allo
   or, for a model that does not embed tracks and labels into one space, instead of the two embedding arrays:
     scores            (n, m) float   relevance of label j to track i, higher = more relevant
 
-Scores from embeddings are cosines (evaluate.cosine_scores), as for our models. Tracks and labels of the file that
+Scores from embeddings are cosines (embeddings.cosine_scores), as for our models. Tracks and labels of the file that
 the split does not use are ignored.
 
     python evaluate.py --external clap.npz --dataset demo [--split S.json] [--name clap] [--out DIR] [--allow-missing]
@@ -17,7 +17,7 @@ the split does not use are ignored.
 
 A model scored this way saw none of the split's training tracks, so every zero-shot test setup applies: annotation
 over Y and X+Y on B, C, B+C and retrieval over Y on B+C, A+B+C (Tables 2-3, with the (X+Y) GZSL parts). Table 4
-(retrieval B-X) compares our two models trained on A-X and is left out. Its records are evaluate.py's, with
+(retrieval B-X) compares our two models trained on A-X and is left out. Its records are protocol.py's, with
 model = the name, train = "none" and side_info = "external"; the result folder (default runs/external-<name>)
 holds results.json and external.json (what was scored) and no model.keras, which is how evaluate.py --collect
 tells it from a training run and reuses its results.json.
@@ -25,7 +25,6 @@ tells it from a training run and reuses its results.json.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +33,13 @@ import numpy as np
 
 import config
 import dataset_dir as ds
-import evaluate
+import embeddings
+import protocol
 import splits
 from fileio import atomic_write, claim_folder, output_lock, sha256_file, write_json
+from preprocess.melstore import MelStore
 
 OWNER = "evaluate.py --external"  # fileio marker of the result folders
-EXTERNAL_FILE = "external.json"
 EXTERNAL_TRAIN, EXTERNAL_SIDE_INFO = "none", "external"  # the records' train and side_info of an external model
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 ARRAYS = ("track_ids", "track_embeddings", "label_names", "label_embeddings", "scores")
@@ -48,7 +48,7 @@ SCORE_ARRAYS = ("track_ids", "label_names", "scores")
 SHOWN = 5  # missing tracks or labels named in an error message
 
 
-class ExternalError(evaluate.EvaluationError):
+class ExternalError(protocol.EvaluationError):
     """A bad exchange file or --external / --export-embeddings flag; the message names the file or flag."""
 
 
@@ -71,7 +71,7 @@ class Exchange:
         row, col = ({name: i for i, name in enumerate(names)} for names in (self.track_ids, self.label_names))
         rows, cols = [row[t] for t in tracks], [col[lab] for lab in labels]
         if self.scores is None:
-            return evaluate.cosine_scores(self.track_embeddings[rows], self.label_embeddings[cols])
+            return embeddings.cosine_scores(self.track_embeddings[rows], self.label_embeddings[cols])
         return self.scores[np.ix_(rows, cols)]
 
 
@@ -173,7 +173,7 @@ def write_exchange(path, track_ids, label_names, track_embeddings=None, label_em
 # ---- Scoring -----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ExternalModel:
-    """What evaluate.make_record reads of a run, for a model that was not trained here."""
+    """What protocol.make_record reads of a run, for a model that was not trained here."""
 
     dataset: str
     model_kind: str  # the user's name of the model: the records' "model"
@@ -182,9 +182,9 @@ class ExternalModel:
 
 
 def zero_shot_plan() -> list[tuple[str, str]]:
-    """(test setup, task) pairs of a model that saw no training split: evaluate.setup_plan's zero-shot setups
+    """(test setup, task) pairs of a model that saw no training split: protocol.setup_plan's zero-shot setups
     (Tables 2-3); Table 4 (B-X) compares our embedding and classification models trained on A-X."""
-    return evaluate.setup_plan("embedding", EXTERNAL_TRAIN)[0]
+    return protocol.setup_plan("embedding", EXTERNAL_TRAIN)[0]
 
 
 def missing_members(exchange: Exchange, split: dict) -> dict[str, list[str]]:
@@ -217,17 +217,17 @@ def score_exchange(exchange: Exchange, split: dict, annotations, model: External
     have_tracks, have_labels = set(exchange.track_ids), set(exchange.label_names)
     plan, records = zero_shot_plan(), []
     for test in dict.fromkeys(test for test, _ in plan):
-        tracks, all_labels, tracks_left_out = evaluate.setup_members(split, test, have_tracks)
+        tracks, all_labels, tracks_left_out = protocol.setup_members(split, test, have_tracks)
         labels = [lab for lab in all_labels if lab in have_labels]
         scores = exchange.setup_scores(tracks, labels)  # (n, m)
         truth = ds.label_matrix(annotations, tracks, labels)  # (n, m) 0/1
         if save_to is not None:
-            notes.append(f"wrote {evaluate.save_scores(save_to, test, scores, truth, tracks, labels)}")
+            notes.append(f"wrote {protocol.save_scores(save_to, test, scores, truth, tracks, labels)}")
         lost = {"missing_tracks": tracks_left_out, "missing_labels": len(all_labels) - len(labels)} if restricted \
             else {}
         for task in [task for t, task in plan if t == test]:
-            parts = evaluate.setup_values(test, task, scores, truth, np.isin(labels, split["seen"]))
-            records += [{**evaluate.make_record(model, test, task, part, values), **lost}
+            parts = protocol.setup_values(test, task, scores, truth, np.isin(labels, split["seen"]))
+            records += [{**protocol.make_record(model, test, task, part, values), **lost}
                         for part, values in parts.items()]
     if restricted:
         notes.append(f"--allow-missing: {len(missing['tracks'])} track(s) and {len(missing['labels'])} label(s) "
@@ -257,7 +257,7 @@ def evaluate_external(path, dataset, split_path=None, name=None, out=None, allow
         records, notes = score_exchange(exchange, split, annotations, model, allow_missing, out if save else None)
         ignored = {"tracks": len(set(exchange.track_ids) - {t for g in splits.GROUPS for t in split[g]}),
                    "labels": len(set(exchange.label_names) - set(split["seen"] + split["unseen"]))}
-        write_json(out / EXTERNAL_FILE, {
+        write_json(out / protocol.EXTERNAL_FILE, {
             "name": name, "kind": exchange.kind, "dataset": model.dataset, "dataset_dir": str(dataset_dir),
             "source": {"path": str(path), "sha256": sha256_file(path)},
             "split": {"path": str(split_path), "sha256": sha256_file(split_path)},
@@ -265,11 +265,11 @@ def evaluate_external(path, dataset, split_path=None, name=None, out=None, allow
             "file": {"tracks": len(exchange.track_ids), "labels": len(exchange.label_names),
                      "dim": None if exchange.track_embeddings is None else int(exchange.track_embeddings.shape[1])},
             "ignored": ignored, "allow_missing": allow_missing, "missing": missing})
-        write_json(out / evaluate.RESULTS_FILE, records)
+        write_json(out / protocol.RESULTS_FILE, records)
     if any(ignored.values()):
         notes.append(f"{ignored['tracks']} track(s) and {ignored['labels']} label(s) of the file are not in the split "
                      "(e.g. dropped tracks): ignored.")
-    return records, notes + [f"wrote {out / evaluate.RESULTS_FILE} ({len(records)} records) and {out / EXTERNAL_FILE}"]
+    return records, notes + [f"wrote {out / protocol.RESULTS_FILE} ({len(records)} records) and {out / protocol.EXTERNAL_FILE}"]
 
 
 def check_name(name: str) -> str:
@@ -282,81 +282,23 @@ def check_name(name: str) -> str:
 
 
 # ---- Our run in the exchange format --------------------------------------------------------------------------------
-def export_embeddings(run_dir, path, force: bool = False, batch_size: int = evaluate.DEFAULT_BATCH_SIZE,
+def export_embeddings(run_dir, path, force: bool = False, batch_size: int = protocol.DEFAULT_BATCH_SIZE,
                       progress: bool = True) -> dict:
     """Write a run's track embeddings (every track of groups A, B, C with a mel: the cached means of segment
-    embeddings, evaluate.embed) and label embeddings (the split's labels) as an exchange file. Refuses to
+    embeddings, protocol.embed) and label embeddings (the split's labels) as an exchange file. Refuses to
     overwrite a file. Returns a summary {"path", "tracks", "labels", "dim", "left_out"}."""
-    from preprocess.melstore import MelStore
-
     path = Path(path).expanduser().resolve()
     if path.suffix != ".npz" or path.exists():
         raise ExternalError(f"--export-embeddings {path}: " + ("exists; remove it or choose another path (an export "
                             "never overwrites a file)." if path.suffix == ".npz" else "must end with .npz."))
-    run = evaluate.load_run(run_dir)
+    run = protocol.load_run(run_dir)
     if not run.is_embedding:
         raise ExternalError(f"run {run.run_dir} is a classification model: it has no label embeddings to export.")
     with MelStore(run.mels_path, in_memory=False) as store:
         stored = set(store.track_ids)
         wanted = [t for g in splits.GROUPS for t in run.split[g]]
         tracks = [t for t in wanted if t in stored]  # the run's evaluation leaves the others out too
-        track_emb, label_emb, _ = evaluate.embed(run, store, tracks, force, batch_size, progress)
+        track_emb, label_emb, _ = protocol.embed(run, store, tracks, force, batch_size, progress)
     write_exchange(path, tracks, run.labels, track_emb, label_emb)
     return {"path": str(path), "tracks": len(tracks), "labels": len(run.labels), "dim": int(track_emb.shape[1]),
             "left_out": len(wanted) - len(tracks)}
-
-
-# ---- evaluate.py's flags -------------------------------------------------------------------------------------------
-_ONLY_EXTERNAL = {"--dataset": "dataset", "--split": "split", "--name": "name", "--out": "out",
-                  "--allow-missing": "allow_missing"}
-
-
-def add_flags(parser, where) -> None:
-    """evaluate.py's flags of this module; --external joins `where` (exclusive with --run-dir, --collect)."""
-    where.add_argument("--external", metavar="FILE.npz", help="score another model's embeddings or scores "
-                       "(exchange format: external.py, README) on every zero-shot setup of Tables 2-3; with --dataset.")
-    add = parser.add_argument
-    add("--dataset", help="--external: dataset directory (or demo, fma, msd) whose split and annotations score it.")
-    add("--split", metavar="SPLIT.json", help="--external: split file. Default: <dataset>/splits/split_seed0.json.")
-    add("--name", help="--external: the model's name in records and tables. Default: the file's name.")
-    add("--out", metavar="DIR", help="--external: result folder. Default: runs/external-<name>.")
-    add("--allow-missing", action="store_true", help="--external: score each setup on the tracks and labels the "
-        "file has (counted in the records) instead of refusing a file that lacks some.")
-    add("--export-embeddings", metavar="FILE.npz", help="write the run's track and label embeddings in the exchange "
-        "format (--external on it reproduces the run's results).")
-
-
-def asked(args) -> bool:
-    """Whether --external or --export-embeddings was given; ExternalError for their flags used wrongly."""
-    import case_studies
-
-    if not args.external and (stray := [flag for flag, key in _ONLY_EXTERNAL.items() if getattr(args, key)]):
-        raise ExternalError(f"{', '.join(stray)}: used with --external only.")
-    if args.export_embeddings and (args.external or args.collect or getattr(args, "compare", None)):
-        raise ExternalError("--export-embeddings exports one run (--run-dir), not several or an external model.")
-    if args.external and not args.dataset:
-        raise ExternalError("--external needs --dataset: the dataset directory whose split scores the file.")
-    wanted = bool(args.external or args.export_embeddings)
-    if wanted and case_studies.asked(args):
-        raise ExternalError("--query/--annotate/--neighbors work on a --run-dir, not with --external or "
-                            "--export-embeddings.")
-    return wanted
-
-
-def from_args(args) -> str:
-    """evaluate.py's --external (tables) or --export-embeddings (a JSON summary) as stdout text; notes to stderr."""
-    import sys
-
-    import tables
-
-    if args.export_embeddings:
-        summary = export_embeddings(args.run_dir or config.latest_run_dir(), args.export_embeddings, args.force,
-                                    args.batch_size, not args.no_progress)
-        print(f"note: wrote {summary['path']}: {summary['tracks']} tracks, {summary['labels']} labels, "
-              f"{summary['dim']} dimensions ({summary['left_out']} track(s) of the split have no mel: left out, as "
-              "in the run's evaluation).", file=sys.stderr)
-        return json.dumps(summary) + "\n"
-    records, notes = evaluate_external(args.external, args.dataset, args.split, args.name, args.out,
-                                       args.allow_missing, args.save_scores)
-    print("\n".join(f"note: {note}" for note in notes), file=sys.stderr)
-    return tables.render_tables(records, fmt=args.format).rstrip("\n") + "\n"

@@ -23,17 +23,19 @@ import os
 import sys
 from pathlib import Path
 
+import aggregate
 import config as cfg
 import dataset_dir as dsio
 import splits
+import tables
 import train
 from fileio import OutputError
 from preprocess.frontend import AudioError
+from protocol import EvaluationError
 
 PAPER_SIDE_INFO = ("instrument-count", "instrument-confidence", "glove")
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 SET_HERE = ("seed", "split_seed", "split", "side_info", "run_dir")  # train.py flags this command sets per run
-FORMATS = ("table", "markdown", "csv", "json")
 
 
 class ReproduceError(ValueError):
@@ -82,6 +84,18 @@ def train_all(configs: list[cfg.TrainConfig]) -> list[Path]:
     return done
 
 
+def print_tables(run_dirs: list[Path], fmt: str) -> int:
+    """The runs' tables with the mean and 95% interval over seeds (evaluate.py --collect RUN...); notes to stderr."""
+    try:
+        records, notes = aggregate.collect(run_dirs, aggregated=True)
+    except (EvaluationError, dsio.DatasetError, splits.SplitError, AudioError, OutputError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(f"note: {note}" for note in notes), file=sys.stderr)
+    sys.stdout.write(tables.render_tables(records, fmt=fmt).rstrip("\n") + "\n")
+    return 0
+
+
 def build_parser():
     parser = cfg.build_parser(skip=SET_HERE, description=__doc__.split("\n\n")[0],
                               epilog="Other flags: train.py's (python train.py --help).")
@@ -91,7 +105,7 @@ def build_parser():
                         help=f"side-information kinds; default: those of {', '.join(PAPER_SIDE_INFO)} the "
                              "dataset has (embedding model).")
     parser.add_argument("--out", required=True, help="folder of the runs: OUT/<side-info>/seed<s>.")
-    parser.add_argument("--format", choices=FORMATS, default="table", help="format of the tables printed at the end.")
+    parser.add_argument("--format", choices=tables.FORMATS, default="table", help="format of the tables printed at the end.")
     return parser
 
 
@@ -108,9 +122,7 @@ def main(argv=None) -> int:
             AudioError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    import evaluate
-
-    return evaluate.main(["--collect", *map(str, run_dirs), "--format", args.format])
+    return print_tables(run_dirs, args.format)
 
 
 if __name__ == "__main__":

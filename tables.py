@@ -1,4 +1,4 @@
-"""evaluate.py's result records (results.json) in the layout of the paper's Tables 2-4 (Choi et al., ISMIR 2019),
+"""The result records (results.json, protocol.py) in the layout of the paper's Tables 2-4 (Choi et al., ISMIR 2019),
 with the published numbers (reference/paper_tables.csv) and ours - paper for FMA and MSD, plus a clearly labelled
 generalized zero-shot view; a record outside the paper's tables goes to "Other results", never dropped.
 Aggregated records (aggregate.py: several seeds) show "mean ± half-width" of their 95% interval, n, and for FMA/MSD

@@ -15,6 +15,7 @@ import pytest
 
 import aggregate
 import evaluate
+import protocol
 import metrics
 import tables
 from fileio import write_json
@@ -63,13 +64,13 @@ def test_aggregates_equal_a_recomputation_from_each_runs_results_json(tmp_path):
     runs = [write_run(tmp_path / f"seed{s}", [result(**values(rng), evaluated=150 + s, skipped=s),
                                               result("(B+C)-Y", "retrieval", **values(rng, ("AUC-l", "MAP-l")))],
                       seed=s, split=f"split-{s}") for s in range(3)]
-    records, notes = evaluate.collect(runs, aggregated=True)
+    records, notes = aggregate.collect(runs, aggregated=True)
     assert len(records) == 2 and all(r["n_runs"] == 3 and r["variant"] == "" for r in records)
     assert any("3 runs -> 2 aggregated records" in n for n in notes)
     own = [json.loads((run / "results.json").read_text()) for run in runs]
     for record in records:
         i = [r["test"] for r in own[0]].index(record["test"])
-        assert {k: record[k] for k in evaluate.KEY_FIELDS} == {k: own[0][i][k] for k in evaluate.KEY_FIELDS}
+        assert {k: record[k] for k in protocol.KEY_FIELDS} == {k: own[0][i][k] for k in protocol.KEY_FIELDS}
         assert record["runs"] == [str(run) for run in runs]
         for name, mean in record["mean"].items():
             column = [results[i][name] for results in own]
@@ -96,7 +97,7 @@ def test_grouping_seeds_only_and_variant_labels(tmp_path):
                           weights="last") for s in range(3)]
     other_side = write_run(tmp_path / "random", [result(side_info="random", **values(rng))], side_info="random",
                            weights="best")
-    records, notes = evaluate.collect([*ours, *original, other_side], aggregated=True)
+    records, notes = aggregate.collect([*ours, *original, other_side], aggregated=True)
     summary = [(r["side_info"], r["variant"], r["n_runs"]) for r in records]
     assert summary == [("instrument-count", "epochs=default weights=best", 2),
                        ("instrument-count", "epochs=20 weights=last", 3), ("random", "epochs=default weights=best", 1)]
@@ -104,7 +105,7 @@ def test_grouping_seeds_only_and_variant_labels(tmp_path):
     assert records[2]["std"] == dict.fromkeys(ANNOTATION) and records[2]["ci95"] == dict.fromkeys(ANNOTATION)
     assert any("'variant' names the settings that differ" in n for n in notes)
     # --per-run: today's rows, twins told apart by the run directory's name.
-    per_run, _ = evaluate.collect([*ours, other_side])
+    per_run, _ = aggregate.collect([*ours, other_side])
     assert [r.get("run") for r in per_run] == ["ours0", "ours1", None]
 
 
@@ -122,10 +123,10 @@ def test_variant_labels_name_what_differs():
 def test_repeated_seeds_are_refused_and_null_metrics_stay_null(tmp_path):
     first = write_run(tmp_path / "a", [result(**{"AUC-i": 0.6, "P@1": None})], seed=3)
     twin = write_run(tmp_path / "b", [result(**{"AUC-i": 0.7, "P@1": 0.1})], seed=3)
-    with pytest.raises(evaluate.EvaluationError, match=r"same settings and the same seeds \(seed 3.*--per-run"):
-        evaluate.collect([first, twin], aggregated=True)
+    with pytest.raises(protocol.EvaluationError, match=r"same settings and the same seeds \(seed 3.*--per-run"):
+        aggregate.collect([first, twin], aggregated=True)
     other = write_run(tmp_path / "c", [result(**{"AUC-i": 0.7, "P@1": 0.1})], seed=3, split="split-1")
-    (record,), _ = evaluate.collect([first, other], aggregated=True)  # same init seed, another split: a sample
+    (record,), _ = aggregate.collect([first, other], aggregated=True)  # same init seed, another split: a sample
     assert record["mean"] == {"AUC-i": pytest.approx(0.65), "P@1": None} and record["ci95"]["P@1"] is None
 
 
@@ -136,9 +137,9 @@ def test_external_folders_are_reused_and_placed_under_ours(tmp_path):
     external = [write_external(tmp_path / f"clap{s}", [{**result(**values(rng)), "model": "clap", "train": "none",
                                                         "side_info": "external"}], split=f"split-{s}")
                 for s in range(2)]
-    records, _ = evaluate.collect([external[0], *ours, external[1]], aggregated=True)
+    records, _ = aggregate.collect([external[0], *ours, external[1]], aggregated=True)
     assert [(r["model"], r["n_runs"], r["variant"]) for r in records] == [("clap", 2, ""), ("embedding", 2, "")]
-    _, notes = evaluate.gather_runs(external, force=True, save=True)  # never evaluated, even with --force
+    _, notes = protocol.gather_runs(external, force=True, save=True)  # never evaluated, even with --force
     assert sum("an external model's results, never re-evaluated" in n for n in notes) == 2
     text = tables.render_tables(records, fmt="markdown")
     rows = [line for line in text.splitlines() if line.startswith("| (A+B)-X") or line.startswith("| none")]
@@ -151,7 +152,7 @@ def test_collect_cli_json_is_the_aggregated_record_format(tmp_path, capsys):
                       split=f"split-{s}") for s, auc in enumerate((0.86, 0.87, 0.88))]
     assert evaluate.main(["--collect", *map(str, runs), "--format", "json"]) == 0
     (record,) = json.loads(capsys.readouterr().out)
-    assert set(record) >= {*evaluate.KEY_FIELDS, "n_runs", "mean", "std", "ci95", "verdict", "paper"}
+    assert set(record) >= {*protocol.KEY_FIELDS, "n_runs", "mean", "std", "ci95", "verdict", "paper"}
     assert record["n_runs"] == 3 and record["mean"]["AUC-i"] == pytest.approx(0.87)
     half = T975[2] * 0.01 / math.sqrt(3)
     assert record["ci95"]["AUC-i"] == pytest.approx([0.87 - half, 0.87 + half])
@@ -196,7 +197,7 @@ def test_paired_bootstrap_matches_a_plain_loop():
     same, _, _ = aggregate.paired_bootstrap({"AUC-i": np.full(9, 0.8)}, {"AUC-i": np.full(9, 0.5)}, 50, 0)
     assert same["AUC-i"]["ci95"] == pytest.approx([0.3, 0.3])
     assert aggregate.paired_bootstrap(a, b, 300, 11)[0] == result
-    with pytest.raises(evaluate.EvaluationError, match="--resamples must be at least 1"):
+    with pytest.raises(protocol.EvaluationError, match="--resamples must be at least 1"):
         aggregate.paired_bootstrap(a, b, 0, 0)
 
 
@@ -221,7 +222,7 @@ def scored_run(path, scores, labels, tracks, names, seed=0, **settings):
     records = [result(**{k: v for k, v in metrics.annotation_metrics(scores, labels).items()}),
                result(task="retrieval", **metrics.retrieval_metrics(scores, labels))]
     run = write_run(path, records, seed=seed, **settings)
-    evaluate.save_scores(run, "B-Y", scores, labels, tracks, names)
+    protocol.save_scores(run, "B-Y", scores, labels, tracks, names)
     return run
 
 
@@ -265,7 +266,7 @@ def test_compare_with_an_external_models_folder(tmp_path):
     tracks, names = [f"t{i}" for i in range(30)], [f"l{j}" for j in range(6)]
     clap = write_external(tmp_path / "clap", [{**r, "model": "clap", "train": "none", "side_info": "external"} for r
                                               in json.loads((tmp_path / "b" / "results.json").read_text())])
-    evaluate.save_scores(clap, "B-Y", bad, labels, tracks, names)
+    protocol.save_scores(clap, "B-Y", bad, labels, tracks, names)
     rows, notes = aggregate.compare(run_a, clap, resamples=50)
     assert {r["run_b"] for r in rows} == {str(clap)} and any("an external model's results" in n for n in notes)
     auc = next(r for r in rows if r["metric"] == "AUC-l")
@@ -284,9 +285,9 @@ def test_compare_errors(tmp_path, capsys, damage, message):
     run_a, run_b, (good, bad, labels) = compare_world(tmp_path, np.random.default_rng(2))
     tracks, names = [f"t{i}" for i in range(30)], [f"l{j}" for j in range(6)]
     if damage == "other tracks":
-        evaluate.save_scores(run_b, "B-Y", bad, labels, [f"x{i}" for i in range(30)], names)
+        protocol.save_scores(run_b, "B-Y", bad, labels, [f"x{i}" for i in range(30)], names)
     elif damage == "stale scores":
-        evaluate.save_scores(run_b, "B-Y", bad[::-1].copy(), labels, tracks, names)
+        protocol.save_scores(run_b, "B-Y", bad[::-1].copy(), labels, tracks, names)
     elif damage == "no scores":
         (run_b / "scores" / "B-Y.npz").unlink()
     extra = ["--resamples", "0"] if damage == "no resamples" else []
@@ -311,7 +312,7 @@ def test_real_runs_aggregate_and_compare(tmp_path):
         write_json(run / "config.json", meta)
         save_model(run / "model.keras", "embedding", seed=seed)
         runs.append(run)
-    records, _ = evaluate.collect(runs, aggregated=True, save=True, progress=False, label_map=False)
+    records, _ = aggregate.collect(runs, aggregated=True, save=True, progress=False, label_map=False)
     own = [{(r["test"], r["task"], r["part"]): r for r in json.loads((run / "results.json").read_text())}
            for run in runs]
     assert len(records) == len(own[0]) and all(r["n_runs"] == 2 for r in records)

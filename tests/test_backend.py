@@ -15,7 +15,7 @@ import pytest
 from test_train import PYTHON, REPO_ROOT, flags, kill_after_two_epochs, make_dataset, read_csv_rows, train_steps
 
 import config as cfg
-import evaluate
+import protocol
 
 BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(
     importlib.util.find_spec(module) is None, reason=f"{module} is not installed (README 'Choosing a Keras backend')"))
@@ -62,9 +62,9 @@ def test_trains_resumes_after_kill_9_and_tensorflow_scores_the_run_alike(tmp_pat
     assert meta["versions"]["keras_backend"] == backend and meta["versions"][backend]
 
     run_under(backend, "evaluate.py", "--run-dir", str(run_dir), "--no-progress")
-    under_other = json.loads((run_dir / evaluate.RESULTS_FILE).read_text())
-    under_tf, _ = evaluate.evaluate_run(run_dir, force=True, progress=False, label_map=False)  # recomputes embeddings
-    key = lambda r: tuple(r[k] for k in evaluate.KEY_FIELDS)  # noqa: E731
+    under_other = json.loads((run_dir / protocol.RESULTS_FILE).read_text())
+    under_tf, _ = protocol.evaluate_run(run_dir, force=True, progress=False, label_map=False)  # recomputes embeddings
+    key = lambda r: tuple(r[k] for k in protocol.KEY_FIELDS)  # noqa: E731
     assert sorted(map(key, under_other)) == sorted(map(key, under_tf)) and len(under_tf) >= 10
     tf_by_key = {key(r): r for r in under_tf}
     for record in under_other:

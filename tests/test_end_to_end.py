@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import dataset_dir as ds
-import evaluate
+import protocol
 import metrics
 import splits
 from fileio import sha256_file
@@ -114,7 +114,7 @@ def test_evaluation_stage_writes_results_scores_and_tables(pipeline):
     run_dir = runs["instrument"]
     out = run("evaluate.py", "--run-dir", run_dir, "--save-scores", "--no-progress")
     records = json.loads((run_dir / "results.json").read_text())
-    plan = evaluate.setup_plan("embedding", "A-X")[0]
+    plan = protocol.setup_plan("embedding", "A-X")[0]
     gzsl = {(t, "annotation", part) for t in ("B-(X+Y)", "C-(X+Y)", "(B+C)-(X+Y)") for part in ("seen", "unseen",
                                                                                                  "harmonic")}
     expected = {(t, task, "all") for t, task in plan} | gzsl
@@ -152,7 +152,7 @@ def test_evaluation_stage_writes_results_scores_and_tables(pipeline):
     for record in records:  # the instrument run's records, one row per metric, same values
         for name in METRICS:
             if record.get(name) is not None:
-                row = [r for r in rows if r["metric"] == name and all(r[k] == record[k] for k in evaluate.KEY_FIELDS)]
+                row = [r for r in rows if r["metric"] == name and all(r[k] == record[k] for k in protocol.KEY_FIELDS)]
                 assert len(row) == 1 and float(row[0]["value"]) == pytest.approx(record[name], abs=1e-12)
     tables = run("evaluate.py", "--collect", *runs.values(), "--no-progress").stdout
     assert "Table 4" in tables and "classification" in tables  # both models trained on A-X: Table 4

@@ -24,6 +24,8 @@ import config
 import dataset_dir as ds
 import embeddings
 import evaluate
+import protocol
+import aggregate
 import metrics
 import splits
 from fileio import sha256_file, write_json
@@ -161,22 +163,22 @@ SLUG = {"B-Y": "B-Y", "C-Y": "C-Y", "(B+C)-Y": "BC-Y", "B-(X+Y)": "B-XY", "C-(X+
 
 @pytest.mark.parametrize("test", list(EXPECTED_SETUPS))
 def test_setup_members_pick_the_hand_built_tracks_and_labels(world, test):
-    run = evaluate.load_run(world[1])
-    tracks, labels, missing = evaluate.setup_members(run.split, test, set(FRAMES))
+    run = protocol.load_run(world[1])
+    tracks, labels, missing = protocol.setup_members(run.split, test, set(FRAMES))
     assert (tracks, labels) == EXPECTED_SETUPS[test]
     assert missing == (1 if "C" in test else 0)  # c4 has no mel
 
 
 def test_setup_plan_per_model_and_training_setup():
-    plan, notes = evaluate.setup_plan("embedding", "A-X")
+    plan, notes = protocol.setup_plan("embedding", "A-X")
     assert plan == [("B-Y", "annotation"), ("C-Y", "annotation"), ("(B+C)-Y", "annotation"),
                     ("B-(X+Y)", "annotation"), ("C-(X+Y)", "annotation"), ("(B+C)-(X+Y)", "annotation"),
                     ("(B+C)-Y", "retrieval"), ("(A+B+C)-Y", "retrieval"), ("B-X", "retrieval")]
     assert notes == []
-    plan, notes = evaluate.setup_plan("embedding", "(A+B)-X")
+    plan, notes = protocol.setup_plan("embedding", "(A+B)-X")
     assert len(plan) == 8 and ("B-X", "retrieval") not in plan and "A-X only" in notes[0]
-    assert evaluate.setup_plan("classification", "A-X")[0] == [("B-X", "retrieval")]
-    plan, notes = evaluate.setup_plan("classification", "B-X")
+    assert protocol.setup_plan("classification", "A-X")[0] == [("B-X", "retrieval")]
+    plan, notes = protocol.setup_plan("classification", "B-X")
     assert plan == [] and any("seen labels (X)" in n for n in notes)
 
 
@@ -191,11 +193,11 @@ def feature_map(calls=None):
 
 @pytest.mark.parametrize("budget", [1, 3, 7, 1000])
 def test_batched_track_embeddings_equal_the_definition(world, budget):
-    """embeddings.track_embeddings (many tracks per predict call) = evaluate.track_embedding of each track."""
+    """embeddings.track_embeddings (many tracks per predict call) = embeddings.track_embedding of each track."""
     with MelStore(world[0] / "mels.h5", in_memory=False) as store:
         tracks = ["c3", "a1", "b3", "a3", "b2", "c1", "a2", "b1", "c2"]  # not in store order
         rows = [store.index(t) for t in tracks]
-        expected = np.stack([evaluate.track_embedding(feature_map(), store.segments(r, SEGMENT_FRAMES))
+        expected = np.stack([embeddings.track_embedding(feature_map(), store.segments(r, SEGMENT_FRAMES))
                              for r in rows])
         calls = []
         batched = embeddings.track_embeddings(feature_map(calls), store, rows, budget, progress=False)
@@ -209,7 +211,7 @@ def test_cosine_scores_by_hand():
     tracks = np.array([[1.0, 0.0], [3.0, 4.0]])
     labels = np.array([[0.0, 2.0], [1.0, 1.0], [-1.0, 0.0]])
     expected = np.array([[0.0, 1 / np.sqrt(2), -1.0], [0.8, 7 / 5 / np.sqrt(2), -0.6]])
-    np.testing.assert_allclose(evaluate.cosine_scores(tracks, labels), expected, rtol=1e-6)
+    np.testing.assert_allclose(embeddings.cosine_scores(tracks, labels), expected, rtol=1e-6)
 
 
 def fake_embeddings(calls):
@@ -275,7 +277,7 @@ def test_gzsl_values_seen_unseen_and_harmonic_mean():
     scores = np.array([[0.9, 0.1, 0.8, 0.3], [0.2, 0.7, 0.1, 0.6], [0.5, 0.4, 0.3, 0.2]])
     labels = np.array([[1, 0, 0, 1], [0, 1, 1, 0], [0, 0, 1, 0]])
     seen_mask = np.array([True, True, False, False])
-    parts = evaluate.gzsl_values(scores, labels, seen_mask)
+    parts = protocol.gzsl_values(scores, labels, seen_mask)
     assert parts["seen"] == metrics.annotation_metrics(scores[:, :2], labels[:, :2])
     assert parts["unseen"] == metrics.annotation_metrics(scores[:, 2:], labels[:, 2:])
     # Seen part: tracks 0 and 1 rank their positive first -> AUC 1. Unseen part: tracks 0 (0.3 < 0.8) and 1
@@ -288,7 +290,7 @@ def test_gzsl_values_seen_unseen_and_harmonic_mean():
 
 def test_save_scores_npz_reads_back_without_pickle(tmp_path):
     scores = np.array([[0.5, -0.25]], dtype=np.float32)
-    path = evaluate.save_scores(tmp_path, "(B+C)-(X+Y)", scores, np.array([[1, 0]]), ["7"], ["jazz", "folk"])
+    path = protocol.save_scores(tmp_path, "(B+C)-(X+Y)", scores, np.array([[1, 0]]), ["7"], ["jazz", "folk"])
     assert path == tmp_path / "scores" / "BC-XY.npz"
     with np.load(path, allow_pickle=False) as npz:
         assert set(npz.files) == {"scores", "labels", "track_ids", "label_names", "test"}
@@ -308,14 +310,14 @@ GLOVE_TEXT = ("the 0.1 0.2 0.3 0.4\n"
 
 def test_word_vector_uses_glove_only_for_glove_side_info(world, tmp_path):
     data, run_dir = world
-    run = evaluate.load_run(run_dir)
+    run = protocol.load_run(run_dir)
     vector, source = case_studies.word_vector(run, "guitar", progress=False)
     np.testing.assert_array_equal(vector, np.float32(SIDE["guitar"]))
     assert source == str(data / "side_info" / "x.csv")
-    with pytest.raises(evaluate.EvaluationError, match="'lovely' has no side-information vector"):
+    with pytest.raises(protocol.EvaluationError, match="'lovely' has no side-information vector"):
         case_studies.word_vector(run, "lovely", progress=False)
     run.meta["config"]["side_info"] = "glove"
-    with pytest.raises(evaluate.EvaluationError, match="records no glove_path"):
+    with pytest.raises(protocol.EvaluationError, match="records no glove_path"):
         case_studies.word_vector(run, "lovely", progress=False)
     glove = tmp_path / "glove.txt"
     write_json(data / "summary.json", {"glove_path": str(glove)})
@@ -326,10 +328,10 @@ def test_word_vector_uses_glove_only_for_glove_side_info(world, tmp_path):
     np.testing.assert_array_equal(vector, [0.5, 0.25, 0, -1])
     assert source == str(glove) and vector.dtype == np.float32
     np.testing.assert_array_equal(case_studies.word_vector(run, "new york", progress=False)[0], [5, 6, 7, 8])
-    with pytest.raises(evaluate.EvaluationError, match="try 'jazz'"):
+    with pytest.raises(protocol.EvaluationError, match="try 'jazz'"):
         case_studies.word_vector(run, "JAZZ", progress=False)
     glove.write_text("jazz 1 2 3\nlovely 1 2 3\n", encoding="utf-8")
-    with pytest.raises(evaluate.EvaluationError, match="3-d vectors"):
+    with pytest.raises(protocol.EvaluationError, match="3-d vectors"):
         case_studies.word_vector(run, "lovely", progress=False)
 
 
@@ -348,7 +350,7 @@ def test_collect_reuses_fresh_results_and_tells_twin_runs_apart(world, tmp_path,
                             (third, fake_record("B-X"))):
         write_json(run_dir / "results.json", [record])
         os.utime(run_dir / "model.keras", (1, 1))  # older than results.json
-    records, notes = evaluate.collect([first, second, third])
+    records, notes = aggregate.collect([first, second, third])
     # first and second give the same setup: told apart by "run"; third is unique and stays as it was.
     assert [(r.get("run"), r["AUC-i"]) for r in records] == [("run", 0.25), ("second", 0.75), (None, 0.5)]
     assert any("told apart by a 'run' field" in n for n in notes)
@@ -356,15 +358,15 @@ def test_collect_reuses_fresh_results_and_tells_twin_runs_apart(world, tmp_path,
     # Re-evaluated when scores are asked for and missing, when --force, and when a resumed training wrote a newer
     # model than results.json.
     evaluated = []
-    monkeypatch.setattr(evaluate, "evaluate_run", lambda run_dir, **kwargs: (evaluated.append(kwargs) or [], []))
+    monkeypatch.setattr(protocol, "evaluate_run", lambda run_dir, **kwargs: (evaluated.append(kwargs) or [], []))
     for kwargs in ({"save": True}, {"force": True}):
-        evaluate.collect([first], **kwargs)
+        aggregate.collect([first], **kwargs)
     os.utime(first / "model.keras")
-    evaluate.collect([first])
+    aggregate.collect([first])
     assert evaluated == [{"force": False, "save": True}, {"force": True}, {"force": False}]
     write_json(second / "results.json", {"not": "a list"})
-    with pytest.raises(evaluate.EvaluationError, match="not a list of result records"):
-        evaluate.collect([second])
+    with pytest.raises(protocol.EvaluationError, match="not a list of result records"):
+        aggregate.collect([second])
 
 
 def test_error_missing_model_and_missing_config(world, capsys, tmp_path):
@@ -451,7 +453,7 @@ def test_error_model_swapped_after_training(world, capsys):
     code, _, err = run_main(["--run-dir", str(run_dir)], capsys)
     assert_clean_error(code, err, "train_summary.json is damaged")
     write_json(run_dir / "train_summary.json", {"model_sha256": sha256_file(run_dir / "model.keras")})
-    assert evaluate.load_run(run_dir).model_sha256 == sha256_file(run_dir / "model.keras")  # the recorded model
+    assert protocol.load_run(run_dir).model_sha256 == sha256_file(run_dir / "model.keras")  # the recorded model
 
 
 def test_error_word_without_a_vector(world, capsys):
@@ -528,10 +530,10 @@ def trained(tmp_path_factory):
 
 @pytest.mark.slow
 def test_track_embedding_is_the_mean_of_segment_embeddings(trained):
-    run = evaluate.load_run(trained["run_dir"])
+    run = protocol.load_run(trained["run_dir"])
     tracks = list(FRAMES)
     with MelStore(run.mels_path, in_memory=False) as store:
-        track_emb, label_emb, info = evaluate.embed(run, store, tracks, progress=False)
+        track_emb, label_emb, info = protocol.embed(run, store, tracks, progress=False)
         assert info == {"cached_tracks": 9, "computed_tracks": 0, "labels_cached": True, "rejected": False}
         expected = independent_track_embeddings(trained["audio"], trained["data"], tracks)
         np.testing.assert_allclose(track_emb, expected, rtol=1e-4, atol=1e-5)
@@ -540,7 +542,7 @@ def test_track_embedding_is_the_mean_of_segment_embeddings(trained):
         vectors = np.asarray([SIDE[lab] for lab in run.labels], dtype=np.float32)
         np.testing.assert_allclose(label_emb, np.asarray(trained["semantic"](vectors)), rtol=1e-5, atol=1e-6)
         # Computed afresh (force) with a batch size that splits tracks across batches: the same.
-        fresh, _, info = evaluate.embed(run, store, tracks, force=True, batch_size=3, progress=False)
+        fresh, _, info = protocol.embed(run, store, tracks, force=True, batch_size=3, progress=False)
     assert info["computed_tracks"] == 9
     np.testing.assert_allclose(fresh, expected, rtol=1e-4, atol=1e-5)
 
@@ -550,7 +552,7 @@ def test_results_json_round_trip_and_metrics_from_saved_scores(trained):
     run_dir, data = trained["run_dir"], trained["data"]
     records = json.loads((run_dir / "results.json").read_text())
     keys = [(r["train"], r["test"], r["task"], r["part"]) for r in records]
-    expected = [("A-X", t, task, "all") for t, task in evaluate.setup_plan("embedding", "A-X")[0]]
+    expected = [("A-X", t, task, "all") for t, task in protocol.setup_plan("embedding", "A-X")[0]]
     expected += [("A-X", t, "annotation", p) for t in ("B-(X+Y)", "C-(X+Y)", "(B+C)-(X+Y)")
                  for p in ("seen", "unseen", "harmonic")]
     assert sorted(keys) == sorted(expected) and len(set(keys)) == len(keys)
@@ -587,7 +589,7 @@ def test_results_json_round_trip_and_metrics_from_saved_scores(trained):
     assert harmonic["MAP-i"] == pytest.approx(2 * seen["MAP-i"] * unseen["MAP-i"] / (seen["MAP-i"] + unseen["MAP-i"]))
     assert by_key[("C-(X+Y)", "annotation", "seen")]["AUC-i"] is None  # C tracks have no seen label
     # A re-evaluation from the cache gives the same records; the label map exists.
-    again, notes = evaluate.evaluate_run(run_dir, progress=False)
+    again, notes = protocol.evaluate_run(run_dir, progress=False)
     assert again == records and any("9 from embeddings.h5, 0 computed." in n for n in notes)
     assert (run_dir / "label_map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -601,7 +603,7 @@ def test_a_permuted_cache_gives_the_same_results(trained):
     with h5py.File(run_dir / "embeddings.h5", "r+") as handle:
         ids = handle["track_ids"].asstr()[...]
         handle["track_ids"][...] = np.asarray(np.roll(ids, 1), dtype=object)
-    again, notes = evaluate.evaluate_run(run_dir, progress=False)
+    again, notes = protocol.evaluate_run(run_dir, progress=False)
     assert any("0 from embeddings.h5, 9 computed (the cache did not match this run: replaced)" in n for n in notes)
     assert json.dumps(again) == json.dumps(records)
 
@@ -706,7 +708,7 @@ def test_annotate_an_audio_file(trained, tmp_path, capsys):
 def test_classification_run_averages_sigmoids_on_b_x(trained, tmp_path):
     run_dir = write_run(tmp_path / "clf", trained["data"], model="classification")
     model = save_model(run_dir / config.MODEL_FILE, "classification", seed=3)
-    records, notes = evaluate.evaluate_run(run_dir, save=True, progress=False)
+    records, notes = protocol.evaluate_run(run_dir, save=True, progress=False)
     assert [(r["test"], r["task"], r["part"]) for r in records] == [("B-X", "retrieval", "all")]
     assert any("classification model scores only its seen labels" in n for n in notes)
     with MelStore(trained["data"] / "mels.h5", in_memory=False) as store:
@@ -716,10 +718,10 @@ def test_classification_run_averages_sigmoids_on_b_x(trained, tmp_path):
         np.testing.assert_allclose(npz["scores"], expected, rtol=1e-4, atol=1e-6)
         assert records[0]["AUC-l"] == metrics.retrieval_metrics(npz["scores"], npz["labels"])["AUC-l"]
     assert not (run_dir / "label_map.png").exists()
-    run = evaluate.load_run(run_dir)
-    with pytest.raises(evaluate.EvaluationError, match="classification model"):
+    run = protocol.load_run(run_dir)
+    with pytest.raises(protocol.EvaluationError, match="classification model"):
         case_studies.neighbors(run, "jazz", progress=False)
     result = case_studies.query(run, "pop", top=3, progress=False)
     assert result["vector_from"] == "classification output" and len(result["tracks"]) == 3
-    with pytest.raises(evaluate.EvaluationError, match="not one of the 3 seen labels"):
+    with pytest.raises(protocol.EvaluationError, match="not one of the 3 seen labels"):
         case_studies.query(run, "blues", progress=False)

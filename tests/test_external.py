@@ -16,7 +16,8 @@ import pytest
 
 import config
 import dataset_dir as ds
-import evaluate
+import protocol
+import embeddings
 import external
 import metrics
 import splits
@@ -64,7 +65,7 @@ def test_random_embeddings_score_chance_on_every_zero_shot_setup(generated, tmp_
     path = random_exchange(tmp_path / "rand.npz", generated["tracks"], generated["labels"])
     records, notes = score(path, generated, tmp_path / "out", name="rand")
     keys = [(r["test"], r["task"], r["part"]) for r in records]
-    expected = [(t, task, "all") for t, task in evaluate.setup_plan("embedding", "(A+B)-X")[0]]
+    expected = [(t, task, "all") for t, task in protocol.setup_plan("embedding", "(A+B)-X")[0]]
     expected += [(t, "annotation", p) for t in ("B-(X+Y)", "C-(X+Y)", "(B+C)-(X+Y)") for p in tables.GZSL_PARTS]
     assert sorted(keys) == sorted(expected) and ("B-X", "retrieval", "all") not in keys  # no Table 4
     assert {(r["dataset"], r["model"], r["train"], r["side_info"]) for r in records} == {
@@ -103,7 +104,7 @@ def test_a_scores_file_and_an_embeddings_file_with_the_same_scores_give_identica
     tracks, labels = generated["tracks"], generated["labels"]
     emb = random_exchange(tmp_path / "emb.npz", tracks, labels, seed=1)
     exchange = external.read_exchange(emb)
-    scores = evaluate.cosine_scores(exchange.track_embeddings, exchange.label_embeddings)  # (n, m) float32
+    scores = embeddings.cosine_scores(exchange.track_embeddings, exchange.label_embeddings)  # (n, m) float32
     order = np.random.default_rng(2).permutation(len(tracks))  # another row order: matched by id
     via_scores = external.write_exchange(tmp_path / "scores.npz", np.asarray(tracks)[order], labels,
                                          scores=scores[order].astype(np.float64))

@@ -32,7 +32,8 @@ from protocol import (EXTERNAL_FILE, KEY_FIELDS, RESULTS_FILE, SCORES_DIR, Evalu
 from tables import METRIC_PATTERN
 
 CONFIDENCE = 0.95
-DEFAULT_RESAMPLES, DEFAULT_BOOTSTRAP_SEED = 1000, 0
+DEFAULT_RESAMPLES = 1000
+DEFAULT_BOOTSTRAP_SEED = 0
 SEED_FIELDS = ("seed", "split_seed", "split")  # what the runs of one experiment may change
 IN_RECORD_KEY = ("model", "side_info", "train_setup", "external")  # the record's key shows them: not in the label
 COUNT_FIELDS = ("evaluated", "skipped")
@@ -180,7 +181,8 @@ def paired_bootstrap(a: dict[str, np.ndarray], b: dict[str, np.ndarray], resampl
     if not used:
         raise EvaluationError("no test row is defined in both runs (every track or label has all-0 or all-1 labels)")
     diffs = np.stack([a[n][both] - b[n][both] for n in names])  # (k metrics, used)
-    rng, means = np.random.default_rng(seed), np.empty((resamples, len(names)))
+    rng = np.random.default_rng(seed)
+    means = np.empty((resamples, len(names)))
     for i in range(resamples):
         rows = rng.integers(0, used, size=used)  # (used,) rows drawn with replacement
         means[i] = diffs[:, rows].mean(axis=1)
@@ -213,7 +215,9 @@ def compare_runs(per_run: dict[Path, list[dict]], resamples: int = DEFAULT_RESAM
         raise EvaluationError(f"{run_a} and {run_b} share no test setup to compare.")
     if {r["dataset"] for r in records_a + records_b} != {records_a[0]["dataset"]}:
         raise EvaluationError(f"{run_a} and {run_b} are results on different datasets: nothing is paired.")
-    rows, notes, scores = [], [], {run: _scores_by_test(run) for run in per_run}
+    rows = []
+    notes = []
+    scores = {run: _scores_by_test(run) for run in per_run}
     for test, task in common:
         a, b = _aligned_scores(run_a, scores[run_a], run_b, scores[run_b], test)
         values = {}
@@ -271,7 +275,8 @@ def _check_against_results(run: Path, test: str, task: str, values: dict, record
     """The scores file must reproduce the run's results.json (else it is left from an earlier evaluation)."""
     for name, per_row in values.items():
         defined = per_row[~np.isnan(per_row)]
-        mean, recorded = (float(defined.mean()) if defined.size else None), record.get(name)
+        mean = float(defined.mean()) if defined.size else None
+        recorded = record.get(name)
         if (mean is None) != (recorded is None) or (mean is not None and abs(mean - recorded) > 1e-9):
             raise EvaluationError(f"{run}/{SCORES_DIR}: test {test} gives {task} {name} {mean}, its {RESULTS_FILE} "
                                   f"says {recorded}: the scores are from an earlier evaluation. Rerun evaluate.py "

@@ -71,7 +71,8 @@ def query(run, word: str, top: int = DEFAULT_TOP["query"], progress: bool = True
     if run.is_embedding:
         scores = embeddings.cosine_scores(track_emb, run.semantic(vector[None]))[:, 0]  # (n_tracks,)
     else:
-        source, scores = "classification output", protocol.setup_scores(run, track_emb, None, [word])[:, 0]
+        source = "classification output"
+        scores = protocol.setup_scores(run, track_emb, None, [word])[:, 0]
     best = np.argsort(-scores, kind="stable")[:top]
     top_ids = [tracks[i] for i in best]
     found = run.annotations[run.annotations["track_id"].isin(top_ids)]  # only the top tracks (MSD: 1M pairs)
@@ -88,7 +89,8 @@ def annotate(run, audio_path, top: int = DEFAULT_TOP["annotate"], max_seconds: f
     """Top labels for any audio file (paper Table 6): its frames standardized with the store's mean and std, its
     track embedding, scored against the split's labels (the classification model: its seen labels)."""
     with MelStore(run.mels_path, in_memory=False) as store:
-        mean, std = store.mean, store.std
+        mean = store.mean
+        std = store.std
     try:
         frames = frontend.file_frames(audio_path, mean, std, max_seconds=max_seconds)  # (n, 128)
     except frontend.AudioError as exc:

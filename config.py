@@ -20,8 +20,14 @@ import splits
 
 REPO_ROOT = Path(__file__).resolve().parent
 RUNS_ROOT = REPO_ROOT / "runs"
-CONFIG_FILE, MODEL_FILE, SUMMARY_FILE = "config.json", "model.keras", "train_summary.json"  # a run directory's
-LOG_FILE, CURVE_FILE, CHECKPOINT_DIR, BACKUP_DIR = "log.csv", "training_curve.png", "checkpoints", "backup"
+# The files of a run directory
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.keras"
+SUMMARY_FILE = "train_summary.json"
+LOG_FILE = "log.csv"
+CURVE_FILE = "training_curve.png"
+CHECKPOINT_DIR = "checkpoints"
+BACKUP_DIR = "backup"
 
 MODELS = ("embedding", "classification")
 STRATEGIES = ("default", "mirrored", "multi-worker")
@@ -181,7 +187,8 @@ def new_run_dir(dataset: str, model: str, side_info: str, train_setup: str, root
     """runs/<YYYYmmdd-HHMMSS>_<dataset>_<model>_<side_info>_<setup>, made unique with a numeric suffix."""
     setup = re.sub(r"[^A-Za-z0-9]+", "", train_setup)  # (A+B)-X -> ABX
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{time.strftime('%Y%m%d-%H%M%S')}_{dataset}_{model}_{side_info}_{setup}")
-    path, suffix = Path(root) / stem, 1
+    path = Path(root) / stem
+    suffix = 1
     while path.exists():
         suffix += 1
         path = Path(root) / f"{stem}_{suffix}"

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=(
         "Evaluate trained zero-shot runs (paper Tables 2-4, plus a generalized zero-shot view) and run the case "
         "studies (Tables 5-7). Writes <run_dir>/results.json, embeddings.h5 (cache) and label_map.png; prints tables."))
-    add, where = parser.add_argument, parser.add_mutually_exclusive_group()
+    add = parser.add_argument
+    where = parser.add_mutually_exclusive_group()
     where.add_argument("--run-dir", help="run directory written by train.py. Default: the latest run under runs/.")
     where.add_argument("--collect", nargs="+", metavar="RUN_DIR", help="several run directories merged into one "
                        "set of tables; runs with a results.json are reused unless --force. Runs that differ "
@@ -107,7 +108,9 @@ def case_study_asked(args) -> bool:
 def run_case_studies(args) -> str:
     """--query / --annotate / --neighbors on --run-dir (default: the latest run), as text."""
     run = protocol.load_run(args.run_dir or config.latest_run_dir())
-    progress, top, results = not args.no_progress, case_studies.DEFAULT_TOP, {}
+    progress = not args.no_progress
+    top = case_studies.DEFAULT_TOP
+    results = {}
     if args.query is not None:
         results["query"] = case_studies.query(run, args.query, args.top or top["query"], progress, args.batch_size)
     if args.annotate is not None:

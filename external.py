@@ -40,7 +40,9 @@ from fileio import atomic_write, claim_folder, output_lock, sha256_file, write_j
 from preprocess.melstore import MelStore
 
 OWNER = "evaluate.py --external"  # fileio marker of the result folders
-EXTERNAL_TRAIN, EXTERNAL_SIDE_INFO = "none", "external"  # the records' train and side_info of an external model
+# The records' train and side_info of an external model
+EXTERNAL_TRAIN = "none"
+EXTERNAL_SIDE_INFO = "external"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 ARRAYS = ("track_ids", "track_embeddings", "label_names", "label_embeddings", "scores")
 EMBEDDING_ARRAYS = ("track_ids", "track_embeddings", "label_names", "label_embeddings")
@@ -190,7 +192,8 @@ def zero_shot_plan() -> list[tuple[str, str]]:
 def missing_members(exchange: Exchange, split: dict) -> dict[str, list[str]]:
     """The tracks (groups A, B, C) and labels (X, Y) of the test setups that the exchange file lacks."""
     tracks = dict.fromkeys(t for test, _ in zero_shot_plan() for t in splits.setup_tracks_labels(split, test)[0])
-    have_tracks, have_labels = set(exchange.track_ids), set(exchange.label_names)
+    have_tracks = set(exchange.track_ids)
+    have_labels = set(exchange.label_names)
     return {"tracks": [t for t in tracks if t not in have_tracks],
             "labels": [lab for lab in split["seen"] + split["unseen"] if lab not in have_labels]}
 
@@ -210,12 +213,15 @@ def score_exchange(exchange: Exchange, split: dict, annotations, model: External
     """Records of every test setup of zero_shot_plan (evaluate_run's records, part "all" plus the (X+Y) GZSL parts),
     scores/<setup>.npz in `save_to` if given. With allow_missing, each setup keeps the tracks and labels the file
     has, and every record counts what its setup lost (missing_tracks, missing_labels)."""
-    missing, notes = missing_members(exchange, split), []
+    missing = missing_members(exchange, split)
+    notes = []
     restricted = any(missing.values())
     if restricted and not allow_missing:
         raise ExternalError(missing_message(exchange.source, missing, split))
-    have_tracks, have_labels = set(exchange.track_ids), set(exchange.label_names)
-    plan, records = zero_shot_plan(), []
+    have_tracks = set(exchange.track_ids)
+    have_labels = set(exchange.label_names)
+    plan = zero_shot_plan()
+    records = []
     for test in dict.fromkeys(test for test, _ in plan):
         tracks, all_labels, tracks_left_out = protocol.setup_members(split, test, have_tracks)
         labels = [lab for lab in all_labels if lab in have_labels]

@@ -25,7 +25,8 @@ def roc_auc(scores, labels) -> float:
     """ROC-AUC: the fraction of (positive, negative) pairs where the positive scores higher, a tie counting one
     half (Mann-Whitney U / (P N)); equals sklearn.metrics.roc_auc_score."""
     scores, labels = _row(scores, labels)
-    positives, negatives = scores[labels][:, None], scores[~labels][None, :]  # (P, 1), (1, N)
+    positives = scores[labels][:, None]  # (P, 1)
+    negatives = scores[~labels][None, :]  # (1, N)
     if not positives.size or not negatives.size:
         return float("nan")
     return float(np.mean((positives > negatives) + 0.5 * (positives == negatives)))

@@ -125,7 +125,10 @@ def read_config(run_dir: Path) -> dict:
 def changes_since_training(run_dir: Path, meta: dict, model_sha256: str) -> list[str]:
     """What differs from training: files whose sha256 differs from config.json's checksums, a mel store with other
     statistics, a model.keras that is not the one train_summary.json records (once the run has finished)."""
-    problems, checksums, mels, summary = [], meta["checksums"], Path(meta["mels_path"]), run_dir / config.SUMMARY_FILE
+    problems = []
+    checksums = meta["checksums"]
+    mels = Path(meta["mels_path"])
+    summary = run_dir / config.SUMMARY_FILE
     files = {"annotations": ds.annotations_path(meta["dataset_dir"]), "split": meta["split_path"],
              "side_info": meta["side_info_path"]}
     for name, path in ((name, Path(path)) for name, path in files.items() if path):
@@ -140,7 +143,8 @@ def changes_since_training(run_dir: Path, meta: dict, model_sha256: str) -> list
     if recorded and recorded != model_sha256:
         problems.append(f"{config.MODEL_FILE} is not the model this run trained (model_sha256 of {summary})")
     with MelStore(mels, in_memory=False) as store:  # AudioError naming it when it is missing or damaged
-        found, recorded = {"mean": store.mean, "std": store.std, "n_tracks": len(store)}, checksums.get("mels") or {}
+        found = {"mean": store.mean, "std": store.std, "n_tracks": len(store)}
+        recorded = checksums.get("mels") or {}
     return problems + [f"mel store {mels}: {key} is {value}, config.json recorded {recorded[key]} (store rebuilt)"
                        for key, value in found.items()
                        if key in recorded and not math.isclose(float(recorded[key]), value, rel_tol=1e-6)]
@@ -150,7 +154,8 @@ def load_run(run_dir) -> Run:
     """A run directory (config.json, model.keras) and its data, which must be what the run was trained on
     (changes_since_training): scores on other data or from another model would be silently wrong."""
     run_dir = Path(run_dir).expanduser().resolve()
-    meta, model_path = read_config(run_dir), run_dir / config.MODEL_FILE
+    meta = read_config(run_dir)
+    model_path = run_dir / config.MODEL_FILE
     if not model_path.is_file():
         raise EvaluationError(f"{run_dir} has no {config.MODEL_FILE}: training has not saved a model yet "
                               f"(let it finish, or resume it with train.py --run-dir {run_dir}).")
@@ -186,7 +191,8 @@ def _load_model(run: Run):
         want["side information"] = (None, run.meta["train"].get("side_dim"))
         found["side information"] = tuple(models.get_semantic_module(model).input_shape)
     elif kind == run.model_kind:
-        want["labels"], found["labels"] = (None, run.meta["train"].get("n_labels")), tuple(model.output_shape)
+        want["labels"] = (None, run.meta["train"].get("n_labels"))
+        found["labels"] = tuple(model.output_shape)
     wrong = [f"{key} {found[key]} (config.json: {want[key]})" for key in want if found[key] != want[key]]
     if wrong:
         raise EvaluationError(f"run {run.run_dir}: {path.name} does not fit the run's config.json: "
@@ -376,9 +382,11 @@ def gather_runs(run_dirs, force: bool = False, **evaluate_kwargs) -> tuple[dict[
     """{run directory: its records}: a run's results.json when it is newer than model.keras (a resumed training
     writes a newer model) and has scores/ if asked for, unless `force`; a fresh evaluation otherwise. An external
     model's result folder (evaluate.py --external: external.json, no model.keras) is never evaluated here."""
-    per_run, notes = {}, []
+    per_run = {}
+    notes = []
     for run_dir in (Path(p).expanduser().resolve() for p in run_dirs):
-        results, model = run_dir / RESULTS_FILE, run_dir / config.MODEL_FILE
+        results = run_dir / RESULTS_FILE
+        model = run_dir / config.MODEL_FILE
         fresh = results.is_file() and model.is_file() and results.stat().st_mtime >= model.stat().st_mtime
         reuse = fresh and not force and (not evaluate_kwargs.get("save") or (run_dir / SCORES_DIR).is_dir())
         if reuse or is_external(run_dir):

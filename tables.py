@@ -148,9 +148,11 @@ def _metric_names(records) -> list[str]:
 def _long_rows(record: dict, paper: dict) -> list[dict]:
     """One row per metric of a record: identity, placement, our value (an aggregate: the mean, with n, std and the
     interval), the published value, the difference and (an aggregate) the verdict."""
-    table, rows = _placement(record), []
+    table = _placement(record)
+    rows = []
     for metric in _metric_names([record]):
-        value, ci95 = record[metric], record.get("ci95", {}).get(metric)
+        value = record[metric]
+        ci95 = record.get("ci95", {}).get(metric)
         published = paper.get((*(record[k] for k in PAPER_KEYS[:-1]), metric)) if record["part"] == "all" else None
         rows.append({**{key: record.get(key) for key in ROW_KEYS}, "table": None if table == "other" else table,
                      "metric": metric, "value": None if math.isnan(value) else value, "paper": published,
@@ -226,7 +228,8 @@ def _sorted(records: list[dict], table: str) -> list[dict]:
     first appearance); Table 4's embedding model first."""
     def order(known, key):  # the paper's order first, then first appearance
         return {value: i for i, value in enumerate(dict.fromkeys([*known, *(r[key] for r in records)]))}
-    trains, tests = order(splits.TRAIN_SETUPS, "train"), order(TABLE_TESTS.get(table, ()), "test")
+    trains = order(splits.TRAIN_SETUPS, "train")
+    tests = order(TABLE_TESTS.get(table, ()), "test")
     models = {"embedding": 0, "classification": 1} if table == "4" else {}
     return sorted(records, key=lambda r: (r["model"] not in OUR_MODELS, models.get(r["model"], 2),
                                           trains[r["train"]], tests[r["test"]]))
@@ -237,14 +240,17 @@ def _metric_frame(table: str, records: list[dict], paper: dict | None) -> pd.Dat
     records = _sorted(records, table)
     metrics = {"2": [m for m in _metric_names(records) if not m.endswith("-l")], "4": ["AUC-l"],
                "3": [m for m in _metric_names(records) if m.endswith("-l")]}.get(table, _metric_names(records))
-    rows, aggregated = [], any("n_runs" in r for r in records)
+    rows = []
+    aggregated = any("n_runs" in r for r in records)
     for record in records:
-        row, published = {}, {cell["metric"]: cell for cell in _long_rows(record, paper or {})}
+        row = {}
+        published = {cell["metric"]: cell for cell in _long_rows(record, paper or {})}
         for metric in metrics:
             row[metric, "ours" if paper else ""] = _ours(record, metric) if metric in record else "-"
             if paper:
                 cell = published.get(metric, {})
-                row[metric, "paper"], row[metric, "diff"] = _cell(cell.get("paper")), _cell(cell.get("diff"), "+")
+                row[metric, "paper"] = _cell(cell.get("paper"))
+                row[metric, "diff"] = _cell(cell.get("diff"), "+")
                 row.update({(metric, "paper is"): _cell(cell.get("verdict"))} if aggregated else {})
         rows.append({**row, **_counts(record, aggregated)})
     setup = {"Train": "train", "Test": "test", **({"Task": "task", "Part": "part"} if table == "other" else {})}

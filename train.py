@@ -259,7 +259,9 @@ def check_same_run(run_dir: Path, record: dict) -> None:
 def run(config: cfg.TrainConfig) -> Path:
     """Train one model as configured; returns the run directory (errors: see `prepare`, and RunDirError)."""
     data = prepare(config)  # everything checked before TensorFlow starts
-    config, record, run_dir = data.config, run_record(data), choose_run_dir(data)
+    config = data.config
+    record = run_record(data)
+    run_dir = choose_run_dir(data)
     if (run_dir / CONFIG_FILE).is_file():
         check_same_run(run_dir, record)
         if (run_dir / SUMMARY_FILE).is_file():
@@ -311,7 +313,8 @@ def build_model(data: TrainingData, strategy):
             model = models.build_embedding_model(data.side_dim, config.negatives)
             loss = models.HingeRankingLoss(config.margin, config.loss_reduction)
         else:
-            model, loss = models.build_classification_model(len(data.seen_labels)), keras.losses.BinaryCrossentropy()
+            model = models.build_classification_model(len(data.seen_labels))
+            loss = keras.losses.BinaryCrossentropy()
         optimizer = models.DecaySGD(config.lr, momentum=config.momentum, nesterov=True, decay=config.lr_decay)
         model.compile(optimizer=optimizer, loss=loss)
         optimizer.build(model.trainable_variables)  # now, not at the first step: a resumed run restores into it

@@ -39,23 +39,35 @@ from preprocess.side_info import INSTRUMENT_KINDS, RANDOM_KIND, instrument_side_
 from preprocess.store import build_store, failures_path
 
 DEMO_VERSION = 2  # bump when the synthesis or the genre table changes: a corpus of another version is rebuilt
-DEFAULT_TRACKS, DEFAULT_SECONDS, DEFAULT_OUT = 1200, 7.0, DATA_ROOT / "demo"
+DEFAULT_TRACKS = 1200
+DEFAULT_SECONDS = 7.0
+DEFAULT_OUT = DATA_ROOT / "demo"
 OWNER = "demo"  # fileio marker of a folder this module may write into and clean
 BUILD_MARKER = ".demo-build.json"  # parameters of a build in progress (removed when it finishes)
-GENRES_FILE, TRUTH_FILE, OPENMIC_DIR, AUDIO_DIR = "genres.csv", "demo_truth.csv", "openmic", "audio"
+GENRES_FILE = "genres.csv"
+TRUTH_FILE = "demo_truth.csv"
+OPENMIC_DIR = "openmic"
+AUDIO_DIR = "audio"
 INSTRUMENTS = synth.INSTRUMENTS
 
 # Presence probability of an instrument in a track of a genre: the genre's core instruments, its optional ones, and
 # any other instrument now and then (every instrument is heard in every genre's world).
-CORE_P, OPTIONAL_P, BACKGROUND_P = 0.95, 0.35, 0.03
+CORE_P = 0.95
+OPTIONAL_P = 0.35
+BACKGROUND_P = 0.03
 MIN_INSTRUMENTS = 2
 # Labels (FMA-like multi-label genres, about 1.25 per track): some tracks carry a top-level genre alone (its own
 # profile); a sub-genre track may also carry its parent, or a sub-genre of another top-level genre.
-TOP_ONLY_FRACTION, ADD_PARENT_P, ADD_SECOND_P = 0.12, 0.2, 0.08
+TOP_ONLY_FRACTION = 0.12
+ADD_PARENT_P = 0.2
+ADD_SECOND_P = 0.08
 # Annotations (OpenMIC-like): 3-8 instruments annotated per track, present ones PRESENT_WEIGHT times as likely to
 # be asked about; 3 or 5 raters, each right with a track-specific accuracy; likelihood = fraction of "present"
 # votes (an odd number of raters: never exactly 0.5, which means "not annotated").
-ANNOTATED_RANGE, PRESENT_WEIGHT, RATERS, RATER_ACCURACY = (3, 8), 3.0, (3, 5), (0.85, 0.97)
+ANNOTATED_RANGE = (3, 8)
+PRESENT_WEIGHT = 3.0
+RATERS = (3, 5)
+RATER_ACCURACY = (0.85, 0.97)
 
 
 class DemoError(ValueError):
@@ -159,7 +171,8 @@ def _label_sets(n_tracks: int, rng: np.random.Generator) -> list[tuple[str, ...]
     second_pick = rng.random(n_tracks)  # uniform among the sub-genres of the other top-level genres
     out = []
     for primary, parent_too, second_too, pick in zip(primaries, add_parent, add_second, second_pick):
-        parent, labels = SPECS[primary].parent, [primary]
+        parent = SPECS[primary].parent
+        labels = [primary]
         if parent is not None and parent_too:
             labels.append(parent)
         if parent is not None and second_too:
@@ -284,7 +297,8 @@ def write_metadata(out: Path, plans: list[TrackPlan], seed: int) -> dict:
                                                                   annotations, flavour)
         write_side_info(side_info_path(out, kind), kept[kind], vectors)
     # the random baseline describes the same labels, in the same dimension as the instrument vectors (paper: 40)
-    labels, dim = kept["instrument-count"], 2 * len(openmic.instruments)
+    labels = kept["instrument-count"]
+    dim = 2 * len(openmic.instruments)
     write_side_info(side_info_path(out, RANDOM_KIND), labels, random_side_info(labels, dim, seed=seed))
     return {"dropped_genres": dropped, "instruments": list(openmic.instruments), "side_info_dim": dim}
 

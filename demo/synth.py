@@ -54,7 +54,13 @@ VOICES = {  # OpenMIC-2018 class-map order
     "voice": Voice("sustained", "lead", (52, 74), 0.1),  # glottal source through vowel formants, vibrato
 }
 INSTRUMENTS = tuple(VOICES)
-KICK, SNARE, CLOSED_HAT, OPEN_HAT, CRASH, RIDE = 0, 1, 2, 3, 0, 1  # the "pitches" of drums and cymbals
+# The "pitches" of drums and cymbals
+KICK = 0
+SNARE = 1
+CLOSED_HAT = 2
+OPEN_HAT = 3
+CRASH = 0
+RIDE = 1
 N_VARIANTS = 3  # cached variants of each drum or cymbal hit
 VOWELS = (((730, 1090, 2440), (1.0, 0.5, 0.25)), ((530, 1840, 2480), (1.0, 0.45, 0.3)),  # formants (Hz), gains:
           ((300, 2250, 3000), (1.0, 0.35, 0.3)), ((570, 840, 2410), (1.0, 0.6, 0.15)),  # the voice's vowels
@@ -143,28 +149,38 @@ def _plucked(name, f0, midi, variant, rng):
     return y
 
 
+# The sustained voices' vibrato (rate Hz, depth cents, delay s), attack (s), and bow or breath noise (level, band Hz)
+SUSTAINED = {
+    "violin": ((5.8, 22, 0.15), 0.12, 0.12, (2000, 7000)),
+    "cello": ((5.0, 18, 0.2), 0.18, 0.12, (2000, 7000)),
+    "flute": ((5.0, 15, 0.1), 0.07, 0.12, (1500, 8000)),
+    "clarinet": ((0, 0, 0), 0.04, 0.02, (1000, 5000)),
+    "saxophone": ((4.5, 20, 0.35), 0.03, 0.05, (1500, 6000)),
+    "voice": ((5.5, 30, 0.2), 0.08, 0.03, (2500, 6000)),
+}
+# The brass voices' bright harmonic table (resonance centres, widths, gains), vibrato and attack
+BRASS = {"trumpet": (-0.5, ((1200, 2500), (600, 900), (1.0, 0.7)), (5.5, 8, 0.4), 0.04),
+         "trombone": (-0.7, ((500, 1200), (300, 600), (1.0, 0.6)), (5.0, 6, 0.5), 0.07)}
+
+
 def _sustained(name, f0, midi, variant, rng):
-    """Bowed strings, winds and the voice: harmonic amplitudes `amps`, vibrato (rate Hz, depth cents, delay s), a
-    soft attack (s), and bow or breath noise (level, band Hz)."""
+    """Bowed strings, winds and the voice: harmonic amplitudes `amps`, then SUSTAINED's vibrato, soft attack and
+    bow or breath noise."""
     k = np.arange(1, 61)
     if name == "violin":  # a saw through the body's resonances
         amps = resonances(k * f0, (450, 1000, 2800), (150, 300, 600), (1.0, 0.6, 1.2)) / k
-        vib, rise, noise, band = (5.8, 22, 0.15), 0.12, 0.12, (2000, 7000)
     elif name == "cello":
         amps = resonances(k * f0, (220, 600, 1500), (80, 200, 500), (1.0, 0.8, 0.3)) / k
-        vib, rise, noise, band = (5.0, 18, 0.2), 0.18, 0.12, (2000, 7000)
     elif name == "flute":  # near-sine
-        amps, vib, rise, noise, band = [1.0, 0.25, 0.1, 0.04], (5.0, 15, 0.1), 0.07, 0.12, (1500, 8000)
+        amps = [1.0, 0.25, 0.1, 0.04]
     elif name == "clarinet":  # odd harmonics, no vibrato
         amps = np.where(k % 2 == 1, 1.0 / k, 0.08 / k) * np.exp(-k * f0 / 4000.0)
-        vib, rise, noise, band = (0, 0, 0), 0.04, 0.02, (1000, 5000)
     elif name == "saxophone":  # a formant at 1.5 kHz, late vibrato
         amps = k**-0.7 * resonances(k * f0, (600, 1500, 3000), (300, 400, 800), (0.6, 1.0, 0.35))
-        vib, rise, noise, band = (4.5, 20, 0.35), 0.03, 0.05, (1500, 6000)
     else:  # voice: a glottal-pulse-like source through the three formants of a vowel
         centres, gains = VOWELS[variant]
         amps = k**-1.2 * (resonances(k * f0, centres, (80, 100, 140), gains) + 0.02)
-        vib, rise, noise, band = (5.5, 30, 0.2), 0.08, 0.03, (2500, 6000)
+    vib, rise, noise, band = SUSTAINED[name]
     tone = unit_peak(harmonic_tone(amps, f0, vibrato(f0, *vib)))
     return (tone + noise * unit_peak(filtered_noise(rng, *band))) * attack(rise)
 
@@ -172,11 +188,10 @@ def _sustained(name, f0, midi, variant, rng):
 def _brass(name, f0, midi, variant, rng):
     """Brightness swells in during the attack: a dark table cross-faded into a bright one."""
     k = np.arange(1, 41)
-    if name == "trumpet":
-        bright, vib, rise = k**-0.5 * resonances(k * f0, (1200, 2500), (600, 900), (1.0, 0.7)), (5.5, 8, 0.4), 0.04
-    else:  # trombone
-        bright, vib, rise = k**-0.7 * resonances(k * f0, (500, 1200), (300, 600), (1.0, 0.6)), (5.0, 6, 0.5), 0.07
-    freq, blend = vibrato(f0, *vib), np.clip(_T / (2 * rise), 0.0, 1.0)
+    tilt, formants, vib, rise = BRASS[name]
+    bright = k**tilt * resonances(k * f0, *formants)
+    freq = vibrato(f0, *vib)
+    blend = np.clip(_T / (2 * rise), 0.0, 1.0)
     dark = harmonic_tone(bright * np.exp(-(k - 1) / 2.5), f0, freq)
     return (dark * (1 - blend) + harmonic_tone(bright, f0, freq) * blend) * attack(rise)
 
@@ -191,7 +206,8 @@ def _keyboard(name, f0, midi, variant, rng):
     if name == "synthesizer":  # two saws +-10 cents through a resonant (Q 4) low-pass whose cutoff falls after
         k = np.arange(1, 81)  # the attack: the filter shapes a bright and a dark table, cross-faded
         bright, dark = (1 / k / np.sqrt((1 - (k * f0 / fc) ** 2) ** 2 + (k * f0 / fc / 4) ** 2) for fc in (4500, 1400))
-        env, saws = np.exp(-_T / 0.12), (f0 * 2.0 ** (-10.0 / 1200.0), f0 * 2.0 ** (10.0 / 1200.0))
+        env = np.exp(-_T / 0.12)
+        saws = (f0 * 2.0 ** (-10.0 / 1200.0), f0 * 2.0 ** (10.0 / 1200.0))
         y = sum(harmonic_tone(bright, f0, f) * env + harmonic_tone(dark, f0, f) * (1 - env) for f in saws)
         return y * attack(0.005)
     # piano: stiff-string partials f_k = k f0 sqrt(1 + B k^2); higher partials decay faster (brightness falls)
@@ -277,7 +293,8 @@ class Score:
     """The notes of one arrangement: beat grid, swing and harmony, and one method per role (Voice.role)."""
 
     def __init__(self, arr: Arrangement):
-        self.arr, self.density = arr, arr.density
+        self.arr = arr
+        self.density = arr.density
         self.beat = 60.0 / arr.tempo  # seconds
         self.n_bars = int(np.ceil((arr.start_beat + arr.seconds / self.beat + 1.0) / arr.meter)) + 1
         self.half_bar = 2.0 if arr.meter == 4 else 3.0  # a 3/4 bar is not halved
@@ -393,9 +410,11 @@ class Score:
         """Kick / snare / hi-hat patterns by meter and density, with random extra kicks and open hats."""
         bars = np.arange(self.n_bars)[:, None] * self.arr.meter
         if self.arr.meter == 3:
-            kick, snare = bars + [0.0], bars + [1.0, 2.0]
+            kick = bars + [0.0]
+            snare = bars + [1.0, 2.0]
         else:
-            kick, snare = bars + ([0.0, 2.0] if self.density < 2 else [0.0, 1.0, 2.0, 3.0]), bars + [1.0, 3.0]
+            kick = bars + ([0.0, 2.0] if self.density < 2 else [0.0, 1.0, 2.0, 3.0])
+            snare = bars + [1.0, 3.0]
         offbeats = self.grid(0.5)[1::2]
         kick = np.concatenate([kick.ravel(), offbeats[rng.random(len(offbeats)) < 0.12]])
         hats = self.grid((1.0, 0.5, 0.25)[self.density])

@@ -22,7 +22,9 @@ EMBEDDING_DIM = 100  # the joint audio/label embedding space (original: 100)
 L2_WEIGHT = 1e-5  # L2 kernel regularizer of every convolution (original)
 # (filters, kernel size, max-pool size after ReLU); the last convolution has no ReLU and no pooling.
 AUDIO_CONV_BLOCKS = ((128, 4, 4), (128, 4, 4), (128, 4, 4), (128, 2, 2))
-AUDIO_MODULE, SEMANTIC_MODULE, CLASSIFIER = "audio_module", "semantic_module", "classifier"
+AUDIO_MODULE = "audio_module"
+SEMANTIC_MODULE = "semantic_module"
+CLASSIFIER = "classifier"
 PACKAGE = "zsl_music"  # the name saved models refer to: keep it
 L2_EPSILON = 1e-12  # Keras 2's K.l2_normalize guard on the squared norm
 REDUCTIONS = {"sum": "sum", "mean": "sum_over_batch_size"}  # --loss-reduction -> Keras reduction
@@ -74,7 +76,8 @@ class StackLabels(keras.layers.Layer):
         return ops.reshape(labels, (-1, labels.shape[-1]))  # (b * (N + 1), s)
 
     def compute_output_shape(self, input_shapes):
-        (b, side_dim), n = input_shapes[0], input_shapes[1][1]
+        (b, side_dim) = input_shapes[0]
+        n = input_shapes[1][1]
         return (None if b is None or n is None else b * (n + 1), side_dim)
 
 
@@ -110,7 +113,8 @@ def build_embedding_model(side_dim: int, n_negatives: int = 1, n_frames: int = S
     if int(n_negatives) < 1:
         raise ValueError(f"n_negatives must be >= 1, got {n_negatives}")
     side_dim, n_negatives = int(side_dim), int(n_negatives)
-    audio_module, semantic_module = build_audio_module(n_frames, n_mels), build_semantic_module(side_dim)
+    audio_module = build_audio_module(n_frames, n_mels)
+    semantic_module = build_semantic_module(side_dim)
     mel = keras.Input(shape=(n_frames, n_mels), name="mel")
     positive = keras.Input(shape=(side_dim,), name="positive")
     negatives = keras.Input(shape=(n_negatives, side_dim), name="negatives")
@@ -125,7 +129,8 @@ def build_classification_model(n_labels: int, n_frames: int = SEGMENT_FRAMES, n_
     (b, 130, 128) -> (b, n_labels) probabilities of the seen labels (split["seen"] order), binary cross-entropy."""
     if int(n_labels) < 1:
         raise ValueError(f"n_labels must be >= 1, got {n_labels}")
-    audio_module, mel = build_audio_module(n_frames, n_mels), keras.Input(shape=(n_frames, n_mels), name="mel")
+    audio_module = build_audio_module(n_frames, n_mels)
+    mel = keras.Input(shape=(n_frames, n_mels), name="mel")
     probabilities = keras.layers.Dense(int(n_labels), activation="sigmoid", name=CLASSIFIER)(audio_module(mel))
     return keras.Model(mel, probabilities, name="classification_model")
 

@@ -51,7 +51,8 @@ def output_dir(run_dir: Path, name: str) -> Path:
         return run_dir
     try:
         cluster = json.loads(os.environ["TF_CONFIG"])
-        kind, index = cluster["task"]["type"], int(cluster["task"].get("index", 0))
+        kind = cluster["task"]["type"]
+        index = int(cluster["task"].get("index", 0))
     except (ValueError, KeyError, TypeError, AttributeError):
         raise ConfigError("TF_CONFIG of --strategy multi-worker must be JSON with a cluster and this process's task "
                           "(https://www.tensorflow.org/guide/distributed_training).") from None

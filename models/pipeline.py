@@ -30,7 +30,9 @@ from config import ConfigError
 from preprocess.frontend import SEGMENT_FRAMES, crop_starts
 
 STREAMS = {"train": 1, "valid": 2}
-_ORDER, _BATCH = 11, 12  # keep an epoch's order and its batches' draws apart (SeedSequence pads keys with zeros)
+# Keep an epoch's order and its batches' draws apart (SeedSequence pads keys with zeros)
+_ORDER = 11
+_BATCH = 12
 
 
 class Draw(NamedTuple):
@@ -64,8 +66,11 @@ class Sampler:
         self.positives = np.asarray(positives).astype(bool)
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.n_negatives, self.batch_size, self.seed = int(n_negatives), int(batch_size), int(seed)
-        self.stream, self.n_frames, self.multiple = stream, int(n_frames), int(multiple)
-        self.drop_last, self.redraw = bool(drop_last), stream == "train" if redraw is None else bool(redraw)
+        self.stream = stream
+        self.n_frames = int(n_frames)
+        self.multiple = int(multiple)
+        self.drop_last = bool(drop_last)
+        self.redraw = stream == "train" if redraw is None else bool(redraw)
         if stream not in STREAMS:
             raise ValueError(f"stream must be one of {', '.join(STREAMS)}, got {stream!r}")
         if self.batch_size < 1 or self.multiple < 1 or self.batch_size % self.multiple:
@@ -132,7 +137,9 @@ class Batches(keras.utils.PyDataset):
     def __init__(self, store, rows, sampler: Sampler, label_vectors=None, first_epoch: int | None = None,
                  workers: int = 1):
         super().__init__(workers=workers, use_multiprocessing=workers > 1, max_queue_size=max(2, 2 * workers))
-        self.store, self.rows, self.sampler = store, np.asarray(rows, dtype=np.int64), sampler
+        self.store = store
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.sampler = sampler
         self.label_vectors = None if label_vectors is None else np.asarray(label_vectors, dtype=np.float32)
         self.first_epoch = first_epoch
 

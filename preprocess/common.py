@@ -108,7 +108,9 @@ def read_glove(path, words, dim: int | None = None, counts: dict | None = None,
     if not path.is_file():
         raise DatasetError(f"GloVe file {path} does not exist (e.g. glove.42B.300d.txt, unzipped).")
     wanted = {str(word).encode("utf-8"): str(word) for word in words}
-    vectors, lines, malformed = {}, 0, 0
+    vectors = {}
+    lines = 0
+    malformed = 0
     with open(path, "rb") as handle, tqdm(total=path.stat().st_size, desc="GloVe", unit="B", unit_scale=True,
                                           disable=not progress, mininterval=1.0) as bar:
         for line in handle:

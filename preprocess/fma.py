@@ -242,7 +242,8 @@ def build_fma(metadata, audio, openmic_dir, out, jobs: int = 1, seed: int = 0, d
         ds.write_annotations(ds.annotations_path(out), after.annotations)
         for kind, (labels, matrix) in after.vectors.items():  # a user's own side_info/<kind>.csv is left alone
             ds.write_side_info(ds.side_info_path(out, kind), labels, matrix)
-        failed, stored = set(store.failures["track_id"]), set(store.stored)
+        failed = set(store.failures["track_id"])
+        stored = set(store.stored)
         known = {padded: str(int(padded)) for padded in KNOWN_BROKEN_IDS}
         return ds.summarize(out, extra={
             "source": "FMA (fma_metadata, fma_large) + OpenMIC-2018 instrument annotations",

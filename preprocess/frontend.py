@@ -27,7 +27,8 @@ RESAMPLER = "soxr_hq"  # librosa.load's default res_type
 LOG_FORMULA = "log10(1 + 10 * mel)"
 AUDIO_EXTENSIONS = (".mp3", ".ogg", ".flac", ".wav")
 # Headers outside these rates are broken: a 1 Hz header would make the resampler allocate 22,050x the file.
-MIN_RATE, MAX_RATE = 1_000, 1_000_000
+MIN_RATE = 1_000
+MAX_RATE = 1_000_000
 MAX_DURATION_S = 4 * 3600  # longest audio decoded at once (about 1.3 GB at 22,050 Hz); use max_seconds beyond it
 # Where the max_seconds excerpt of a longer file is taken: its first seconds (the default, as librosa.load with a
 # duration) or its middle, from frame (frames - wanted) // 2 on (full songs: MTG-Jamendo, preprocess/jamendo.py).
@@ -84,7 +85,8 @@ def load_audio(path, max_seconds: float | None = None, excerpt: str = "start") -
         raise file_error(path, "empty file (0 bytes)")
     try:
         with soundfile.SoundFile(str(path)) as handle:
-            rate, declared = handle.samplerate, handle.frames
+            rate = handle.samplerate
+            declared = handle.frames
             if not MIN_RATE <= rate <= MAX_RATE:
                 raise file_error(path, f"implausible sample rate {rate} Hz in its header")
             wanted = declared if max_seconds is None else min(declared, int(max_seconds * rate))

@@ -143,7 +143,9 @@ def all_labels(metadata: Metadata, glove_path=None, word_splits=None, dim: int =
     pairs = tag_pairs(tags)
     names = sorted(pairs["label"].unique())
     word_splits = word_splits or {}
-    vectors, dropped, counts = {}, {}, {"tracks_with_a_tag": len(tags), "tags": len(names)}
+    vectors = {}
+    dropped = {}
+    counts = {"tracks_with_a_tag": len(tags), "tags": len(names)}
     if glove_path is not None:
         wanted = set(names) | {word for name in names for word in word_splits.get(name, [])}
         glove_counts: dict = {}
@@ -260,7 +262,9 @@ def build_jamendo(genre, instrument, out, moodtheme=(), audio=None, labels: str 
     relative = [metadata.tracks[t].path for t in track_ids]
     with output_folder(out, OWNER) as out:
         if metadata_only:
-            stored, paths, audio_facts = track_ids, dict(zip(track_ids, relative)), {"metadata_only": True}
+            stored = track_ids
+            paths = dict(zip(track_ids, relative))
+            audio_facts = {"metadata_only": True}
         else:
             stored, paths, audio_facts = _store_audio(out, track_ids, relative, audio, digests, clip_seconds,
                                                       jobs=jobs, dtype=dtype, progress=progress)

@@ -75,7 +75,9 @@ def parse_row(fields: list[str], category: str, where: str) -> tuple[Row, int]:
         seconds = -1.0
     if not 0 <= seconds < float("inf"):
         raise DatasetError(f"{where}: DURATION {duration!r} is not a number of seconds; {FORMAT_HINT}.")
-    prefix, tags, others = CATEGORIES[category], set(), 0
+    prefix = CATEGORIES[category]
+    tags = set()
+    others = 0
     for text in fields[5:]:
         kind, separator, name = text.strip().partition(TAG_SEPARATOR)
         if not separator or kind not in CATEGORIES.values() or not name:
@@ -103,7 +105,8 @@ def read_tsv(path, category: str) -> tuple[list[Row], int]:
     if [name.strip() for name in header] != list(HEADER):
         raise DatasetError(f"--{category} {path}, line 1: header {'<TAB>'.join(header)!r} is not "
                            f"{'<TAB>'.join(HEADER)}; is this an MTG-Jamendo autotagging TSV?")
-    rows, others = [], 0
+    rows = []
+    others = 0
     for number, line in enumerate(lines[1:], start=2):
         if line.strip():
             row, other = parse_row(line.split("\t"), category, f"--{category} {path}, line {number}")

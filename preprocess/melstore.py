@@ -83,7 +83,8 @@ class MelStore:
             raise self._error(f"attributes mean={self.mean} std={self.std} are not usable (std must be > 0)")
         if not {"track_ids", "offsets", "mel"} <= set(handle):
             raise self._error("it lacks one of the datasets track_ids, offsets, mel")
-        mel, self.track_ids = handle["mel"], handle["track_ids"].asstr()[...].tolist()
+        mel = handle["mel"]
+        self.track_ids = handle["track_ids"].asstr()[...].tolist()
         self._offsets = handle["offsets"][...].astype(np.int64)
         self.lengths = np.diff(self._offsets)  # (n,) frames per track
         self._index = {track_id: row for row, track_id in enumerate(self.track_ids)}
@@ -93,12 +94,14 @@ class MelStore:
             raise self._error(f"offsets {self._offsets.shape} and mel {mel.shape} do not make "
                               f"{len(self.track_ids)} distinct tracks of >= 1 frame")
         self._track_stats = handle["track_stats"][...] if "track_stats" in handle else None  # None: not ours
-        size, free = mel.size * mel.dtype.itemsize, available_memory()
+        size = mel.size * mel.dtype.itemsize
+        free = available_memory()
         self.in_memory = size <= free / 2 if in_memory is None else bool(in_memory)
         self.in_memory_reason = (f"{size / 1e9:.2f} GB store, {free / 1e9:.1f} GB memory available: " +
                                  ("as asked" if in_memory is not None else "fits" if self.in_memory else "too large"))
         if mel.id.get_offset() is None:  # a chunked or compressed layout cannot be memory-mapped
-            self._mel, self.in_memory = mel[...], True
+            self._mel = mel[...]
+            self.in_memory = True
         else:
             self._mel = np.memmap(self.path, mel.dtype, "r", offset=mel.id.get_offset(), shape=mel.shape)
             self._mel = np.array(self._mel) if self.in_memory else self._mel

@@ -150,11 +150,14 @@ def lastfm_pairs_json(folders, vocabulary: set[str], min_value: float, progress:
     [[tag, value], ...], value possibly a string); same output as lastfm_pairs_sqlite. A file that is not valid
     JSON is skipped and listed; a value that is not a finite number is skipped and counted."""
     min_value = _check_min_value(min_value)
-    counts, forms, pairs = TagCounts(), {}, set()
+    counts = TagCounts()
+    forms = {}
+    pairs = set()
     for path in tqdm(_json_files(folders), desc="Last.fm JSON", unit="file", disable=not progress, mininterval=1.0):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-            tags, track_id = record.get("tags", []), str(record.get("track_id") or path.stem)
+            tags = record.get("tags", [])
+            track_id = str(record.get("track_id") or path.stem)
             if not isinstance(tags, list):
                 raise ValueError("'tags' is not a list")
         except (ValueError, AttributeError, UnicodeDecodeError) as exc:

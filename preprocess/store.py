@@ -125,7 +125,9 @@ def _fsync(path: Path) -> None:
 def _build_part(task: tuple) -> tuple[int, float]:
     """Decode one chunk into its part file (raw log-mel in the store dtype); returns (tracks, seconds of audio)."""
     part, chunk, options = task
-    mels, index, seconds = [], {"track_ids": [], "stats": [], "failures": [], "warnings": []}, 0.0
+    mels = []
+    index = {"track_ids": [], "stats": [], "failures": [], "warnings": []}
+    seconds = 0.0
     for track_id, listed, absolute in chunk:
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -201,7 +203,9 @@ def _merge(out: Path, parts: list[Path], info: dict, progress: bool) -> dict:
         with h5py.File(part, "r") as handle:
             for key, values in json.loads(handle.attrs["index"]).items():
                 index[key] += values
-    ids, failures, notes = index["track_ids"], index["failures"], [tuple(row) for row in index["warnings"]]
+    ids = index["track_ids"]
+    failures = index["failures"]
+    notes = [tuple(row) for row in index["warnings"]]
     _write_failures(failures_path(out), failures)  # before the store: a finished store always has its list
     if not ids:
         raise AudioError(f"no track could be stored in {out}: all {len(failures)} failed (see {failures_path(out)}).")
@@ -210,7 +214,8 @@ def _merge(out: Path, parts: list[Path], info: dict, progress: bool) -> dict:
     if not (std > 0 and math.isfinite(std) and math.isfinite(mean)):
         raise AudioError(f"{out}: the log-mel values have std {std} (mean {mean}); cannot standardize (are all "
                          "files silent?).")
-    offsets, dtype = np.concatenate([[0], np.cumsum(index["lengths"])]).astype(np.int64), info["options"]["dtype"]
+    offsets = np.concatenate([[0], np.cumsum(index["lengths"])]).astype(np.int64)
+    dtype = info["options"]["dtype"]
     versions = {"python": sys.version.split()[0], "libsndfile": soundfile.__libsndfile_version__,
                 **{name: metadata.version(name) for name in ("numpy", "scipy", "soundfile", "soxr", "librosa", "h5py")}}
 
@@ -222,7 +227,8 @@ def _merge(out: Path, parts: list[Path], info: dict, progress: bool) -> dict:
             store.create_dataset("failures", data=np.array(failures, dtype=object).reshape(-1, 3), dtype=strings)
             store.create_dataset("warnings", data=np.array(notes, dtype=object).reshape(-1, 3), dtype=strings)
             store["offsets"], store["track_stats"] = offsets, stats
-            mel, position = store.create_dataset("mel", shape=(offsets[-1], N_MELS), dtype=dtype), 0  # contiguous
+            mel = store.create_dataset("mel", shape=(offsets[-1], N_MELS), dtype=dtype)  # contiguous
+            position = 0
             for part in parts:
                 with h5py.File(part, "r") as handle:  # one part at a time: at most MAX_CHUNK_TRACKS tracks
                     block = standardize(handle["mel"][...], mean, std).astype(dtype)
@@ -308,7 +314,8 @@ def build_store(audio_dir, out, tracks_csv=None, jobs=1, max_seconds=None, min_s
         if excerpt not in EXCERPTS:
             raise AudioError(f"excerpt {excerpt!r}: choose one of {', '.join(EXCERPTS)}.")
         options["excerpt"] = excerpt
-    digest, work = _digest(tracks, options), out.with_name(out.name + ".work")
+    digest = _digest(tracks, options)
+    work = out.with_name(out.name + ".work")
     summary = {"out": str(out), "failures_csv": str(failures_path(out)), "total": len(tracks), "dtype": dtype,
                "computed": 0, "skipped": len(tracks), "audio_seconds": 0.0, "already_done": True}
     with output_lock(work, "build of this store"):

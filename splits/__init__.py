@@ -30,7 +30,8 @@ PARTS = ("train", "valid")
 SPLIT_KEYS = ("seed", "unseen_fraction", "valid_fraction", "annotations_sha256", "seen", "unseen",
               "A", "B", "C", "dropped", "train", "valid")
 # One numpy Generator per random step: the children of SeedSequence(seed).spawn(4), in this order.
-STREAM_LABELS, TRAIN_STREAMS = 0, {"A": 1, "B": 2, "A+B": 3}
+STREAM_LABELS = 0
+TRAIN_STREAMS = {"A": 1, "B": 2, "A+B": 3}
 PAPER_STATS_CSV = Path(__file__).resolve().parent.parent / "reference" / "paper_split_stats.csv"
 
 
@@ -92,7 +93,8 @@ def make_split(annotations: pd.DataFrame, seed: int = 0, unseen_fraction: float 
         order = _generator(seed, TRAIN_STREAMS[name]).permutation(len(members))
         in_train = np.zeros(len(members), dtype=bool)
         in_train[order[:int(len(members) * (1.0 - valid_fraction))]] = True  # members stay in sorted order
-        train[name], valid[name] = list(compress(members, in_train)), list(compress(members, ~in_train))
+        train[name] = list(compress(members, in_train))
+        valid[name] = list(compress(members, ~in_train))
         if not train[name]:
             raise SplitError(f"{where} and --valid-fraction {valid_fraction}: group {name} has {len(members)} "
                              "track(s), which leaves no training track; lower --valid-fraction or use more data.")
@@ -216,7 +218,8 @@ def _statistics(split: dict, labels_of: dict[str, set[str]]) -> dict:
     for g in GROUPS:
         for x, labels in kinds.items():
             inside = [labels_of[track] & labels for track in split[g]]
-            count[g, x], carried[g, x] = sum(map(len, inside)), set().union(*inside)
+            count[g, x] = sum(map(len, inside))
+            carried[g, x] = set().union(*inside)
     areas = {}
     for setup in ALL_SETUPS:
         _, groups, letters = parse_setup(setup)
@@ -345,7 +348,8 @@ def ensure_split(dataset_dir, seed: int = 0) -> Path:
     """The dataset's default split for `seed`, made (with its .stats.json) from annotations.csv when missing. A
     file of another seed or made from other annotations raises SplitError: runs trained on it would not match."""
     dataset_dir = resolve_dataset_dir(dataset_dir, must_exist=True)
-    path, source = default_split_path(dataset_dir, seed), str(annotations_path(dataset_dir))
+    path = default_split_path(dataset_dir, seed)
+    source = str(annotations_path(dataset_dir))
     annotations = read_annotations(source)
     if not path.is_file():
         split, stats = make_split_with_statistics(annotations, seed, source=source)

@@ -47,7 +47,8 @@ def run(args) -> dict:
     elif args.out is None:
         raise splits.SplitError("--out is required with --annotations (the split JSON to write).")
     else:
-        annotations_csv, out = args.annotations, args.out
+        annotations_csv = args.annotations
+        out = args.out
     start = time.perf_counter()
     annotations = read_annotations(annotations_csv)
     with warnings.catch_warnings(record=True) as caught:

@@ -10,13 +10,15 @@ DEMO_SEEDS ?= 0 1 2 3 4
 DEMO_EPOCHS ?= 6
 LOCK := requirements-lock.txt
 
-.PHONY: install demo demo-data test test-fast bench lock clean-demo help
+.PHONY: install demo demo-data test test-fast lint format bench lock clean-demo help
 
 help:
 	@echo "make demo   - install (once), build the demo corpus, train (instrument + random side info, seeds $(DEMO_SEEDS)),"
 	@echo "              evaluate, print the tables with 95% confidence intervals"
 	@echo "make test   - install (once) and run the test suite"
 	@echo "make test-fast - the test suite without the slow tests"
+	@echo "make lint   - ruff check and ruff format --check (CI runs it before the tests)"
+	@echo "make format - ruff format and the fixes ruff check can make"
 	@echo "make bench  - run the benchmarks under benchmarks/"
 	@echo "make lock   - regenerate $(LOCK) from requirements*.txt, pinned to the versions installed in $(VENV)"
 
@@ -45,6 +47,16 @@ test: $(STAMP)
 # The suite without the tests marked slow (the ones that train a model or run whole commands).
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# The formatter decides layout and the linter catches unused names, shadowing and mutable defaults
+# (pyproject.toml, [tool.ruff]).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

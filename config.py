@@ -1,8 +1,9 @@
 """One configuration for train.py and evaluate.py, and the run directory's file names.
 
-`TrainConfig` holds every training choice with the paper's default (docs/original.md); `build_parser` turns it into
-argparse flags (help from the field metadata), `check_config` refuses values that cannot work (naming the flag),
-and config.json's "config" entry is `TrainConfig.to_dict()`. No TensorFlow here: `--help` must be fast.
+`TrainConfig` holds every training choice with the paper's default (docs/original.md);
+`build_parser` turns it into argparse flags (help from the field metadata), `check_config` refuses
+values that cannot work (naming the flag), and config.json's "config" entry is
+`TrainConfig.to_dict()`. No TensorFlow here: `--help` must be fast.
 """
 
 from __future__ import annotations
@@ -35,12 +36,16 @@ LOSS_REDUCTIONS = ("sum", "mean")
 WEIGHTS = ("best", "last")  # which epoch's weights become model.keras
 LAST_BATCH = ("drop", "keep")  # the last, partial training batch of an epoch
 VALID_DRAWS = ("once", "every-epoch")  # validation crops and labels
-# training flags that change nothing in the trained model: a resumed run may change them, aggregates ignore them
+# training flags that change nothing in the trained model: a resumed run may change them, aggregates
+# ignore them
 NO_EFFECT_FIELDS = ("run_dir", "verbose", "workers", "keep_checkpoints", "in_memory")
-IN_MEMORY = {"auto": None, "yes": True, "no": False}  # where training reads the mel store from (MelStore in_memory)
-# Side information picked when --side-info is not given: the first kind the dataset has, in this order.
+# where training reads the mel store from (MelStore in_memory)
+IN_MEMORY = {"auto": None, "yes": True, "no": False}
+# Side information picked when --side-info is not given: the first kind the dataset has, in this
+# order.
 DEFAULT_SIDE_INFO_ORDER = ("instrument-count", "glove")
-# Epochs when --epochs is not given. The paper does not state a number; early stopping (patience 20) ends real runs.
+# Epochs when --epochs is not given. The paper does not state a number; early stopping (patience 20)
+# ends real runs.
 DEFAULT_EPOCHS = {"demo": 40}
 DEFAULT_EPOCHS_OTHER = 200
 
@@ -58,13 +63,16 @@ class SetupError(argparse.ArgumentTypeError, ConfigError):
 
 
 def canonical_setup(name: str) -> str:
-    """A training setup in the paper's spelling: 'AB', 'A+B', '(A+B)-X' -> '(A+B)-X' (names live in splits/)."""
+    """A training setup in the paper's spelling: 'AB', 'A+B', '(A+B)-X' -> '(A+B)-X' (names live in
+    splits/)."""
     try:
         setup = splits.canonical_setup(name)
     except ValueError:
         setup = None
     if setup not in splits.TRAIN_SETUPS:
-        raise SetupError(f"{name!r} is not one of {', '.join(splits.TRAIN_SETUPS)} (aliases A, B, AB).")
+        raise SetupError(
+            f"{name!r} is not one of {', '.join(splits.TRAIN_SETUPS)} (aliases A, B, AB)."
+        )
     return setup
 
 
@@ -76,91 +84,215 @@ def _flag(help_text: str, **extra):
 class TrainConfig:
     """Every choice of a training run; defaults reproduce the paper."""
 
-    dataset: str = field(default="demo", metadata=_flag(
-        "demo | fma | msd (data/<name>) or a dataset directory (data/README.md); the demo is built when missing."))
-    split: str | None = field(default=None, metadata=_flag(
-        "split JSON (splits/README.md); wins over --split-seed. Default: the dataset's split of --split-seed."))
-    split_seed: int = field(default=0, metadata=_flag(
-        "seed of the default split, the dataset's splits/split_seed<N>.json (made when missing); config.json "
-        "records the seed of the split used."))
-    train_setup: str = field(default="(A+B)-X", metadata=_flag(
-        "A-X, B-X or (A+B)-X (aliases A, B, AB); Tables 2-3 use all three, Table 4 A-X.", type=canonical_setup))
-    model: str = field(default="embedding", metadata=_flag(
-        "embedding (deep embedding model, paper Sec. 4.1) or classification (Sec. 4.2, Table 4).", choices=MODELS))
-    side_info: str | None = field(default=None, metadata=_flag(
-        "a file stem in the dataset's side_info/ (instrument-count, glove...); default: instrument-count, else glove."))
+    dataset: str = field(
+        default="demo",
+        metadata=_flag(
+            "demo | fma | msd (data/<name>) or a dataset directory (data/README.md); the demo is "
+            "built when missing."
+        ),
+    )
+    split: str | None = field(
+        default=None,
+        metadata=_flag(
+            "split JSON (splits/README.md); wins over --split-seed. Default: the dataset's split "
+            "of --split-seed."
+        ),
+    )
+    split_seed: int = field(
+        default=0,
+        metadata=_flag(
+            "seed of the default split, the dataset's splits/split_seed<N>.json (made when "
+            "missing); config.json "
+            "records the seed of the split used."
+        ),
+    )
+    train_setup: str = field(
+        default="(A+B)-X",
+        metadata=_flag(
+            "A-X, B-X or (A+B)-X (aliases A, B, AB); Tables 2-3 use all three, Table 4 A-X.",
+            type=canonical_setup,
+        ),
+    )
+    model: str = field(
+        default="embedding",
+        metadata=_flag(
+            "embedding (deep embedding model, paper Sec. 4.1) or classification (Sec. 4.2, Table "
+            "4).",
+            choices=MODELS,
+        ),
+    )
+    side_info: str | None = field(
+        default=None,
+        metadata=_flag(
+            "a file stem in the dataset's side_info/ (instrument-count, glove...); default: "
+            "instrument-count, else glove."
+        ),
+    )
     negatives: int = field(default=1, metadata=_flag("negative labels per sample (paper: 1)."))
     margin: float = field(default=0.4, metadata=_flag("hinge-loss margin Delta (paper: 0.4)."))
-    loss_reduction: str = field(default="sum", metadata=_flag(
-        "sum (original: hinge loss summed over the batch) or mean.", choices=LOSS_REDUCTIONS))
+    loss_reduction: str = field(
+        default="sum",
+        metadata=_flag(
+            "sum (original: hinge loss summed over the batch) or mean.", choices=LOSS_REDUCTIONS
+        ),
+    )
     batch_size: int = field(default=64, metadata=_flag("batch size (original: 64)."))
     lr: float = field(default=0.001, metadata=_flag("SGD learning rate (paper: 0.001)."))
-    lr_decay: float = field(default=1e-6, metadata=_flag(
-        "Keras-2-style decay: lr_t = lr / (1 + decay * iteration) (paper: 1e-6)."))
+    lr_decay: float = field(
+        default=1e-6,
+        metadata=_flag("Keras-2-style decay: lr_t = lr / (1 + decay * iteration) (paper: 1e-6)."),
+    )
     momentum: float = field(default=0.9, metadata=_flag("Nesterov momentum (paper: 0.9)."))
-    epochs: int | None = field(default=None, metadata=_flag(
-        f"maximum epochs (early stopping ends a run); default {DEFAULT_EPOCHS_OTHER}, by dataset {DEFAULT_EPOCHS}."))
-    patience: int = field(default=20, metadata=_flag("EarlyStopping patience on val_loss (original: 20)."))
-    plateau_patience: int = field(default=5, metadata=_flag("ReduceLROnPlateau patience (original: 5)."))
-    plateau_factor: float = field(default=0.2, metadata=_flag("ReduceLROnPlateau factor (original: 0.2)."))
-    min_lr: float = field(default=1.6e-7, metadata=_flag("ReduceLROnPlateau min_lr (original: 1.6e-7)."))
-    checkpoint_every: int = field(default=2, metadata=_flag("save a checkpoint every N epochs (original: 2)."))
-    weights: str = field(default="best", metadata=_flag(
-        "what becomes model.keras: best (the epoch of the lowest val_loss) or last (the last epoch trained; the "
-        "original's budget is --epochs 20 --weights last).", choices=WEIGHTS))
-    last_batch: str = field(default="drop", metadata=_flag(
-        "drop: floor(n / batch size) training batches per epoch, the last partial batch left out (original); "
-        "keep: ceil, every track every epoch.", choices=LAST_BATCH))
-    valid_draws: str = field(default="once", metadata=_flag(
-        "once: validation crops and labels drawn once, so val_loss compares across epochs (early stopping and "
-        "the best weights read it); every-epoch: new draws every epoch (original).", choices=VALID_DRAWS))
-    seed: int = field(default=0, metadata=_flag(
-        "seed for weights and sampling (the split has its own: --split-seed)."))
-    run_dir: str | None = field(default=None, metadata=_flag(
-        "run directory (created; default: a new folder under runs/). An existing one resumes its interrupted run."))
-    strategy: str = field(default="default", metadata=_flag(
-        "default (one device), mirrored (several GPUs) or multi-worker (machines, TF_CONFIG).", choices=STRATEGIES))
-    in_memory: str = field(default="auto", metadata=_flag(
-        "auto: hold the mel store in RAM (float16) when it fits in half the memory available, else read it lazily "
-        "from the file; yes / no force either (same batches).", choices=tuple(IN_MEMORY)))
-    workers: int = field(default=1, metadata=_flag(
-        "1: batches load in one thread beside training (best on few cores); N > 1: in N worker processes."))
-    keep_checkpoints: int = field(default=0, metadata=_flag(
-        "keep only the last N periodic checkpoints (checkpoints/epoch_NNN.keras); 0 keeps all (original)."))
-    verbose: int = field(default=1, metadata=_flag(
-        "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.", choices=(0, 1, 2)))
+    epochs: int | None = field(
+        default=None,
+        metadata=_flag(
+            f"maximum epochs (early stopping ends a run); default {DEFAULT_EPOCHS_OTHER}, by "
+            f"dataset {DEFAULT_EPOCHS}."
+        ),
+    )
+    patience: int = field(
+        default=20, metadata=_flag("EarlyStopping patience on val_loss (original: 20).")
+    )
+    plateau_patience: int = field(
+        default=5, metadata=_flag("ReduceLROnPlateau patience (original: 5).")
+    )
+    plateau_factor: float = field(
+        default=0.2, metadata=_flag("ReduceLROnPlateau factor (original: 0.2).")
+    )
+    min_lr: float = field(
+        default=1.6e-7, metadata=_flag("ReduceLROnPlateau min_lr (original: 1.6e-7).")
+    )
+    checkpoint_every: int = field(
+        default=2, metadata=_flag("save a checkpoint every N epochs (original: 2).")
+    )
+    weights: str = field(
+        default="best",
+        metadata=_flag(
+            "what becomes model.keras: best (the epoch of the lowest val_loss) or last (the last "
+            "epoch trained; the "
+            "original's budget is --epochs 20 --weights last).",
+            choices=WEIGHTS,
+        ),
+    )
+    last_batch: str = field(
+        default="drop",
+        metadata=_flag(
+            "drop: floor(n / batch size) training batches per epoch, the last partial batch left "
+            "out (original); "
+            "keep: ceil, every track every epoch.",
+            choices=LAST_BATCH,
+        ),
+    )
+    valid_draws: str = field(
+        default="once",
+        metadata=_flag(
+            "once: validation crops and labels drawn once, so val_loss compares across epochs "
+            "(early stopping and "
+            "the best weights read it); every-epoch: new draws every epoch (original).",
+            choices=VALID_DRAWS,
+        ),
+    )
+    seed: int = field(
+        default=0,
+        metadata=_flag("seed for weights and sampling (the split has its own: --split-seed)."),
+    )
+    run_dir: str | None = field(
+        default=None,
+        metadata=_flag(
+            "run directory (created; default: a new folder under runs/). An existing one resumes "
+            "its interrupted run."
+        ),
+    )
+    strategy: str = field(
+        default="default",
+        metadata=_flag(
+            "default (one device), mirrored (several GPUs) or multi-worker (machines, TF_CONFIG).",
+            choices=STRATEGIES,
+        ),
+    )
+    in_memory: str = field(
+        default="auto",
+        metadata=_flag(
+            "auto: hold the mel store in RAM (float16) when it fits in half the memory available, "
+            "else read it lazily "
+            "from the file; yes / no force either (same batches).",
+            choices=tuple(IN_MEMORY),
+        ),
+    )
+    workers: int = field(
+        default=1,
+        metadata=_flag(
+            "1: batches load in one thread beside training (best on few cores); N > 1: in N worker "
+            "processes."
+        ),
+    )
+    keep_checkpoints: int = field(
+        default=0,
+        metadata=_flag(
+            "keep only the last N periodic checkpoints (checkpoints/epoch_NNN.keras); 0 keeps all "
+            "(original)."
+        ),
+    )
+    verbose: int = field(
+        default=1,
+        metadata=_flag(
+            "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.",
+            choices=(0, 1, 2),
+        ),
+    )
 
     def resolved_epochs(self, dataset_name: str) -> int:
-        return int(self.epochs) if self.epochs is not None else DEFAULT_EPOCHS.get(dataset_name, DEFAULT_EPOCHS_OTHER)
+        return (
+            int(self.epochs)
+            if self.epochs is not None
+            else DEFAULT_EPOCHS.get(dataset_name, DEFAULT_EPOCHS_OTHER)
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 def check_config(config: TrainConfig) -> TrainConfig:
-    """ConfigError naming the first flag whose value cannot work; returns a copy with the setup in canonical form."""
-    rules = [("negatives", config.negatives >= 1, "at least 1"), ("batch_size", config.batch_size >= 1, "at least 1"),
-             ("lr", config.lr > 0, "> 0"), ("lr_decay", config.lr_decay >= 0, ">= 0"),
-             ("margin", config.margin >= 0, ">= 0"), ("momentum", 0 <= config.momentum < 1, "in [0, 1)"),
-             ("epochs", config.epochs is None or config.epochs >= 1, "at least 1"),
-             ("patience", config.patience >= 0, ">= 0"), ("plateau_patience", config.plateau_patience >= 0, ">= 0"),
-             ("plateau_factor", 0 < config.plateau_factor < 1, "in (0, 1)"), ("min_lr", config.min_lr >= 0, ">= 0"),
-             ("checkpoint_every", config.checkpoint_every >= 0, ">= 0 (0 = no periodic checkpoints)"),
-             ("keep_checkpoints", config.keep_checkpoints >= 0, ">= 0 (0 = keep all)"),
-             ("seed", config.seed >= 0, ">= 0 (numpy and Keras take non-negative seeds)"),
-             ("split_seed", config.split_seed >= 0, ">= 0 (numpy takes non-negative seeds)"),
-             ("workers", config.workers >= 1, "at least 1")]
+    """ConfigError naming the first flag whose value cannot work; returns a copy with the setup in
+    canonical form."""
+    rules = [
+        ("negatives", config.negatives >= 1, "at least 1"),
+        ("batch_size", config.batch_size >= 1, "at least 1"),
+        ("lr", config.lr > 0, "> 0"),
+        ("lr_decay", config.lr_decay >= 0, ">= 0"),
+        ("margin", config.margin >= 0, ">= 0"),
+        ("momentum", 0 <= config.momentum < 1, "in [0, 1)"),
+        ("epochs", config.epochs is None or config.epochs >= 1, "at least 1"),
+        ("patience", config.patience >= 0, ">= 0"),
+        ("plateau_patience", config.plateau_patience >= 0, ">= 0"),
+        ("plateau_factor", 0 < config.plateau_factor < 1, "in (0, 1)"),
+        ("min_lr", config.min_lr >= 0, ">= 0"),
+        ("checkpoint_every", config.checkpoint_every >= 0, ">= 0 (0 = no periodic checkpoints)"),
+        ("keep_checkpoints", config.keep_checkpoints >= 0, ">= 0 (0 = keep all)"),
+        ("seed", config.seed >= 0, ">= 0 (numpy and Keras take non-negative seeds)"),
+        ("split_seed", config.split_seed >= 0, ">= 0 (numpy takes non-negative seeds)"),
+        ("workers", config.workers >= 1, "at least 1"),
+    ]
     for name, ok, rule in rules:
         value = getattr(config, name)
         if isinstance(value, float) and not math.isfinite(value):
             ok, rule = False, f"a finite number {rule}"
         if not ok:
             raise ConfigError(f"--{name.replace('_', '-')} {value!r} must be {rule}.")
-    for name, choices in (("model", MODELS), ("strategy", STRATEGIES), ("loss_reduction", LOSS_REDUCTIONS),
-                          ("weights", WEIGHTS), ("last_batch", LAST_BATCH), ("valid_draws", VALID_DRAWS),
-                          ("in_memory", tuple(IN_MEMORY))):
+    for name, choices in (
+        ("model", MODELS),
+        ("strategy", STRATEGIES),
+        ("loss_reduction", LOSS_REDUCTIONS),
+        ("weights", WEIGHTS),
+        ("last_batch", LAST_BATCH),
+        ("valid_draws", VALID_DRAWS),
+        ("in_memory", tuple(IN_MEMORY)),
+    ):
         if getattr(config, name) not in choices:
-            raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)!r}: not one of {', '.join(choices)}")
+            raise ConfigError(
+                f"--{name.replace('_', '-')} {getattr(config, name)!r}: not one of "
+                f"{', '.join(choices)}"
+            )
     try:
         return dataclasses.replace(config, train_setup=canonical_setup(config.train_setup))
     except SetupError as exc:
@@ -168,11 +300,17 @@ def check_config(config: TrainConfig) -> TrainConfig:
 
 
 def build_parser(skip: tuple[str, ...] = (), **parser_kwargs) -> argparse.ArgumentParser:
-    """argparse parser with one --flag per TrainConfig field (underscores become dashes), help from metadata;
-    `skip`: fields the caller sets itself (reproduce.py chooses the seeds and run directories)."""
-    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **parser_kwargs)
+    """argparse parser with one --flag per TrainConfig field (underscores become dashes), help from
+    metadata; `skip`: fields the caller sets itself (reproduce.py chooses the seeds and run
+    directories)."""
+    parser = argparse.ArgumentParser(
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, **parser_kwargs
+    )
     for f in (f for f in dataclasses.fields(TrainConfig) if f.name not in skip):
-        kwargs = {"default": f.default, "type": next((t for t in (int, float) if t.__name__ in str(f.type)), str)}
+        kwargs = {
+            "default": f.default,
+            "type": next((t for t in (int, float) if t.__name__ in str(f.type)), str),
+        }
         kwargs.update(f.metadata)
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
     return parser
@@ -183,10 +321,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
 
 
-def new_run_dir(dataset: str, model: str, side_info: str, train_setup: str, root: Path = RUNS_ROOT) -> Path:
-    """runs/<YYYYmmdd-HHMMSS>_<dataset>_<model>_<side_info>_<setup>, made unique with a numeric suffix."""
+def new_run_dir(
+    dataset: str, model: str, side_info: str, train_setup: str, root: Path = RUNS_ROOT
+) -> Path:
+    """runs/<YYYYmmdd-HHMMSS>_<dataset>_<model>_<side_info>_<setup>, made unique with a numeric
+    suffix."""
     setup = re.sub(r"[^A-Za-z0-9]+", "", train_setup)  # (A+B)-X -> ABX
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{time.strftime('%Y%m%d-%H%M%S')}_{dataset}_{model}_{side_info}_{setup}")
+    stem = re.sub(
+        r"[^A-Za-z0-9_.-]+",
+        "-",
+        f"{time.strftime('%Y%m%d-%H%M%S')}_{dataset}_{model}_{side_info}_{setup}",
+    )
     path = Path(root) / stem
     suffix = 1
     while path.exists():
@@ -199,14 +344,19 @@ def latest_run_dir(root: Path = RUNS_ROOT) -> Path:
     """The most recently modified run directory under `root` that holds a config.json."""
     runs = [p for p in Path(root).glob("*") if (p / CONFIG_FILE).is_file()]
     if not runs:
-        raise FileNotFoundError(f"no run directory with a {CONFIG_FILE} under {root}; train a model first "
-                                "(python train.py) or pass --run-dir.")
+        raise FileNotFoundError(
+            f"no run directory with a {CONFIG_FILE} under {root}; train a model first "
+            "(python train.py) or pass --run-dir."
+        )
     return max(runs, key=lambda p: (p / CONFIG_FILE).stat().st_mtime)
 
 
 def read_run_config(run_dir) -> dict:
-    """The run's config.json as a dict (keys: "config" = TrainConfig fields, plus resolved paths/checksums)."""
+    """The run's config.json as a dict (keys: "config" = TrainConfig fields, plus resolved
+    paths/checksums)."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a training run directory.")
+        raise FileNotFoundError(
+            f"{path} does not exist: {run_dir} is not a training run directory."
+        )
     return json.loads(path.read_text(encoding="utf-8"))

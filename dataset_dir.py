@@ -1,9 +1,10 @@
-"""The dataset directory data/<name>/ (layout: data/README.md, docs/formats.md), shared by the demo corpus, FMA,
-MSD and users' own data: tracks.csv (track_id,path), annotations.csv (track_id,label), side_info/<kind>.csv
-(label,v0,...,v{d-1}), mels.h5 (preprocess/store.py), splits/ and summary.json.
+"""The dataset directory data/<name>/ (layout: data/README.md, docs/formats.md), shared by the demo
+corpus, FMA, MSD and users' own data: tracks.csv (track_id,path), annotations.csv (track_id,label),
+side_info/<kind>.csv (label,v0,...,v{d-1}), mels.h5 (preprocess/store.py), splits/ and summary.json.
 
-Every reader here is the door of its file: it checks shape, ids, duplicates, dimensions and finite values, and
-raises one DatasetError naming the file (and line) and what to fix. Plain pandas/numpy, no TensorFlow.
+Every reader here is the door of its file: it checks shape, ids, duplicates, dimensions and finite
+values, and raises one DatasetError naming the file (and line) and what to fix. Plain pandas/numpy,
+no TensorFlow.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from fileio import atomic_write_text, write_json
 
 REPO_ROOT = Path(__file__).resolve().parent
 DATA_ROOT = REPO_ROOT / "data"
-NAMED_DATASETS = ("demo", "fma", "msd")  # --dataset names that mean data/<name>; anything else is a path
+# --dataset names that mean data/<name>; anything else is a path
+NAMED_DATASETS = ("demo", "fma", "msd")
 
 TRACKS_FILE = "tracks.csv"
 ANNOTATIONS_FILE = "annotations.csv"
@@ -35,25 +37,32 @@ class DatasetError(ValueError):
     """A dataset file is missing or malformed; the message names the file and what to do."""
 
 
-# Locations ---------------------------------------------------------------------------------------------------------
+# Locations ----------------------------------------------------------------------------------------
 def resolve_dataset_dir(name_or_path: str | os.PathLike, must_exist: bool = False) -> Path:
-    """Map a dataset name ("demo", "fma", "msd") to data/<name>; any other value is taken as a directory path."""
+    """Map a dataset name ("demo", "fma", "msd") to data/<name>; any other value is taken as a
+    directory path."""
     text = str(name_or_path)
     if text in NAMED_DATASETS:
         path = DATA_ROOT / text
     else:
         path = Path(text).expanduser()
         if not path.is_dir():
-            raise DatasetError(f"--dataset {text!r}: not one of {', '.join(NAMED_DATASETS)} and not an existing "
-                               "directory. Give a dataset name or the path of a dataset directory (data/README.md).")
+            raise DatasetError(
+                f"--dataset {text!r}: not one of {', '.join(NAMED_DATASETS)} and not an existing "
+                "directory. Give a dataset name or the path of a dataset directory "
+                "(data/README.md)."
+            )
     path = path.resolve()
     if must_exist and not path.is_dir():
-        raise DatasetError(f"dataset directory {path} does not exist; build it first (see data/README.md).")
+        raise DatasetError(
+            f"dataset directory {path} does not exist; build it first (see data/README.md)."
+        )
     return path
 
 
 def dataset_name(dataset_dir) -> str:
-    """The short name used in results: the directory's name ("demo", "fma", "msd", or a user's folder name)."""
+    """The short name used in results: the directory's name ("demo", "fma", "msd", or a user's
+    folder name)."""
     return Path(dataset_dir).resolve().name
 
 
@@ -86,27 +95,32 @@ def summary_path(dataset_dir) -> Path:
 
 
 def available_side_info(dataset_dir) -> list[str]:
-    """Kinds of side information present in the dataset directory (file stems of side_info/*.csv), sorted."""
+    """Kinds of side information present in the dataset directory (file stems of side_info/*.csv),
+    sorted."""
     folder = side_info_dir(dataset_dir)
     return sorted(p.stem for p in folder.glob("*.csv")) if folder.is_dir() else []
 
 
 def resolve_side_info(dataset_dir, kind: str) -> Path:
-    """The CSV for a side-information kind (or a .csv path), or a clear error listing the kinds this dataset has."""
+    """The CSV for a side-information kind (or a .csv path), or a clear error listing the kinds this
+    dataset has."""
     if Path(kind).suffix == ".csv" and Path(kind).is_file():
         return Path(kind).resolve()
     path = side_info_path(dataset_dir, kind)
     if not path.is_file():
         have = available_side_info(dataset_dir)
-        raise DatasetError(f"--side-info {kind!r}: no file {path}. This dataset has: {', '.join(have) or 'none'}.")
+        raise DatasetError(
+            f"--side-info {kind!r}: no file {path}. This dataset has: {', '.join(have) or 'none'}."
+        )
     return path
 
 
-# Door checks used by every command ---------------------------------------------------------------------------------
+# Door checks used by every command ----------------------------------------------------------------
 def check_finite(array, what: str, dtype=np.float32) -> np.ndarray:
     """`array` cast to `dtype`; DatasetError naming `what` when a value is not finite in `dtype`.
 
-    Checked after the cast, so a number beyond the dtype's range (1e300 in float32) is refused like NaN and inf.
+    Checked after the cast, so a number beyond the dtype's range (1e300 in float32) is refused like
+    NaN and inf.
     """
     try:
         with np.errstate(over="ignore", invalid="ignore"):
@@ -116,29 +130,35 @@ def check_finite(array, what: str, dtype=np.float32) -> np.ndarray:
     bad = ~np.isfinite(cast)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise DatasetError(f"{what}: {int(bad.sum())} value(s) are NaN, infinite or too large for "
-                           f"{np.dtype(dtype).name} (the first at index {first}); fix or regenerate it.")
+        raise DatasetError(
+            f"{what}: {int(bad.sum())} value(s) are NaN, infinite or too large for "
+            f"{np.dtype(dtype).name} (the first at index {first}); fix or regenerate it."
+        )
     return cast
 
 
-def side_vectors(side_info: "SideInfo", labels, source) -> np.ndarray:
-    """(len(labels), dim) float32 side vectors of `labels`; DatasetError listing the labels without a vector."""
+def side_vectors(side_info: SideInfo, labels, source) -> np.ndarray:
+    """(len(labels), dim) float32 side vectors of `labels`; DatasetError listing the labels without
+    a vector."""
     labels = [str(label) for label in labels]
     positions = pd.Index(side_info.labels).get_indexer(labels)
-    missing = [label for label, pos in zip(labels, positions) if pos < 0]
+    missing = [label for label, pos in zip(labels, positions, strict=True) if pos < 0]
     if missing:
-        raise DatasetError(f"{source}: {len(missing)} label(s) have no side-information vector: "
-                           f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}. Add a row for each "
-                           "(or rebuild the dataset so that every label has one).")
+        raise DatasetError(
+            f"{source}: {len(missing)} label(s) have no side-information vector: "
+            f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}. Add a row for each "
+            "(or rebuild the dataset so that every label has one)."
+        )
     return side_info.vectors[positions].astype(np.float32)
 
 
-# CSV files ---------------------------------------------------------------------------------------------------------
+# CSV files ----------------------------------------------------------------------------------------
 def read_csv_columns(path, required, what: str) -> pd.DataFrame:
-    """A CSV as strings (every row as wide as the header) with the `required` columns, or one DatasetError.
+    """A CSV as strings (every row as wide as the header) with the `required` columns, or one
+    DatasetError.
 
-    The csv module, not pandas, reads it: pandas silently shifts a row with one extra field into the index and
-    fills missing fields, where we want the file and line named. Blank lines are skipped.
+    The csv module, not pandas, reads it: pandas silently shifts a row with one extra field into the
+    index and fills missing fields, where we want the file and line named. Blank lines are skipped.
     """
     path = Path(path)
     if not path.is_file():
@@ -149,25 +169,32 @@ def read_csv_columns(path, required, what: str) -> pd.DataFrame:
             header = next((row for row in reader if row), None)
             rows = [row for row in reader if row]
     except (csv.Error, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{what} file {path} is not a readable UTF-8 CSV ({exc}); fix the file.") from None
+        raise DatasetError(
+            f"{what} file {path} is not a readable UTF-8 CSV ({exc}); fix the file."
+        ) from None
     if header is None:
         raise DatasetError(f"{what} file {path} is empty; expected a header {','.join(required)}.")
     missing = [c for c in required if c not in header]
     if missing:
-        raise DatasetError(f"{what} file {path} lacks column(s) {', '.join(missing)}; expected header "
-                           f"{','.join(required)} (found {','.join(header)}).")
+        raise DatasetError(
+            f"{what} file {path} lacks column(s) {', '.join(missing)}; expected header "
+            f"{','.join(required)} (found {','.join(header)})."
+        )
     if len(set(header)) != len(header):
         raise DatasetError(f"{what} file {path}: header {','.join(header)} repeats a column name.")
     for position, row in enumerate(rows):
         if len(row) != len(header):
-            raise DatasetError(f"{what} file {path}, line {_line_number(path, position)}: {len(row)} field(s) "
-                               f"where the header has {len(header)} ({','.join(header)}); fix that row "
-                               "(quote a value that contains a comma).")
+            raise DatasetError(
+                f"{what} file {path}, line {_line_number(path, position)}: {len(row)} field(s) "
+                f"where the header has {len(header)} ({','.join(header)}); fix that row "
+                "(quote a value that contains a comma)."
+            )
     return pd.DataFrame(rows, columns=header, dtype=str)
 
 
 def _line_number(path, position: int) -> int:
-    """The file line on which data row `position` (0-based, after the header, blank lines skipped) ends."""
+    """The file line on which data row `position` (0-based, after the header, blank lines skipped)
+    ends."""
     with open(path, encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle)
         ends = (reader.line_num for row in reader if row)
@@ -175,19 +202,35 @@ def _line_number(path, position: int) -> int:
 
 
 def _refuse_rows(path, what: str, frame: pd.DataFrame, bad: pd.Series, problem: str) -> None:
-    """DatasetError naming the line of the first row where `bad` holds; `problem` is formatted with its fields."""
+    """DatasetError naming the line of the first row where `bad` holds; `problem` is formatted with
+    its fields."""
     if bad.any():
         position = int(np.argmax(bad.to_numpy()))
-        raise DatasetError(f"{what} file {path}, line {_line_number(path, position)}: "
-                           + problem.format(**frame.iloc[position]) + ".")
+        raise DatasetError(
+            f"{what} file {path}, line {_line_number(path, position)}: "
+            + problem.format(**frame.iloc[position])
+            + "."
+        )
 
 
 def read_tracks(path) -> pd.DataFrame:
-    """tracks.csv -> DataFrame of strings track_id, path (non-empty, unique track ids, file order kept)."""
+    """tracks.csv -> DataFrame of strings track_id, path (non-empty, unique track ids, file order
+    kept)."""
     frame = read_csv_columns(path, ("track_id", "path"), "tracks")[["track_id", "path"]]
-    _refuse_rows(path, "tracks", frame, (frame["track_id"] == "") | (frame["path"] == ""), "empty track_id or path")
-    _refuse_rows(path, "tracks", frame, frame["track_id"].duplicated(),
-                 "track_id {track_id!r} occurs more than once; keep one row per track")
+    _refuse_rows(
+        path,
+        "tracks",
+        frame,
+        (frame["track_id"] == "") | (frame["path"] == ""),
+        "empty track_id or path",
+    )
+    _refuse_rows(
+        path,
+        "tracks",
+        frame,
+        frame["track_id"].duplicated(),
+        "track_id {track_id!r} occurs more than once; keep one row per track",
+    )
     return frame
 
 
@@ -196,21 +239,33 @@ def write_tracks(path, frame: pd.DataFrame) -> None:
 
 
 def read_annotations(path) -> pd.DataFrame:
-    """annotations.csv -> DataFrame of strings track_id, label (non-empty); repeated pairs are merged."""
+    """annotations.csv -> DataFrame of strings track_id, label (non-empty); repeated pairs are
+    merged."""
     frame = read_csv_columns(path, ("track_id", "label"), "annotations")[["track_id", "label"]]
-    _refuse_rows(path, "annotations", frame, (frame["track_id"] == "") | (frame["label"] == ""),
-                 "empty track_id or label")
+    _refuse_rows(
+        path,
+        "annotations",
+        frame,
+        (frame["track_id"] == "") | (frame["label"] == ""),
+        "empty track_id or label",
+    )
     return frame.drop_duplicates().reset_index(drop=True)
 
 
 def write_annotations(path, frame: pd.DataFrame) -> None:
     """Write annotations sorted by (track_id, label) so that the file is deterministic."""
-    out = frame[["track_id", "label"]].astype(str).drop_duplicates().sort_values(["track_id", "label"])
+    out = (
+        frame[["track_id", "label"]]
+        .astype(str)
+        .drop_duplicates()
+        .sort_values(["track_id", "label"])
+    )
     atomic_write_text(path, out.to_csv(index=False))
 
 
 def label_matrix(annotations: pd.DataFrame, track_ids, labels) -> np.ndarray:
-    """(len(track_ids), len(labels)) uint8: [i, j] = 1 when (track_ids[i], labels[j]) is annotated (others ignored)."""
+    """(len(track_ids), len(labels)) uint8: [i, j] = 1 when (track_ids[i], labels[j]) is annotated
+    (others ignored)."""
     rows = pd.Index([str(t) for t in track_ids]).get_indexer(annotations["track_id"].astype(str))
     cols = pd.Index([str(lab) for lab in labels]).get_indexer(annotations["label"].astype(str))
     keep = (rows >= 0) & (cols >= 0)
@@ -219,7 +274,7 @@ def label_matrix(annotations: pd.DataFrame, track_ids, labels) -> np.ndarray:
     return matrix
 
 
-# side_info/<kind>.csv ----------------------------------------------------------------------------------------------
+# side_info/<kind>.csv -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SideInfo:
     """Side-information vectors: labels[i] is described by vectors[i]; `source` names the file."""
@@ -237,34 +292,50 @@ class SideInfo:
 
 
 def read_side_info(path) -> SideInfo:
-    """side_info CSV (header label,v0,...,v{d-1}, d >= 1) -> SideInfo with unique labels and float32-finite values."""
+    """side_info CSV (header label,v0,...,v{d-1}, d >= 1) -> SideInfo with unique labels and
+    float32-finite values."""
     what = "side-information"
     frame = read_csv_columns(path, ("label", "v0"), what)
-    if frame.shape[1] < 2 or list(frame.columns) != ["label"] + [f"v{i}" for i in range(frame.shape[1] - 1)]:
-        raise DatasetError(f"{what} file {path}: header must be label,v0,...,v{{d-1}} in that order; found "
-                           f"{','.join(frame.columns[:5])}{',...' if frame.shape[1] > 5 else ''}.")
+    if frame.shape[1] < 2 or list(frame.columns) != ["label"] + [
+        f"v{i}" for i in range(frame.shape[1] - 1)
+    ]:
+        raise DatasetError(
+            f"{what} file {path}: header must be label,v0,...,v{{d-1}} in that order; found "
+            f"{','.join(frame.columns[:5])}{',...' if frame.shape[1] > 5 else ''}."
+        )
     _refuse_rows(path, what, frame, frame["label"] == "", "empty label")
-    _refuse_rows(path, what, frame, frame["label"].duplicated(), "label {label!r} repeats; keep one vector per label")
-    vectors = check_finite(frame.iloc[:, 1:].to_numpy(), f"{what} file {path}")  # (n_labels, dim) float32
+    _refuse_rows(
+        path,
+        what,
+        frame,
+        frame["label"].duplicated(),
+        "label {label!r} repeats; keep one vector per label",
+    )
+    # (n_labels, dim) float32
+    vectors = check_finite(frame.iloc[:, 1:].to_numpy(), f"{what} file {path}")
     return SideInfo(labels=frame["label"].tolist(), vectors=vectors, source=str(path))
 
 
 def write_side_info(path, labels, vectors) -> None:
-    """Write side information (one row per label, rows sorted by label) with full float precision."""
+    """Write side information (a row per label, rows sorted by label) with full float precision."""
     labels = [str(label) for label in labels]
     vectors = np.asarray(vectors, dtype=np.float64)
     if vectors.ndim != 2 or vectors.shape[0] != len(labels):
         raise DatasetError(f"{path}: {len(labels)} labels but vectors of shape {vectors.shape}.")
-    check_finite(vectors, f"side information for {path}")  # never write what read_side_info would refuse
+    # never write what read_side_info would refuse
+    check_finite(vectors, f"side information for {path}")
     frame = pd.DataFrame(vectors, columns=[f"v{i}" for i in range(vectors.shape[1])])
     frame.insert(0, "label", labels)
-    atomic_write_text(path, frame.sort_values("label", kind="stable").to_csv(index=False, float_format="%.10g"))
+    atomic_write_text(
+        path, frame.sort_values("label", kind="stable").to_csv(index=False, float_format="%.10g")
+    )
 
 
-# summary.json ------------------------------------------------------------------------------------------------------
+# summary.json -------------------------------------------------------------------------------------
 def summarize(dataset_dir, extra: dict | None = None, write: bool = True) -> dict:
-    """Counts of a dataset directory (tracks, labels, positives, label cardinality, side information, store),
-    with `extra` merged in (e.g. what an adapter dropped); written to summary.json and returned."""
+    """Counts of a dataset directory (tracks, labels, positives, label cardinality, side
+    information, store), with `extra` merged in (e.g. what an adapter dropped); written to
+    summary.json and returned."""
     dataset_dir = Path(dataset_dir)
     tracks = read_tracks(tracks_path(dataset_dir))
     annotations = read_annotations(annotations_path(dataset_dir))
@@ -291,9 +362,14 @@ def summarize(dataset_dir, extra: dict | None = None, write: bool = True) -> dic
 
 def format_summary(summary: dict) -> str:
     """A few human-readable lines for the end of a build command."""
-    lines = [f"dataset {summary['dataset']}: {summary['tracks']} tracks ({summary['tracks_with_labels']} labelled), "
-             f"{summary['labels']} labels, {summary['positives']} positives, label cardinality "
-             f"{summary['label_cardinality']}"]
-    lines += [f"  side_info/{kind}.csv: {facts['labels']} labels x {facts['dim']} dims"
-              for kind, facts in summary.get("side_info", {}).items()]
+    lines = [
+        f"dataset {summary['dataset']}: {summary['tracks']} tracks "
+        f"({summary['tracks_with_labels']} labelled), "
+        f"{summary['labels']} labels, {summary['positives']} positives, label cardinality "
+        f"{summary['label_cardinality']}"
+    ]
+    lines += [
+        f"  side_info/{kind}.csv: {facts['labels']} labels x {facts['dim']} dims"
+        for kind, facts in summary.get("side_info", {}).items()
+    ]
     return "\n".join(lines)

@@ -1,16 +1,23 @@
-"""Evaluate trained runs on every zero-shot test setup of the paper and print its tables: the command.
+"""Evaluate trained runs on every zero-shot test setup of the paper and print its tables: the
+command.
 
     python evaluate.py                                  # the latest run under runs/
     python evaluate.py --run-dir runs/X --save-scores   # + scores/<setup>.npz per test setup
-    python evaluate.py --collect runs/A runs/B runs/C   # several runs merged; seeds aggregated (mean +- 95% CI)
-    python evaluate.py --compare runs/A runs/B          # A - B per metric, 95% paired bootstrap interval
-    python evaluate.py --run-dir runs/X --query guitar --annotate song.mp3 --neighbors lovely  # case_studies.py
-    python evaluate.py --external clap.npz --dataset demo   # another model's embeddings (external.py)
-    python evaluate.py --run-dir runs/X --export-embeddings ours.npz   # this run's, in the same format
+    python evaluate.py --collect runs/A runs/B runs/C   # several runs merged; seeds aggregated
+        (mean +- 95% CI)
+    python evaluate.py --compare runs/A runs/B          # A - B per metric, 95% paired bootstrap
+        interval
+    python evaluate.py --run-dir runs/X --query guitar --annotate song.mp3 --neighbors lovely  #
+        case_studies.py
+    python evaluate.py --external clap.npz --dataset demo   # another model's embeddings
+        (external.py)
+    python evaluate.py --run-dir runs/X --export-embeddings ours.npz   # this run's, in the same
+        format
 
-This file holds the flags, the dispatch and the printing. The evaluation itself is protocol.py (one run: its
-embeddings, scores, test setups and results.json); aggregate.py merges runs and compares two systems,
-case_studies.py runs Tables 5-7, external.py scores other models, tables.py lays results out as the paper does.
+This file holds the flags, the dispatch and the printing. The evaluation itself is protocol.py (one
+run: its embeddings, scores, test setups and results.json); aggregate.py merges runs and compares
+two systems, case_studies.py runs Tables 5-7, external.py scores other models, tables.py lays
+results out as the paper does.
 """
 
 from __future__ import annotations
@@ -32,50 +39,147 @@ from fileio import OutputError
 from preprocess.frontend import AudioError
 from protocol import EvaluationError
 
-ONLY_EXTERNAL = {"--dataset": "dataset", "--split": "split", "--name": "name", "--out": "out",
-                 "--allow-missing": "allow_missing"}  # flags that mean something with --external only
+ONLY_EXTERNAL = {
+    "--dataset": "dataset",
+    "--split": "split",
+    "--name": "name",
+    "--out": "out",
+    # flags that mean something with --external only
+    "--allow-missing": "allow_missing",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=(
-        "Evaluate trained zero-shot runs (paper Tables 2-4, plus a generalized zero-shot view) and run the case "
-        "studies (Tables 5-7). Writes <run_dir>/results.json, embeddings.h5 (cache) and label_map.png; prints tables."))
+    parser = argparse.ArgumentParser(
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=(
+            "Evaluate trained zero-shot runs (paper Tables 2-4, plus a generalized zero-shot view) "
+            "and run the case "
+            "studies (Tables 5-7). Writes <run_dir>/results.json, embeddings.h5 (cache) and "
+            "label_map.png; prints tables."
+        ),
+    )
     add = parser.add_argument
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--run-dir", help="run directory written by train.py. Default: the latest run under runs/.")
-    where.add_argument("--collect", nargs="+", metavar="RUN_DIR", help="several run directories merged into one "
-                       "set of tables; runs with a results.json are reused unless --force. Runs that differ "
-                       "only in their seeds are aggregated: mean +- 95%% t-interval (aggregate.py).")
-    where.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="paired bootstrap comparison of two "
-                       "runs on the same split: A - B per metric with a 95%% interval (evaluates with scores/).")
-    where.add_argument("--external", metavar="FILE.npz", help="score another model's embeddings or scores "
-                       "(exchange format: external.py, README) on every zero-shot setup of Tables 2-3; with --dataset.")
-    add("--per-run", action="store_true", help="--collect: one row per run, no aggregation over seeds.")
-    add("--resamples", type=int, default=aggregate.DEFAULT_RESAMPLES,
-        help="--compare: bootstrap resamples of the test tracks/labels.")
-    add("--bootstrap-seed", type=int, default=aggregate.DEFAULT_BOOTSTRAP_SEED,
-        help="--compare: seed of the bootstrap resampling.")
-    add("--format", choices=tables.FORMATS, default="table", help="output format of tables and case studies.")
-    add("--save-scores", action="store_true", help="also write <run_dir>/scores/<setup>.npz (scores, labels, ...).")
-    add("--force", action="store_true", help="re-evaluate runs with a results.json (--collect), recompute the cache.")
+    where.add_argument(
+        "--run-dir", help="run directory written by train.py. Default: the latest run under runs/."
+    )
+    where.add_argument(
+        "--collect",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="several run directories merged into one "
+        "set of tables; runs with a results.json are reused unless --force. Runs that differ "
+        "only in their seeds are aggregated: mean +- 95%% t-interval (aggregate.py).",
+    )
+    where.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("RUN_A", "RUN_B"),
+        help="paired bootstrap comparison of two "
+        "runs on the same split: A - B per metric with a 95%% interval (evaluates with scores/).",
+    )
+    where.add_argument(
+        "--external",
+        metavar="FILE.npz",
+        help="score another model's embeddings or scores "
+        "(exchange format: external.py, README) on every zero-shot setup of Tables 2-3; with "
+        "--dataset.",
+    )
+    add(
+        "--per-run",
+        action="store_true",
+        help="--collect: one row per run, no aggregation over seeds.",
+    )
+    add(
+        "--resamples",
+        type=int,
+        default=aggregate.DEFAULT_RESAMPLES,
+        help="--compare: bootstrap resamples of the test tracks/labels.",
+    )
+    add(
+        "--bootstrap-seed",
+        type=int,
+        default=aggregate.DEFAULT_BOOTSTRAP_SEED,
+        help="--compare: seed of the bootstrap resampling.",
+    )
+    add(
+        "--format",
+        choices=tables.FORMATS,
+        default="table",
+        help="output format of tables and case studies.",
+    )
+    add(
+        "--save-scores",
+        action="store_true",
+        help="also write <run_dir>/scores/<setup>.npz (scores, labels, ...).",
+    )
+    add(
+        "--force",
+        action="store_true",
+        help="re-evaluate runs with a results.json (--collect), recompute the cache.",
+    )
     # the case studies (case_studies.py)
-    add("--query", metavar="WORD", help="case study (Table 5): top tracks for a word with a side-information vector "
-        "(with GloVe side information: any word of the GloVe file).")
-    add("--annotate", metavar="AUDIO_FILE", help="case study (Table 6): top labels for an audio file.")
-    add("--neighbors", metavar="WORD",
-        help="case study (Table 7): nearest labels in the side-information vs the embedding space.")
-    add("--top", type=int, help="results per case study. Default: 5 for --query, 10 for --annotate, --neighbors.")
-    add("--max-seconds", type=float, help="--annotate: read at most this many seconds (MSD used 30). Default: all.")
+    add(
+        "--query",
+        metavar="WORD",
+        help="case study (Table 5): top tracks for a word with a side-information vector "
+        "(with GloVe side information: any word of the GloVe file).",
+    )
+    add(
+        "--annotate",
+        metavar="AUDIO_FILE",
+        help="case study (Table 6): top labels for an audio file.",
+    )
+    add(
+        "--neighbors",
+        metavar="WORD",
+        help="case study (Table 7): nearest labels in the side-information vs the embedding space.",
+    )
+    add(
+        "--top",
+        type=int,
+        help="results per case study. Default: 5 for --query, 10 for --annotate, --neighbors.",
+    )
+    add(
+        "--max-seconds",
+        type=float,
+        help="--annotate: read at most this many seconds (MSD used 30). Default: all.",
+    )
     # other models (external.py)
-    add("--dataset", help="--external: dataset directory (or demo, fma, msd) whose split and annotations score it.")
-    add("--split", metavar="SPLIT.json", help="--external: split file. Default: <dataset>/splits/split_seed0.json.")
-    add("--name", help="--external: the model's name in records and tables. Default: the file's name.")
+    add(
+        "--dataset",
+        help="--external: dataset directory (or demo, fma, msd) whose split and annotations score "
+        "it.",
+    )
+    add(
+        "--split",
+        metavar="SPLIT.json",
+        help="--external: split file. Default: <dataset>/splits/split_seed0.json.",
+    )
+    add(
+        "--name",
+        help="--external: the model's name in records and tables. Default: the file's name.",
+    )
     add("--out", metavar="DIR", help="--external: result folder. Default: runs/external-<name>.")
-    add("--allow-missing", action="store_true", help="--external: score each setup on the tracks and labels the "
-        "file has (counted in the records) instead of refusing a file that lacks some.")
-    add("--export-embeddings", metavar="FILE.npz", help="write the run's track and label embeddings in the exchange "
-        "format (--external on it reproduces the run's results).")
-    add("--batch-size", type=int, default=protocol.DEFAULT_BATCH_SIZE, help="segments per inference call.")
+    add(
+        "--allow-missing",
+        action="store_true",
+        help="--external: score each setup on the tracks and labels the "
+        "file has (counted in the records) instead of refusing a file that lacks some.",
+    )
+    add(
+        "--export-embeddings",
+        metavar="FILE.npz",
+        help="write the run's track and label embeddings in the exchange "
+        "format (--external on it reproduces the run's results).",
+    )
+    add(
+        "--batch-size",
+        type=int,
+        default=protocol.DEFAULT_BATCH_SIZE,
+        help="segments per inference call.",
+    )
     add("--no-progress", action="store_true", help="hide progress bars.")
     return parser
 
@@ -86,19 +190,33 @@ def check_flags(args) -> None:
         raise EvaluationError(f"--batch-size must be >= 1, got {args.batch_size}.")
     if args.top is not None and args.top < 1:
         raise EvaluationError(f"--top must be >= 1, got {args.top}.")
-    if args.max_seconds is not None and not (math.isfinite(args.max_seconds) and args.max_seconds > 0):
-        raise EvaluationError(f"--max-seconds must be a positive number of seconds, got {args.max_seconds}.")
+    if args.max_seconds is not None and not (
+        math.isfinite(args.max_seconds) and args.max_seconds > 0
+    ):
+        raise EvaluationError(
+            f"--max-seconds must be a positive number of seconds, got {args.max_seconds}."
+        )
     if case_study_asked(args) and (args.collect or args.compare):
-        raise EvaluationError("--query/--annotate/--neighbors work on one run: use --run-dir, not --collect.")
-    if not args.external and (stray := [flag for flag, key in ONLY_EXTERNAL.items() if getattr(args, key)]):
+        raise EvaluationError(
+            "--query/--annotate/--neighbors work on one run: use --run-dir, not --collect."
+        )
+    if not args.external and (
+        stray := [flag for flag, key in ONLY_EXTERNAL.items() if getattr(args, key)]
+    ):
         raise EvaluationError(f"{', '.join(stray)}: used with --external only.")
     if args.export_embeddings and (args.external or args.collect or args.compare):
-        raise EvaluationError("--export-embeddings exports one run (--run-dir), not several or an external model.")
+        raise EvaluationError(
+            "--export-embeddings exports one run (--run-dir), not several or an external model."
+        )
     if args.external and not args.dataset:
-        raise EvaluationError("--external needs --dataset: the dataset directory whose split scores the file.")
+        raise EvaluationError(
+            "--external needs --dataset: the dataset directory whose split scores the file."
+        )
     if (args.external or args.export_embeddings) and case_study_asked(args):
-        raise EvaluationError("--query/--annotate/--neighbors work on a --run-dir, not with --external or "
-                              "--export-embeddings.")
+        raise EvaluationError(
+            "--query/--annotate/--neighbors work on a --run-dir, not with --external or "
+            "--export-embeddings."
+        )
 
 
 def case_study_asked(args) -> bool:
@@ -112,38 +230,75 @@ def run_case_studies(args) -> str:
     top = case_studies.DEFAULT_TOP
     results = {}
     if args.query is not None:
-        results["query"] = case_studies.query(run, args.query, args.top or top["query"], progress, args.batch_size)
+        results["query"] = case_studies.query(
+            run, args.query, args.top or top["query"], progress, args.batch_size
+        )
     if args.annotate is not None:
-        results["annotate"] = case_studies.annotate(run, args.annotate, args.top or top["annotate"],
-                                                    args.max_seconds, progress, args.batch_size)
+        results["annotate"] = case_studies.annotate(
+            run,
+            args.annotate,
+            args.top or top["annotate"],
+            args.max_seconds,
+            progress,
+            args.batch_size,
+        )
     if args.neighbors is not None:
-        results["neighbors"] = case_studies.neighbors(run, args.neighbors, args.top or top["neighbors"], progress)
+        results["neighbors"] = case_studies.neighbors(
+            run, args.neighbors, args.top or top["neighbors"], progress
+        )
     if args.format == "json":
         return json.dumps(results, indent=2) + "\n"
-    return "\n".join(case_studies.render(kind, result, args.format) for kind, result in results.items())
+    return "\n".join(
+        case_studies.render(kind, result, args.format) for kind, result in results.items()
+    )
 
 
 def export_embeddings(args) -> str:
-    """--export-embeddings: the run's embeddings in the exchange format; a JSON summary on stdout."""
-    summary = external.export_embeddings(args.run_dir or config.latest_run_dir(), args.export_embeddings,
-                                         args.force, args.batch_size, not args.no_progress)
-    print(f"note: wrote {summary['path']}: {summary['tracks']} tracks, {summary['labels']} labels, "
-          f"{summary['dim']} dimensions ({summary['left_out']} track(s) of the split have no mel: left out, as "
-          "in the run's evaluation).", file=sys.stderr)
+    """--export-embeddings: the run's embeddings in the exchange format; a JSON summary."""
+    summary = external.export_embeddings(
+        args.run_dir or config.latest_run_dir(),
+        args.export_embeddings,
+        args.force,
+        args.batch_size,
+        not args.no_progress,
+    )
+    print(
+        f"note: wrote {summary['path']}: {summary['tracks']} tracks, {summary['labels']} labels, "
+        f"{summary['dim']} dimensions ({summary['left_out']} track(s) of the split have no mel: "
+        "left out, as "
+        "in the run's evaluation).",
+        file=sys.stderr,
+    )
     return json.dumps(summary) + "\n"
 
 
 def results(args) -> tuple[str, list[str]]:
-    """The tables of --compare, --collect, --external or one run (--run-dir / the latest), and the notes."""
-    kwargs = {"save": args.save_scores, "batch_size": args.batch_size, "progress": not args.no_progress}
+    """The tables of --compare, --collect, --external or one run (--run-dir / the latest), and the
+    notes."""
+    kwargs = {
+        "save": args.save_scores,
+        "batch_size": args.batch_size,
+        "progress": not args.no_progress,
+    }
     if args.compare:
-        rows, notes = aggregate.compare(*args.compare, args.resamples, args.bootstrap_seed, args.force, **kwargs)
+        rows, notes = aggregate.compare(
+            *args.compare, args.resamples, args.bootstrap_seed, args.force, **kwargs
+        )
         return tables.render_comparison(rows, fmt=args.format), notes
     if args.collect:
-        records, notes = aggregate.collect(args.collect, force=args.force, aggregated=not args.per_run, **kwargs)
+        records, notes = aggregate.collect(
+            args.collect, force=args.force, aggregated=not args.per_run, **kwargs
+        )
     elif args.external:
-        records, notes = external.evaluate_external(args.external, args.dataset, args.split, args.name, args.out,
-                                                    args.allow_missing, args.save_scores)
+        records, notes = external.evaluate_external(
+            args.external,
+            args.dataset,
+            args.split,
+            args.name,
+            args.out,
+            args.allow_missing,
+            args.save_scores,
+        )
     else:
         run_dir = args.run_dir or config.latest_run_dir()
         records, notes = protocol.evaluate_run(run_dir, force=args.force, **kwargs)
@@ -163,7 +318,14 @@ def main(argv=None) -> int:
             print("\n".join(f"note: {note}" for note in notes), file=sys.stderr)
             sys.stdout.write(text.rstrip("\n") + "\n")
         return 0
-    except (EvaluationError, ds.DatasetError, splits.SplitError, AudioError, OutputError, FileNotFoundError) as exc:
+    except (
+        EvaluationError,
+        ds.DatasetError,
+        splits.SplitError,
+        AudioError,
+        OutputError,
+        FileNotFoundError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

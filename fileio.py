@@ -1,15 +1,22 @@
-"""File safety, defined once: atomic writes, one writer per output folder, and what a command may delete.
+"""File safety, defined once: atomic writes, one writer per output folder, and what a command may
+delete.
 
 Every command of the project writes through these helpers:
 
-* `atomic_write(path, write)` / `atomic_write_text` / `write_json`: `path` never holds a partial file. The
+* `atomic_write(path, write)` / `atomic_write_text` / `write_json`: `path` never holds a partial
+  file. The
   content goes to a hidden temporary sibling that is renamed over `path` only when complete.
-* `output_lock(folder, what)`: one writer per output folder. A second process that asks for the same folder
-  is refused at once with a message naming the folder (the OS releases the lock when its holder dies, even by
+* `output_lock(folder, what)`: one writer per output folder. A second process that asks for the same
+  folder
+  is refused at once with a message naming the folder (the OS releases the lock when its holder
+      dies, even by
   kill -9, so a folder is never locked for good).
-* `claim_folder(folder, owner)` / `is_ours(folder, owner)`: the rule for deleting. A command deletes or
-  overwrites only inside folders that carry its marker file (`.zsl-music.json`, written when the command
-  created the folder, or when it found it missing or empty). A non-empty folder without the marker belongs to
+* `claim_folder(folder, owner)` / `is_ours(folder, owner)`: the rule for deleting. A command deletes
+  or
+  overwrites only inside folders that carry its marker file (`.zsl-music.json`, written when the
+      command
+  created the folder, or when it found it missing or empty). A non-empty folder without the marker
+      belongs to
   the user: the command refuses it and names it.
 """
 
@@ -37,18 +44,23 @@ def _current_umask() -> int:
 
 
 def atomic_write(path, write) -> Path:
-    """Call `write(tmp_path)` to produce the file, then rename it to `path` (never a partial `path`).
+    """Call `write(tmp_path)` to produce the file, then rename it to `path` (never a partial
+    `path`).
 
-    `write` receives a temporary path in the same folder (same file system, so the rename is atomic) whose name
-    ends with the target's suffix (Keras and h5py look at suffixes). On any error the temporary file is removed.
+    `write` receives a temporary path in the same folder (same file system, so the rename is atomic)
+    whose name ends with the target's suffix (Keras and h5py look at suffixes). On any error the
+    temporary file is removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
+    )
     os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp creates 0600; give the file ordinary permissions
+        # mkstemp creates 0600; give the file ordinary permissions
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -58,6 +70,7 @@ def atomic_write(path, write) -> Path:
 
 def atomic_write_text(path, text: str) -> Path:
     """Write a UTF-8 text file atomically (newlines written as given)."""
+
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
@@ -80,9 +93,11 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
 
 @contextlib.contextmanager
 def output_lock(folder, what: str = "this folder"):
-    """Hold an exclusive lock on `folder` (created) while the block runs; refuse at once if another process has it.
+    """Hold an exclusive lock on `folder` (created) while the block runs; refuse at once if another
+    process has it.
 
-    `what` names the job in the message, e.g. "training run" -> "another training run is writing <folder> ...".
+    `what` names the job in the message, e.g. "training run" -> "another training run is writing
+    <folder> ...".
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -92,14 +107,17 @@ def output_lock(folder, what: str = "this folder"):
     try:
         try:
             import fcntl
-        except ImportError:  # no flock on this platform: one writer per folder is then the user's job
+        # no flock on this platform: one writer per folder is then the user's job
+        except ImportError:
             fcntl = None
         if fcntl is not None:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                raise OutputError(f"another {what} is writing {folder} (its lock {folder / LOCK_FILE} is held): "
-                                  "wait for it to finish or use another folder.") from None
+                raise OutputError(
+                    f"another {what} is writing {folder} (its lock {folder / LOCK_FILE} is held): "
+                    "wait for it to finish or use another folder."
+                ) from None
         yield folder
     finally:
         handle.close()
@@ -115,18 +133,26 @@ def is_ours(folder, owner: str) -> bool:
 
 
 def claim_folder(folder, owner: str, hint: str = "") -> Path:
-    """Make `folder` an output folder of `owner`: create it (or take it when empty) and mark it; refuse others.
+    """Make `folder` an output folder of `owner`: create it (or take it when empty) and mark it;
+    refuse others.
 
-    A folder that exists, is not empty and has no marker of `owner` was not made by this command: raise
-    OutputError naming it, and touch nothing. `hint` is appended to the message (e.g. which flag to change).
+    A folder that exists, is not empty and has no marker of `owner` was not made by this command:
+    raise OutputError naming it, and touch nothing. `hint` is appended to the message (e.g. which
+    flag to change).
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{folder} is a file, not a folder. {hint}".strip())
-    others = [p for p in folder.iterdir() if p.name not in (MARKER_FILE, LOCK_FILE)] if folder.is_dir() else []
+    others = (
+        [p for p in folder.iterdir() if p.name not in (MARKER_FILE, LOCK_FILE)]
+        if folder.is_dir()
+        else []
+    )
     if others and not is_ours(folder, owner):
-        raise OutputError(f"{folder} is not empty and was not made by `{owner}` (no {MARKER_FILE} marker): "
-                          f"refusing to write into it. Choose a new or empty folder. {hint}".strip())
+        raise OutputError(
+            f"{folder} is not empty and was not made by `{owner}` (no {MARKER_FILE} marker): "
+            f"refusing to write into it. Choose a new or empty folder. {hint}".strip()
+        )
     folder.mkdir(parents=True, exist_ok=True)
     if not is_ours(folder, owner):
         write_json(folder / MARKER_FILE, {"owner": owner})

@@ -1,14 +1,18 @@
-"""Evaluation metrics of Choi et al., "Zero-shot Learning for Audio-based Music Classification and Tagging"
-(ISMIR 2019), Section 5.3 and Tables 2-4, as numpy functions (no TensorFlow, no scikit-learn).
+"""Evaluation metrics of Choi et al., "Zero-shot Learning for Audio-based Music Classification and
+Tagging" (ISMIR 2019), Section 5.3 and Tables 2-4, as numpy functions (no TensorFlow, no
+scikit-learn).
 
-Annotation (paper Table 2): each track (row) ranks the test labels; AUC-i / MAP-i = mean over tracks of the row's
-ROC-AUC / average precision, P@K = mean of the original code's "average precision at K" (ml_metrics `apk`, not
-plain precision@K: that is why the paper's P@10 can exceed its P@5). Retrieval (Tables 3-4): each label (column)
-ranks the test tracks; AUC-l / MAP-l = mean over labels.
+Annotation (paper Table 2): each track (row) ranks the test labels; AUC-i / MAP-i = mean over tracks
+    of the row's ROC-AUC / average precision, P@K = mean of the original code's "average precision
+        at K"
+    (ml_metrics `apk`, not plain precision@K: that is why the paper's P@10 can exceed its P@5).
+    Retrieval (Tables 3-4): each label (column) ranks the test tracks; AUC-l / MAP-l = mean over
+    labels.
 
-A row whose labels are all 0 or all 1 has no ROC-AUC or AP: it is skipped by every metric (counted in "skipped"),
-so that AUC, MAP and P@K of one result average the same rows. `roc_auc`, `average_precision` and `apk` define the
-metrics on one row; `_fast_row_metrics` computes them for all rows at once (tests/test_metrics.py: equal).
+A row whose labels are all 0 or all 1 has no ROC-AUC or AP: it is skipped by every metric (counted
+in "skipped"), so that AUC, MAP and P@K of one result average the same rows. `roc_auc`,
+`average_precision` and `apk` define the metrics on one row; `_fast_row_metrics` computes them for
+all rows at once (tests/test_metrics.py: equal).
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ ANNOTATION_KEYS = ("AUC-i", "MAP-i", "P@1", "P@5", "P@10")
 RETRIEVAL_KEYS = ("AUC-l", "MAP-l")
 
 
-# ---- The metrics of one row (scores (m,), binary labels (m,)); NaN where the labels are all 0 or all 1 ----------
+# ---- The metrics of one row (scores (m,), binary labels (m,)); NaN where the labels are all 0 or a
 def roc_auc(scores, labels) -> float:
-    """ROC-AUC: the fraction of (positive, negative) pairs where the positive scores higher, a tie counting one
-    half (Mann-Whitney U / (P N)); equals sklearn.metrics.roc_auc_score."""
+    """ROC-AUC: the fraction of (positive, negative) pairs where the positive scores higher, a tie
+    counting one half (Mann-Whitney U / (P N)); equals sklearn.metrics.roc_auc_score."""
     scores, labels = _row(scores, labels)
     positives = scores[labels][:, None]  # (P, 1)
     negatives = scores[~labels][None, :]  # (1, N)
@@ -33,9 +37,9 @@ def roc_auc(scores, labels) -> float:
 
 
 def average_precision(scores, labels) -> float:
-    """Average precision as scikit-learn defines it: sum_n (R_n - R_{n-1}) P_n over the distinct score thresholds
-    (tied scores form one threshold), i.e. the mean over the positives of the precision of "score >= its score";
-    equals sklearn.metrics.average_precision_score."""
+    """Average precision as scikit-learn defines it: sum_n (R_n - R_{n-1}) P_n over the distinct
+    score thresholds (tied scores form one threshold), i.e. the mean over the positives of the
+    precision of "score >= its score"; equals sklearn.metrics.average_precision_score."""
     scores, labels = _row(scores, labels)
     if labels.all() or not labels.any():
         return float("nan")
@@ -43,22 +47,27 @@ def average_precision(scores, labels) -> float:
 
 
 def apk(scores, labels, k: int) -> float:
-    """The original code's "average precision at K" (ml_metrics apk; the paper's P@K): rank by descending score,
-    ties by lower index first; sum precision@i over the ranks i <= K holding a positive; divide by min(P, K)."""
+    """The original code's "average precision at K" (ml_metrics apk; the paper's P@K): rank by
+    descending score, ties by lower index first; sum precision@i over the ranks i <= K holding a
+    positive; divide by min(P, K)."""
     (k,) = _validate_ks((k,))
     scores, labels = _row(scores, labels)
     if labels.all() or not labels.any():
         return float("nan")
-    top = labels[np.argsort(-scores, kind="stable")][:k]  # (min(k, m),) labels of the top-ranked entries
+    # (min(k, m),) labels of the top-ranked entries
+    top = labels[np.argsort(-scores, kind="stable")][:k]
     precision_at_rank = np.cumsum(top) / np.arange(1, len(top) + 1)
     return float(np.sum(precision_at_rank[top]) / min(labels.sum(), k))
 
 
 def defined_rows(labels) -> np.ndarray:
-    """(n,) bool: rows of an (n, m) label matrix with at least one positive and one negative (ROC-AUC/AP defined)."""
+    """(n,) bool: rows of an (n, m) label matrix with at least one positive and one negative
+    (ROC-AUC/AP defined)."""
     labels = np.asarray(labels)
     if labels.ndim != 2:
-        raise ValueError(f"labels must be a 2-D array (n_tracks, n_labels), got shape {labels.shape}")
+        raise ValueError(
+            f"labels must be a 2-D array (n_tracks, n_labels), got shape {labels.shape}"
+        )
     positives = np.count_nonzero(labels, axis=1)
     return (positives > 0) & (positives < labels.shape[1])
 
@@ -66,47 +75,57 @@ def defined_rows(labels) -> np.ndarray:
 def _row(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     scores, labels = np.asarray(scores), np.asarray(labels)
     if scores.ndim != 1 or labels.ndim != 1:
-        raise ValueError(f"one row: scores and labels must be 1-D, got shapes {scores.shape} and {labels.shape}")
+        raise ValueError(
+            f"one row: scores and labels must be 1-D, got shapes {scores.shape} and {labels.shape}"
+        )
     validate(scores[None, :], labels[None, :])
     return scores.astype(np.float64), labels.astype(bool)  # float32 ties stay ties when widened
 
 
-# ---- The paper's metrics ----------------------------------------------------------------------------------------
+# ---- The paper's metrics -------------------------------------------------------------------------
 def annotation_metrics(scores, labels, ks=DEFAULT_KS) -> dict:
     """Paper Table 2: each TRACK (row of the (n_tracks, n_labels) arrays) ranks the test labels.
 
-    Returns {"AUC-i", "MAP-i", "P@K" for each K: means over the tracks with at least one positive and one negative
-    label; "evaluated": int, "skipped": int (the other tracks)}."""
+    Returns {"AUC-i", "MAP-i", "P@K" for each K: means over the tracks with at least one positive
+    and one negative label; "evaluated": int, "skipped": int (the other tracks)}."""
     return _summarize(per_track_metrics(scores, labels, ks))
 
 
 def retrieval_metrics(scores, labels) -> dict:
-    """Paper Tables 3-4: each LABEL (column of the (n_tracks, n_labels) arrays) ranks the test tracks.
+    """Paper Tables 3-4: each LABEL (column of the (n_tracks, n_labels) arrays) ranks the test
+    tracks.
 
-    Returns {"AUC-l", "MAP-l": means over the labels with at least one positive and one negative track;
-    "evaluated", "skipped": the other labels (the paper's Table 4 footnote excluded them)}."""
+    Returns {"AUC-l", "MAP-l": means over the labels with at least one positive and one negative
+    track; "evaluated", "skipped": the other labels (the paper's Table 4 footnote excluded them)}.
+    """
     return _summarize(per_label_metrics(scores, labels))
 
 
 def per_track_metrics(scores, labels, ks=DEFAULT_KS) -> dict[str, np.ndarray]:
-    """The values annotation_metrics averages: {"AUC-i", "MAP-i", "P@K"} of each track, (n_tracks,) arrays
-    (roc_auc, average_precision, apk of its row), NaN for a track whose labels are all 0 or all 1."""
+    """The values annotation_metrics averages: {"AUC-i", "MAP-i", "P@K"} of each track, (n_tracks,)
+    arrays (roc_auc, average_precision, apk of its row), NaN for a track whose labels are all 0 or
+    all 1."""
     ks = _validate_ks(ks)
     per_row = _fast_row_metrics(*_prepare(scores, labels), ks)
-    return {"AUC-i": per_row["AUC"], "MAP-i": per_row["AP"], **{f"P@{k}": per_row[f"P@{k}"] for k in ks}}
+    return {
+        "AUC-i": per_row["AUC"],
+        "MAP-i": per_row["AP"],
+        **{f"P@{k}": per_row[f"P@{k}"] for k in ks},
+    }
 
 
 def per_label_metrics(scores, labels) -> dict[str, np.ndarray]:
-    """The values retrieval_metrics averages: {"AUC-l", "MAP-l"} of each label (column), (n_labels,) arrays,
-    NaN for a label whose tracks are all negative or all positive."""
+    """The values retrieval_metrics averages: {"AUC-l", "MAP-l"} of each label (column), (n_labels,)
+    arrays, NaN for a label whose tracks are all negative or all positive."""
     scores, labels = _prepare(scores, labels)
     per_column = _fast_row_metrics(np.ascontiguousarray(scores.T), np.ascontiguousarray(labels.T))
     return {"AUC-l": per_column["AUC"], "MAP-l": per_column["AP"]}
 
 
 def harmonic_mean(seen, unseen):
-    """Harmonic mean 2 s u / (s + u) of a seen-label and an unseen-label score (generalized zero-shot view,
-    Xian et al. 2018; beyond the paper). Floats or arrays; 0 where s + u = 0; NaN if either is NaN."""
+    """Harmonic mean 2 s u / (s + u) of a seen-label and an unseen-label score (generalized
+    zero-shot view, Xian et al. 2018; beyond the paper). Floats or arrays; 0 where s + u = 0; NaN if
+    either is NaN."""
     seen, unseen = np.asarray(seen, dtype=np.float64), np.asarray(unseen, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         value = np.where(seen + unseen == 0, 0.0, 2.0 * seen * unseen / (seen + unseen))
@@ -114,33 +133,54 @@ def harmonic_mean(seen, unseen):
 
 
 def _summarize(per_row: dict[str, np.ndarray]) -> dict:
-    """Means of the per-row values over the defined rows (NaN when none); a row is defined where its AUC is."""
+    """Means of the per-row values over the defined rows (NaN when none); a row is defined where its
+    AUC is."""
     defined = ~np.isnan(next(iter(per_row.values())))
     evaluated = int(defined.sum())
-    result = {name: float(values[defined].mean()) if evaluated else float("nan") for name, values in per_row.items()}
+    result = {
+        name: float(values[defined].mean()) if evaluated else float("nan")
+        for name, values in per_row.items()
+    }
     return {**result, "evaluated": evaluated, "skipped": int(defined.size - evaluated)}
 
 
-# ---- Validation -------------------------------------------------------------------------------------------------
+# ---- Validation ----------------------------------------------------------------------------------
 def validate(scores, labels) -> None:
-    """Check (n_tracks, n_labels) scores (finite real numbers) and labels (bool or 0/1 numbers) of the same shape;
-    raise ValueError with an actionable message otherwise."""
+    """Check (n_tracks, n_labels) scores (finite real numbers) and labels (bool or 0/1 numbers) of
+    the same shape; raise ValueError with an actionable message otherwise."""
     scores, labels = np.asarray(scores), np.asarray(labels)
     for name, array, letter in (("scores", scores, "x"), ("labels", labels, "y")):
         if array.ndim != 2:
-            raise ValueError(f"{name} must be a 2-D array (n_tracks, n_labels), got {array.ndim}-D with shape "
-                             f"{array.shape}; for a single track or label, pass {letter}[None, :] or {letter}[:, None]")
+            raise ValueError(
+                f"{name} must be a 2-D array (n_tracks, n_labels), got {array.ndim}-D with shape "
+                f"{array.shape}; for a single track or label, pass {letter}[None, :] or "
+                f"{letter}[:, None]"
+            )
     if scores.shape != labels.shape:
-        raise ValueError(f"scores and labels must have the same shape (n_tracks, n_labels), got scores {scores.shape} "
-                         f"and labels {labels.shape}; check that both use the same tracks and the same label order")
-    if scores.dtype == bool or not np.issubdtype(scores.dtype, np.number) or np.iscomplexobj(scores):
-        raise ValueError(f"scores must be real numbers (integer or floating dtype), got dtype {scores.dtype}")
+        raise ValueError(
+            "scores and labels must have the same shape (n_tracks, n_labels), got scores "
+            f"{scores.shape} "
+            f"and labels {labels.shape}; check that both use the same tracks and the same label "
+            "order"
+        )
+    if (
+        scores.dtype == bool
+        or not np.issubdtype(scores.dtype, np.number)
+        or np.iscomplexobj(scores)
+    ):
+        raise ValueError(
+            f"scores must be real numbers (integer or floating dtype), got dtype {scores.dtype}"
+        )
     not_finite = ~np.isfinite(scores)
     if not_finite.any():
         row, col = np.argwhere(not_finite)[0]
-        raise ValueError(f"scores contain {int(not_finite.sum())} NaN/inf value(s), the first at row {row}, column "
-                         f"{col} (value {scores[row, col]}); a zero-norm embedding gives a NaN cosine: check the "
-                         "model outputs")
+        raise ValueError(
+            f"scores contain {int(not_finite.sum())} NaN/inf value(s), the first at row {row}, "
+            "column "
+            f"{col} (value {scores[row, col]}); a zero-norm embedding gives a NaN cosine: check "
+            "the "
+            "model outputs"
+        )
     if labels.dtype == bool:
         return
     if labels.dtype.kind not in "iuf":
@@ -148,56 +188,71 @@ def validate(scores, labels) -> None:
     not_binary = (labels != 0) & (labels != 1)
     if not_binary.any():
         row, col = np.argwhere(not_binary)[0]
-        raise ValueError(f"labels must be binary (0/1 or bool), found {int(not_binary.sum())} other value(s), the "
-                         f"first at row {row}, column {col} (value {labels[row, col]}); threshold soft labels first "
-                         "(e.g. labels > 0.5)")
+        raise ValueError(
+            f"labels must be binary (0/1 or bool), found {int(not_binary.sum())} other value(s), "
+            "the "
+            f"first at row {row}, column {col} (value {labels[row, col]}); threshold soft labels "
+            "first "
+            "(e.g. labels > 0.5)"
+        )
 
 
 def _validate_ks(ks) -> tuple[int, ...]:
     ks = tuple(ks)
-    if any(isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
+    if any(
+        isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks
+    ):
         raise ValueError(f"ks must be positive integers (e.g. ks=(1, 5, 10)), got {ks!r}")
     return tuple(int(k) for k in ks)
 
 
 def _prepare(scores, labels) -> tuple[np.ndarray, np.ndarray]:
-    """Validated (float scores, bool labels); floating scores keep their dtype (ties by equality in that dtype)."""
+    """Validated (float scores, bool labels); floating scores keep their dtype (ties by equality in
+    that dtype)."""
     validate(scores, labels)
     scores, labels = np.asarray(scores), np.asarray(labels)
     scores = scores if np.issubdtype(scores.dtype, np.floating) else scores.astype(np.float64)
     return np.ascontiguousarray(scores), np.ascontiguousarray(labels.astype(bool))
 
 
-# ---- All rows at once -------------------------------------------------------------------------------------------
+# ---- All rows at once ----------------------------------------------------------------------------
 def _fast_row_metrics(scores: np.ndarray, labels: np.ndarray, ks=()) -> dict[str, np.ndarray]:
-    """{"AUC", "AP", "P@K" per K: (n,) float64} = roc_auc, average_precision and apk of every row of (n, m) float
-    scores and bool labels (NaN on undefined rows), from one descending sort instead of a loop over rows.
-    AUC and AP need, for each positive, only the first and last rank of its tie group: they are computed at the
-    positive entries (a few percent of the matrix) on the flattened ranking."""
+    """{"AUC", "AP", "P@K" per K: (n,) float64} = roc_auc, average_precision and apk of every row of
+    (n, m) float scores and bool labels (NaN on undefined rows), from one descending sort instead of
+    a loop over rows. AUC and AP need, for each positive, only the first and last rank of its tie
+    group: they are computed at the positive entries (a few percent of the matrix) on the flattened
+    ranking."""
     n, m = scores.shape
-    # (n, m) descending. apk breaks ties by the lower column (a stable sort); AUC and AP need no order inside a tie.
+    # (n, m) descending. apk breaks ties by the lower column (a stable sort); AUC and AP need no
+    # order inside a tie.
     order = np.argsort(-scores, axis=1, kind="stable" if ks else "quicksort")
     ranked = np.take_along_axis(labels, order, axis=1)  # (n, m) bool, the labels in rank order
-    ranked_scores = np.take_along_axis(scores, order, axis=1).ravel()  # (n * m,) the rows one after another
+    # (n * m,) the rows one after another
+    ranked_scores = np.take_along_axis(scores, order, axis=1).ravel()
     new_group = np.ones(n * m, dtype=bool)
     new_group[1:] = ranked_scores[1:] != ranked_scores[:-1]
-    new_group[::m or 1] = True  # a tie group never spans two rows
-    group_starts = np.append(np.flatnonzero(new_group), n * m)  # flat rank where each tie group starts, + end
+    new_group[:: m or 1] = True  # a tie group never spans two rows
+    # flat rank where each tie group starts, + end
+    group_starts = np.append(np.flatnonzero(new_group), n * m)
     positive = np.flatnonzero(ranked)  # (p,) flat ranks of the positives, row by row
     row = positive // m
     row_start = row * m
     group = np.searchsorted(group_starts, positive, side="right") - 1
-    first = group_starts[group] - row_start  # (p,) first and last rank (in its row) of each positive's tie group
+    # (p,) first and last rank (in its row) of each positive's tie group
+    first = group_starts[group] - row_start
     last = group_starts[group + 1] - 1 - row_start
     n_pos = np.bincount(row, minlength=n)  # (n,) P
     defined = (n_pos > 0) & (n_pos < m)
     with np.errstate(divide="ignore", invalid="ignore"):
-        # ROC-AUC = U / (P N): U = the sum of the positives' average ascending ranks, m - 1 - (first + last) / 2
-        # within the tie group, minus P (P - 1) / 2 (a tie counts one half).
+        # ROC-AUC = U / (P N): U = the sum of the positives' average ascending ranks, m - 1 - (first
+        # + last) / 2 within the tie group, minus P (P - 1) / 2 (a tie counts one half).
         rank_sum = np.bincount(row, weights=m - 1 - (first + last) / 2, minlength=n)
         out = {"AUC": (rank_sum - n_pos * (n_pos - 1) / 2) / (n_pos * (m - n_pos))}
-        # AP = mean over the positives of the precision of "score >= its score" (the cut after its tie group).
-        hits = np.searchsorted(positive, row_start + last, side="right") - np.searchsorted(positive, row_start)
+        # AP = mean over the positives of the precision of "score >= its score" (the cut after its
+        # tie group).
+        hits = np.searchsorted(positive, row_start + last, side="right") - np.searchsorted(
+            positive, row_start
+        )
         out["AP"] = np.bincount(row, weights=hits / (last + 1), minlength=n) / n_pos
         for k in ks:
             top = ranked[:, :k]  # (n, min(k, m))

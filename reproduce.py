@@ -1,18 +1,22 @@
-"""Train one setup over several seeds and side-information kinds into one folder of runs, then print the tables
-with the mean and 95% confidence interval of every metric (evaluate.py --collect).
+"""Train one setup over several seeds and side-information kinds into one folder of runs, then print
+the tables with the mean and 95% confidence interval of every metric (evaluate.py --collect).
 
-    python reproduce.py --dataset fma --train-setup A-X --out runs/fma/emb-A-X             # ours, seeds 0-4
+    python reproduce.py --dataset fma --train-setup A-X --out runs/fma/emb-A-X             # ours,
+        seeds 0-4
     python reproduce.py --dataset fma --train-setup A-X --epochs 20 --weights last \\
-        --valid-draws every-epoch --out runs/fma/orig-A-X                                     # the original's budget
-    python reproduce.py --dataset demo --side-info instrument-count random --epochs 6 --out runs/demo  # make demo
+        --valid-draws every-epoch --out runs/fma/orig-A-X                                     # the
+            original's budget
+    python reproduce.py --dataset demo --side-info instrument-count random --epochs 6 --out
+        runs/demo  # make demo
 
-Seed s trains on the split of seed s (the dataset's splits/split_seed<s>.json, made when missing), with weights
-and sampling seeded by s too: the split's generator and Keras' are separate, so one number serves both. Run
-OUT/<side-info>/seed<s> is trained by train.py's `run`, in this process: rerunning the command skips the finished
-runs and resumes an interrupted one after its last finished epoch. Every other flag is train.py's, with its default.
-Training's progress goes to stderr, the tables to stdout (--format json for scripts).
-Without --side-info the embedding model trains with every kind of PAPER_SIDE_INFO the dataset has (FMA: both
-instrument flavours, since the paper does not say which one made its tables; MSD: glove).
+Seed s trains on the split of seed s (the dataset's splits/split_seed<s>.json, made when missing),
+with weights and sampling seeded by s too: the split's generator and Keras' are separate, so one
+number serves both. Run OUT/<side-info>/seed<s> is trained by train.py's `run`, in this process:
+rerunning the command skips the finished runs and resumes an interrupted one after its last finished
+epoch. Every other flag is train.py's, with its default. Training's progress goes to stderr, the
+tables to stdout (--format json for scripts). Without --side-info the embedding model trains with
+every kind of PAPER_SIDE_INFO the dataset has (FMA: both instrument flavours, since the paper does
+not say which one made its tables; MSD: glove).
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from protocol import EvaluationError
 
 PAPER_SIDE_INFO = ("instrument-count", "instrument-confidence", "glove")
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
-SET_HERE = ("seed", "split_seed", "split", "side_info", "run_dir")  # train.py flags this command sets per run
+# train.py flags this command sets per run
+SET_HERE = ("seed", "split_seed", "split", "side_info", "run_dir")
 
 
 class ReproduceError(ValueError):
@@ -43,49 +48,70 @@ class ReproduceError(ValueError):
 
 
 def side_info_kinds(config: cfg.TrainConfig, asked: list[str] | None) -> list[str | None]:
-    """--side-info as given; else the paper's kinds the dataset has (embedding model) or train.py's default."""
+    """--side-info as given; else the paper's kinds the dataset has (embedding model) or train.py's
+    default."""
     if asked:
         return list(dict.fromkeys(asked))
     if config.model == "classification":
         return [None]  # the classification model reads no side information
     available = dsio.available_side_info(train.resolve_dataset(config))
     if not (kinds := [kind for kind in PAPER_SIDE_INFO if kind in available]):
-        raise ReproduceError(f"dataset {config.dataset} has none of {', '.join(PAPER_SIDE_INFO)}; available: "
-                             f"{', '.join(available) or 'none'}. Pass --side-info KIND...")
+        raise ReproduceError(
+            f"dataset {config.dataset} has none of {', '.join(PAPER_SIDE_INFO)}; available: "
+            f"{', '.join(available) or 'none'}. Pass --side-info KIND..."
+        )
     return kinds
 
 
 def run_dir(out: Path, kind: str | None, seed: int) -> Path:
-    """OUT/<side-info>/seed<s> (OUT/default/seed<s> for a classification run without --side-info)."""
+    """OUT/<side-info>/seed<s> (OUT/default/seed<s>: a classification run without --side-info)."""
     return out / (kind or "default") / f"seed{seed}"
 
 
-def plan(base: cfg.TrainConfig, kinds: list[str | None], seeds: list[int], out: Path) -> list[cfg.TrainConfig]:
+def plan(
+    base: cfg.TrainConfig, kinds: list[str | None], seeds: list[int], out: Path
+) -> list[cfg.TrainConfig]:
     """One configuration per (side-information kind, seed): split seed = init seed = s."""
-    return [dataclasses.replace(base, side_info=kind, seed=seed, split_seed=seed, split=None,
-                                run_dir=str(run_dir(out, kind, seed))) for kind in kinds for seed in seeds]
+    return [
+        dataclasses.replace(
+            base,
+            side_info=kind,
+            seed=seed,
+            split_seed=seed,
+            split=None,
+            run_dir=str(run_dir(out, kind, seed)),
+        )
+        for kind in kinds
+        for seed in seeds
+    ]
 
 
 def check_plan(configs: list[cfg.TrainConfig]) -> None:
-    """Every run's data and flags, checked before the first one trains (train.prepare; splits made if missing)."""
+    """Every run's data and flags, checked before the first one trains (train.prepare; splits made
+    if missing)."""
     for config in configs:
         train.prepare(config)
 
 
 def train_all(configs: list[cfg.TrainConfig]) -> list[Path]:
-    """Train every run in turn (a finished one is skipped by train.run, an interrupted one resumed). Training's
-    progress goes to stderr: stdout holds only the tables, in the --format asked for."""
+    """Train every run in turn (a finished one is skipped by train.run, an interrupted one resumed).
+    Training's progress goes to stderr: stdout holds only the tables, in the --format asked for."""
     done = []
     with contextlib.redirect_stdout(sys.stderr):
         for number, config in enumerate(configs, 1):
-            print(f"== run {number}/{len(configs)}: side info {config.side_info or 'default'}, seed {config.seed} "
-                  f"-> {config.run_dir}", flush=True)
+            print(
+                f"== run {number}/{len(configs)}: side info {config.side_info or 'default'}, seed "
+                f"{config.seed} "
+                f"-> {config.run_dir}",
+                flush=True,
+            )
             done.append(train.run(config))
     return done
 
 
 def print_tables(run_dirs: list[Path], fmt: str) -> int:
-    """The runs' tables with the mean and 95% interval over seeds (evaluate.py --collect RUN...); notes to stderr."""
+    """The runs' tables with the mean and 95% interval over seeds (evaluate.py --collect RUN...);
+    notes to stderr."""
     try:
         records, notes = aggregate.collect(run_dirs, aggregated=True)
     except (EvaluationError, dsio.DatasetError, splits.SplitError, AudioError, OutputError) as exc:
@@ -97,15 +123,33 @@ def print_tables(run_dirs: list[Path], fmt: str) -> int:
 
 
 def build_parser():
-    parser = cfg.build_parser(skip=SET_HERE, description=__doc__.split("\n\n")[0],
-                              epilog="Other flags: train.py's (python train.py --help).")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
-                        help="seeds: each gives one run per side-information kind (its split seed and init seed).")
-    parser.add_argument("--side-info", nargs="+", dest="side_info_kinds", default=None,
-                        help=f"side-information kinds; default: those of {', '.join(PAPER_SIDE_INFO)} the "
-                             "dataset has (embedding model).")
+    parser = cfg.build_parser(
+        skip=SET_HERE,
+        description=__doc__.split("\n\n")[0],
+        epilog="Other flags: train.py's (python train.py --help).",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_SEEDS),
+        help="seeds: each gives one run per side-information kind (its split seed and init seed).",
+    )
+    parser.add_argument(
+        "--side-info",
+        nargs="+",
+        dest="side_info_kinds",
+        default=None,
+        help=f"side-information kinds; default: those of {', '.join(PAPER_SIDE_INFO)} the "
+        "dataset has (embedding model).",
+    )
     parser.add_argument("--out", required=True, help="folder of the runs: OUT/<side-info>/seed<s>.")
-    parser.add_argument("--format", choices=tables.FORMATS, default="table", help="format of the tables printed at the end.")
+    parser.add_argument(
+        "--format",
+        choices=tables.FORMATS,
+        default="table",
+        help="format of the tables printed at the end.",
+    )
     return parser
 
 
@@ -113,13 +157,28 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
-            raise ReproduceError(f"--seeds {' '.join(map(str, args.seeds))}: give distinct seeds >= 0.")
+            raise ReproduceError(
+                f"--seeds {' '.join(map(str, args.seeds))}: give distinct seeds >= 0."
+            )
         base = cfg.check_config(cfg.config_from_args(args))
-        configs = plan(base, side_info_kinds(base, args.side_info_kinds), args.seeds, Path(args.out).expanduser())
+        configs = plan(
+            base,
+            side_info_kinds(base, args.side_info_kinds),
+            args.seeds,
+            Path(args.out).expanduser(),
+        )
         check_plan(configs)
         run_dirs = train_all(configs)
-    except (ReproduceError, train.TrainError, cfg.ConfigError, cfg.RunDirError, dsio.DatasetError, splits.SplitError,
-            AudioError, OutputError) as exc:
+    except (
+        ReproduceError,
+        train.TrainError,
+        cfg.ConfigError,
+        cfg.RunDirError,
+        dsio.DatasetError,
+        splits.SplitError,
+        AudioError,
+        OutputError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return print_tables(run_dirs, args.format)

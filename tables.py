@@ -1,9 +1,10 @@
-"""The result records (results.json, protocol.py) in the layout of the paper's Tables 2-4 (Choi et al., ISMIR 2019),
-with the published numbers (reference/paper_tables.csv) and ours - paper for FMA and MSD, plus a clearly labelled
-generalized zero-shot view; a record outside the paper's tables goes to "Other results", never dropped.
-Aggregated records (aggregate.py: several seeds) show "mean ± half-width" of their 95% interval, n, and for FMA/MSD
-where the published number lies against that interval; rows of other models (evaluate.py --external) come under
-ours. render_comparison prints evaluate.py --compare."""
+"""The result records (results.json, protocol.py) in the layout of the paper's Tables 2-4 (Choi et
+al., ISMIR 2019), with the published numbers (reference/paper_tables.csv) and ours - paper for FMA
+and MSD, plus a clearly labelled generalized zero-shot view; a record outside the paper's tables
+goes to "Other results", never dropped. Aggregated records (aggregate.py: several seeds) show "mean
+± half-width" of their 95% interval, n, and for FMA/MSD where the published number lies against that
+interval; rows of other models (evaluate.py --external) come under ours. render_comparison prints
+evaluate.py --compare."""
 
 from __future__ import annotations
 
@@ -24,61 +25,143 @@ IDENTITY_KEYS = ("dataset", "model", "side_info", "train", "test", "task")
 PAPER_KEYS = ("dataset", "model", "train", "test", "task", "metric")  # a published cell
 METRIC_ORDER = ("AUC-i", "MAP-i", "P@1", "P@5", "P@10", "AUC-l", "MAP-l")
 METRIC_PATTERN = re.compile(r"^(AUC-[il]|MAP-[il]|P@\d+)$")
-ROW_KEYS = ("dataset", "model", "side_info", "train", "test", "task", "part", "variant", "run")  # a row's identity
-LONG_FIELDS = (*ROW_KEYS, "table", "metric", "value", "paper", "diff", "verdict", "n_runs", "std", "ci95_low",
-               "ci95_high", "evaluated", "skipped")
+# a row's identity
+ROW_KEYS = ("dataset", "model", "side_info", "train", "test", "task", "part", "variant", "run")
+LONG_FIELDS = (
+    *ROW_KEYS,
+    "table",
+    "metric",
+    "value",
+    "paper",
+    "diff",
+    "verdict",
+    "n_runs",
+    "std",
+    "ci95_low",
+    "ci95_high",
+    "evaluated",
+    "skipped",
+)
 COUNTS = ("evaluated", "skipped")
-COMPARISON_FIELDS = ("dataset", "test", "task", "metric", "a", "b", "diff", "ci95_low", "ci95_high", "rows",
-                     "left_out", "resamples", "seed", "run_a", "run_b")  # csv of render_comparison
+COMPARISON_FIELDS = (
+    "dataset",
+    "test",
+    "task",
+    "metric",
+    "a",
+    "b",
+    "diff",
+    "ci95_low",
+    "ci95_high",
+    "rows",
+    "left_out",
+    "resamples",
+    "seed",
+    "run_a",
+    "run_b",
+)  # csv of render_comparison
 OUR_MODELS = ("embedding", "classification")  # other model names: external models, shown under ours
-TABLE_TESTS = {"2": splits.ANNOTATION_TESTS, "3": splits.RETRIEVAL_TESTS, "4": (splits.TABLE4_TEST,),
-               "gzsl": splits.ANNOTATION_TESTS}
-TABLE4_TRAIN = "A-X"  # evaluate.py tests B-X only after A-X training (B's tracks train the other setups)
-TITLES = {"2": "Table 2. Zero-shot annotation (each test track ranks the test labels)",
-          "3": "Table 3. Zero-shot retrieval (each test label ranks the test tracks)",
-          "4": "Table 4. Retrieval on seen labels: deep embedding model vs classification model",
-          "gzsl": "Beyond the paper: generalized zero-shot view (seen labels X / unseen labels Y / harmonic mean H)",
-          "other": "Other results (not in the paper's tables)"}
+TABLE_TESTS = {
+    "2": splits.ANNOTATION_TESTS,
+    "3": splits.RETRIEVAL_TESTS,
+    "4": (splits.TABLE4_TEST,),
+    "gzsl": splits.ANNOTATION_TESTS,
+}
+# evaluate.py tests B-X only after A-X training (B's tracks train the other setups)
+TABLE4_TRAIN = "A-X"
+TITLES = {
+    "2": "Table 2. Zero-shot annotation (each test track ranks the test labels)",
+    "3": "Table 3. Zero-shot retrieval (each test label ranks the test tracks)",
+    "4": "Table 4. Retrieval on seen labels: deep embedding model vs classification model",
+    "gzsl": "Beyond the paper: generalized zero-shot view (seen labels X / unseen labels Y / "
+    "harmonic mean H)",
+    "other": "Other results (not in the paper's tables)",
+}
 _SKIPPED = "skipped = test {} (no defined AUC/AP); the metrics average the evaluated {}."
-NOTES = {"2": [_SKIPPED.format("tracks whose labels are all negative or all positive", "tracks")],
-         "3": [_SKIPPED.format("labels with no positive (or no negative) test track", "labels")],
-         "4": [_SKIPPED.format("labels with no positive (or no negative) test track", "labels") + " (The paper's "
-               "Table 4 footnote excluded such labels.)"],
-         "gzsl": ["NOT IN THE PAPER. Annotation tests over X+Y (seen + unseen labels): 'seen' ranks each track over "
-                  "the seen labels X only, 'unseen' over the unseen labels Y only; H = 2*seen*unseen/(seen+unseen), "
-                  "the generalized zero-shot summary of Xian et al. (2018).",
-                  "skipped s/u = tracks skipped in the seen / unseen part; n/a = all skipped (C has no seen label)."],
-         "other": ["Records outside the paper's Tables 2-4 (e.g. test B-X of a run not trained on A-X, or Table 4 with "
-                   "one model); published numbers, where any, are in the csv/json output."]}
-PAPER_NOTE = ("paper = published value (Choi et al. 2019, Table {}; FMA used instrument side information, MSD GloVe), "
-              "shown for every side information of ours; diff = ours - paper.")
-AGGREGATE_NOTE = ("ours = mean ± half-width of the 95% t-interval over the n runs that differ only in their seeds "
-                  "(mean ± t(0.975, n-1) * std / sqrt(n)); n = 1: the run's value, no interval.")
-VERDICT_NOTE = ("paper is = where the published number lies against our 95% interval: 'inside' it, 'above' it (the "
-                "paper reports more than our whole interval) or 'below' it (less); '-' without an interval (n = 1).")
+NOTES = {
+    "2": [_SKIPPED.format("tracks whose labels are all negative or all positive", "tracks")],
+    "3": [_SKIPPED.format("labels with no positive (or no negative) test track", "labels")],
+    "4": [
+        _SKIPPED.format("labels with no positive (or no negative) test track", "labels")
+        + " (The paper's "
+        "Table 4 footnote excluded such labels.)"
+    ],
+    "gzsl": [
+        "NOT IN THE PAPER. Annotation tests over X+Y (seen + unseen labels): 'seen' ranks each "
+        "track over "
+        "the seen labels X only, 'unseen' over the unseen labels Y only; H = "
+        "2*seen*unseen/(seen+unseen), "
+        "the generalized zero-shot summary of Xian et al. (2018).",
+        "skipped s/u = tracks skipped in the seen / unseen part; n/a = all skipped (C has no seen "
+        "label).",
+    ],
+    "other": [
+        "Records outside the paper's Tables 2-4 (e.g. test B-X of a run not trained on A-X, or "
+        "Table 4 with "
+        "one model); published numbers, where any, are in the csv/json output."
+    ],
+}
+PAPER_NOTE = (
+    "paper = published value (Choi et al. 2019, Table {}; FMA used instrument side information, "
+    "MSD GloVe), "
+    "shown for every side information of ours; diff = ours - paper."
+)
+AGGREGATE_NOTE = (
+    "ours = mean ± half-width of the 95% t-interval over the n runs that differ only in their "
+    "seeds "
+    "(mean ± t(0.975, n-1) * std / sqrt(n)); n = 1: the run's value, no interval."
+)
+VERDICT_NOTE = (
+    "paper is = where the published number lies against our 95% interval: 'inside' it, 'above' it "
+    "(the "
+    "paper reports more than our whole interval) or 'below' it (less); '-' without an interval (n "
+    "= 1)."
+)
 
 
 def render_tables(records, fmt: str = "table") -> str:
-    """Records (of one or several runs, or aggregated by aggregate.py) as "table", "markdown", "csv" (a row per
-    record and metric) or "json" (the same rows; an aggregated record stays one object, plus paper/diff/verdict)."""
+    """Records (of one or several runs, or aggregated by aggregate.py) as "table", "markdown", "csv"
+    (a row per record and metric) or "json" (the same rows; an aggregated record stays one object,
+    plus paper/diff/verdict)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     records = [_normalize(record, i) for i, record in enumerate(records)]
     paper = {tuple(row[k] for k in PAPER_KEYS): row["value"] for row in load_paper_tables()}
-    if fmt == "json":  # aggregated records as aggregate.py writes them (+ published numbers); others one per metric
-        return json.dumps([row for r in records for row in ([_json_record(r, paper)] if "n_runs" in r else
-                                                             _long_rows(r, paper))], indent=2) + "\n"
+    # aggregated records as aggregate.py writes them (+ published numbers); others one per metric
+    if fmt == "json":
+        return (
+            json.dumps(
+                [
+                    row
+                    for r in records
+                    for row in ([_json_record(r, paper)] if "n_runs" in r else _long_rows(r, paper))
+                ],
+                indent=2,
+            )
+            + "\n"
+        )
     if fmt == "csv":
         rows = [row for record in records for row in _long_rows(record, paper)]
-        return pd.DataFrame(rows, columns=LONG_FIELDS, dtype=object).to_csv(index=False, lineterminator="\n")
+        return pd.DataFrame(rows, columns=LONG_FIELDS, dtype=object).to_csv(
+            index=False, lineterminator="\n"
+        )
     if not records:
         return "No results to show.\n"
-    return "\n\n".join(block for dataset in dict.fromkeys(r["dataset"] for r in records) for block in
-                       _dataset_blocks(dataset, [r for r in records if r["dataset"] == dataset], paper, fmt)) + "\n"
+    return (
+        "\n\n".join(
+            block
+            for dataset in dict.fromkeys(r["dataset"] for r in records)
+            for block in _dataset_blocks(
+                dataset, [r for r in records if r["dataset"] == dataset], paper, fmt
+            )
+        )
+        + "\n"
+    )
 
 
 def load_paper_tables(path: Path | str = PAPER_TABLES_PATH) -> list[dict]:
-    """The published numbers: [{"table": int, "dataset", "model", "train", "test", "task", "metric", "value"}]."""
+    """The published numbers: [{"table": int, "dataset", "model", "train", "test", "task", "metric",
+    "value"}]."""
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     expected = ["table", *PAPER_KEYS, "value"]
     if missing := sorted(set(expected) - set(frame.columns)):
@@ -87,16 +170,27 @@ def load_paper_tables(path: Path | str = PAPER_TABLES_PATH) -> list[dict]:
 
 
 def _normalize(record, index: int) -> dict:
-    """A checked copy of a record: part defaulted to "all", metric values as floats (NaN for null)."""
-    if not isinstance(record, dict) or (missing := [key for key in IDENTITY_KEYS if key not in record]):
-        problem = f"is a {type(record).__name__}" if not isinstance(record, dict) else f"lacks {missing}"
-        raise ValueError(f"record {index} {problem}; a record is a dict with {list(IDENTITY_KEYS)}, as in results.json")
+    """A checked copy of a record: part defaulted to "all", metrics as floats (NaN for null)."""
+    if not isinstance(record, dict) or (
+        missing := [key for key in IDENTITY_KEYS if key not in record]
+    ):
+        problem = (
+            f"is a {type(record).__name__}" if not isinstance(record, dict) else f"lacks {missing}"
+        )
+        raise ValueError(
+            f"record {index} {problem}; a record is a dict with {list(IDENTITY_KEYS)}, as in "
+            "results.json"
+        )
     out = {**record, "part": record.get("part", "all")}
     if "mean" in record:  # an aggregated record (aggregate.py): its means are the values shown
         out.update(_check_aggregate(record, index))
     for key in filter(METRIC_PATTERN.match, out):
-        if out[key] is not None and (isinstance(out[key], bool) or not isinstance(out[key], (int, float))):
-            raise ValueError(f"record {index}: metric {key!r} must be a number or null, got {out[key]!r}")
+        if out[key] is not None and (
+            isinstance(out[key], bool) or not isinstance(out[key], (int, float))
+        ):
+            raise ValueError(
+                f"record {index}: metric {key!r} must be a number or null, got {out[key]!r}"
+            )
         out[key] = math.nan if out[key] is None else float(out[key])
     return out
 
@@ -104,22 +198,36 @@ def _normalize(record, index: int) -> dict:
 def _check_aggregate(record: dict, index: int) -> dict:
     """An aggregated record's means as metric fields, after checking n_runs, mean, std and ci95."""
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
-    problems = [f"{key} is not a dict of metrics" for key in ("mean", "std", "ci95")
-                if not isinstance(record.get(key), dict)]
+    problems = [
+        f"{key} is not a dict of metrics"
+        for key in ("mean", "std", "ci95")
+        if not isinstance(record.get(key), dict)
+    ]
     if not (isinstance(record.get("n_runs"), int) and record["n_runs"] >= 1):
         problems.append(f"n_runs is {record.get('n_runs')!r}, not a positive integer")
     if not problems:
-        problems += [f"ci95 of {m} is {v!r}, not [low, high]" for m, v in record["ci95"].items() if v is not None
-                     and not (isinstance(v, list) and len(v) == 2 and all(map(number, v)) and v[0] <= v[1])]
-        problems += [f"std of {m} is {v!r}" for m, v in record["std"].items() if v is not None and not number(v)]
+        problems += [
+            f"ci95 of {m} is {v!r}, not [low, high]"
+            for m, v in record["ci95"].items()
+            if v is not None
+            and not (isinstance(v, list) and len(v) == 2 and all(map(number, v)) and v[0] <= v[1])
+        ]
+        problems += [
+            f"std of {m} is {v!r}"
+            for m, v in record["std"].items()
+            if v is not None and not number(v)
+        ]
     if problems:
-        raise ValueError(f"aggregated record {index}: {'; '.join(problems)} (aggregate.py writes these records)")
+        raise ValueError(
+            f"aggregated record {index}: {'; '.join(problems)} (aggregate.py writes these records)"
+        )
     return dict(record["mean"])
 
 
 def paper_verdict(published: float | None, ci95) -> str | None:
-    """Where a published number lies against our 95% interval [low, high]: "inside" it, "above" it (the paper's
-    number is higher than our whole interval) or "below" it; None without a published number or an interval."""
+    """Where a published number lies against our 95% interval [low, high]: "inside" it, "above" it
+    (the paper's number is higher than our whole interval) or "below" it; None without a published
+    number or an interval."""
     if published is None or not ci95:
         return None
     low, high = ci95
@@ -135,61 +243,96 @@ def _placement(record: dict) -> str:
         return "2"
     if task == "retrieval" and test in splits.RETRIEVAL_TESTS:
         return "3"
-    return "4" if task == "retrieval" and (record["train"], test) == (TABLE4_TRAIN, splits.TABLE4_TEST) else "other"
+    return (
+        "4"
+        if task == "retrieval" and (record["train"], test) == (TABLE4_TRAIN, splits.TABLE4_TEST)
+        else "other"
+    )
 
 
 def _metric_names(records) -> list[str]:
     """Metric keys present in the records, in the paper's order (other P@K after, by K)."""
     present = {key for record in records for key in record if METRIC_PATTERN.match(key)}
-    return sorted(present, key=lambda m: (METRIC_ORDER.index(m) if m in METRIC_ORDER else 99,
-                                          int(m[2:]) if m.startswith("P@") else 0))
+    return sorted(
+        present,
+        key=lambda m: (
+            METRIC_ORDER.index(m) if m in METRIC_ORDER else 99,
+            int(m[2:]) if m.startswith("P@") else 0,
+        ),
+    )
 
 
 def _long_rows(record: dict, paper: dict) -> list[dict]:
-    """One row per metric of a record: identity, placement, our value (an aggregate: the mean, with n, std and the
-    interval), the published value, the difference and (an aggregate) the verdict."""
+    """One row per metric of a record: identity, placement, our value (an aggregate: the mean, with
+    n, std and the interval), the published value, the difference and (an aggregate) the verdict."""
     table = _placement(record)
     rows = []
     for metric in _metric_names([record]):
         value = record[metric]
         ci95 = record.get("ci95", {}).get(metric)
-        published = paper.get((*(record[k] for k in PAPER_KEYS[:-1]), metric)) if record["part"] == "all" else None
-        rows.append({**{key: record.get(key) for key in ROW_KEYS}, "table": None if table == "other" else table,
-                     "metric": metric, "value": None if math.isnan(value) else value, "paper": published,
-                     # rounded: 0.0064, not the float noise 0.00639999... of the subtraction
-                     "diff": None if published is None or math.isnan(value) else round(value - published, 10),
-                     "verdict": paper_verdict(published, ci95), "n_runs": record.get("n_runs"),
-                     "std": record.get("std", {}).get(metric), "ci95_low": ci95 and ci95[0],
-                     "ci95_high": ci95 and ci95[1], **{count: _count(record.get(count)) for count in COUNTS}})
+        published = (
+            paper.get((*(record[k] for k in PAPER_KEYS[:-1]), metric))
+            if record["part"] == "all"
+            else None
+        )
+        rows.append(
+            {
+                **{key: record.get(key) for key in ROW_KEYS},
+                "table": None if table == "other" else table,
+                "metric": metric,
+                "value": None if math.isnan(value) else value,
+                "paper": published,
+                # rounded: 0.0064, not the float noise 0.00639999... of the subtraction
+                "diff": None
+                if published is None or math.isnan(value)
+                else round(value - published, 10),
+                "verdict": paper_verdict(published, ci95),
+                "n_runs": record.get("n_runs"),
+                "std": record.get("std", {}).get(metric),
+                "ci95_low": ci95 and ci95[0],
+                "ci95_high": ci95 and ci95[1],
+                **{count: _count(record.get(count)) for count in COUNTS},
+            }
+        )
     return rows
 
 
 def _json_record(record: dict, paper: dict) -> dict:
-    """An aggregated record for --format json: as aggregate.py wrote it (metric means in "mean"), plus its table
-    and, per metric with a published number, "paper", "diff" and "verdict" (empty dicts elsewhere)."""
+    """An aggregated record for --format json: as aggregate.py wrote it (metric means in "mean"),
+    plus its table and, per metric with a published number, "paper", "diff" and "verdict" (empty
+    dicts elsewhere)."""
     rows = _long_rows(record, paper)
     out = {key: record[key] for key in (*ROW_KEYS, "n_runs", "runs") if key in record}
     out["mean"] = {r["metric"]: r["value"] for r in rows}
     out.update({key: record[key] for key in ("std", "ci95", *COUNTS) if key in record})
-    return {**out, "table": rows[0]["table"] if rows else None, **{
-        key: {r["metric"]: r[key] for r in rows if r["paper"] is not None} for key in ("paper", "diff", "verdict")}}
+    return {
+        **out,
+        "table": rows[0]["table"] if rows else None,
+        **{
+            key: {r["metric"]: r[key] for r in rows if r["paper"] is not None}
+            for key in ("paper", "diff", "verdict")
+        },
+    }
 
 
 def _cell(value, sign: str = "") -> str:
-    """A metric with 4 decimals ("+": signed), "n/a" for NaN (every row skipped), "-" for no value; a count."""
+    """A metric with 4 decimals ("+": signed), "n/a" for NaN (every row skipped), "-" for no value;
+    a count."""
     if value is None or isinstance(value, (int, str)):
         return "-" if value is None else str(value)
     return "n/a" if math.isnan(value) else f"{value:{sign}.4f}"
 
 
 def _ours(record: dict, metric: str) -> str:
-    """Our value of a metric: "mean ± half-width" of an aggregated record's interval, else the value alone."""
+    """Our value of a metric: "mean ± half-width" of an aggregated record's interval, else the value
+    alone."""
     ci95 = record.get("ci95", {}).get(metric)
     return _cell(record.get(metric)) + (f" ± {(ci95[1] - ci95[0]) / 2:.4f}" if ci95 else "")
 
 
 def _count(value):
-    """A count of evaluated/skipped rows; an aggregate's counts per run as "min..max" (one value if all equal)."""
+    """A count of evaluated/skipped rows; an aggregate's counts per run as "min..max" (one value if
+    all equal)."""
     if not isinstance(value, list):
         return value
     known = [v for v in value if isinstance(v, int)]
@@ -202,67 +345,105 @@ def _dataset_blocks(dataset: str, records: list[dict], paper: dict, fmt: str) ->
     published_datasets = sorted({key[0] for key in paper})
     blocks = [f"## Dataset: {dataset}" if fmt == "markdown" else f"===== Dataset: {dataset} ====="]
     if dataset not in published_datasets:
-        blocks.append(f"No published numbers for dataset '{dataset}' (the paper reports "
-                      f"{' and '.join(d.upper() for d in published_datasets)} only): ours alone.")
+        blocks.append(
+            f"No published numbers for dataset '{dataset}' (the paper reports "
+            f"{' and '.join(d.upper() for d in published_datasets)} only): ours alone."
+        )
     placed = {table: [r for r in records if _placement(r) == table] for table in TITLES}
     for table in TITLES:  # in the paper's order, then the GZSL view and the rest
         models = sorted({r["model"] for r in placed[table]})
         if table == "4" and models and not {"embedding", "classification"} <= set(models):
-            blocks.append(f"Table 4 omitted: it compares the embedding and the classification model (retrieval "
-                          f"{TABLE4_TRAIN} / {splits.TABLE4_TEST}); found only: {', '.join(models)} (under 'Other "
-                          "results'). Evaluate a run of the missing model and merge the runs (evaluate.py --collect).")
+            blocks.append(
+                "Table 4 omitted: it compares the embedding and the classification model "
+                "(retrieval "
+                f"{TABLE4_TRAIN} / {splits.TABLE4_TEST}); found only: {', '.join(models)} (under "
+                "'Other "
+                "results'). Evaluate a run of the missing model and merge the runs (evaluate.py "
+                "--collect)."
+            )
             placed["other"], placed["4"] = placed["other"] + placed["4"], []
         if placed[table]:
             shows_paper = dataset in published_datasets and table in ("2", "3", "4")
-            frame = _gzsl_frame(placed[table]) if table == "gzsl" else _metric_frame(
-                table, placed[table], paper if shows_paper else None)
+            frame = (
+                _gzsl_frame(placed[table])
+                if table == "gzsl"
+                else _metric_frame(table, placed[table], paper if shows_paper else None)
+            )
             aggregated = any("n_runs" in r for r in placed[table])
-            notes = [*NOTES[table], *[PAPER_NOTE.format(table)] * shows_paper, *[AGGREGATE_NOTE] * aggregated,
-                     *[VERDICT_NOTE] * (aggregated and shows_paper)]
+            notes = [
+                *NOTES[table],
+                *[PAPER_NOTE.format(table)] * shows_paper,
+                *[AGGREGATE_NOTE] * aggregated,
+                *[VERDICT_NOTE] * (aggregated and shows_paper),
+            ]
             blocks.append(_render(TITLES[table], frame, notes, fmt))
     return blocks
 
 
 def _sorted(records: list[dict], table: str) -> list[dict]:
-    """Our models first (other models' rows under ours), then the paper's order of the setups (others after, by
-    first appearance); Table 4's embedding model first."""
+    """Our models first (other models' rows under ours), then the paper's order of the setups
+    (others after, by first appearance); Table 4's embedding model first."""
+
     def order(known, key):  # the paper's order first, then first appearance
-        return {value: i for i, value in enumerate(dict.fromkeys([*known, *(r[key] for r in records)]))}
+        return {
+            value: i for i, value in enumerate(dict.fromkeys([*known, *(r[key] for r in records)]))
+        }
+
     trains = order(splits.TRAIN_SETUPS, "train")
     tests = order(TABLE_TESTS.get(table, ()), "test")
     models = {"embedding": 0, "classification": 1} if table == "4" else {}
-    return sorted(records, key=lambda r: (r["model"] not in OUR_MODELS, models.get(r["model"], 2),
-                                          trains[r["train"]], tests[r["test"]]))
+    return sorted(
+        records,
+        key=lambda r: (
+            r["model"] not in OUR_MODELS,
+            models.get(r["model"], 2),
+            trains[r["train"]],
+            tests[r["test"]],
+        ),
+    )
 
 
 def _metric_frame(table: str, records: list[dict], paper: dict | None) -> pd.DataFrame:
-    """One row per record: each metric's value (with `paper`: the published value and the difference), counts."""
+    """One row per record: each metric's value (with `paper`: the published value and the
+    difference), counts."""
     records = _sorted(records, table)
-    metrics = {"2": [m for m in _metric_names(records) if not m.endswith("-l")], "4": ["AUC-l"],
-               "3": [m for m in _metric_names(records) if m.endswith("-l")]}.get(table, _metric_names(records))
+    metrics = {
+        "2": [m for m in _metric_names(records) if not m.endswith("-l")],
+        "4": ["AUC-l"],
+        "3": [m for m in _metric_names(records) if m.endswith("-l")],
+    }.get(table, _metric_names(records))
     rows = []
     aggregated = any("n_runs" in r for r in records)
     for record in records:
         row = {}
         published = {cell["metric"]: cell for cell in _long_rows(record, paper or {})}
         for metric in metrics:
-            row[metric, "ours" if paper else ""] = _ours(record, metric) if metric in record else "-"
+            row[metric, "ours" if paper else ""] = (
+                _ours(record, metric) if metric in record else "-"
+            )
             if paper:
                 cell = published.get(metric, {})
                 row[metric, "paper"] = _cell(cell.get("paper"))
                 row[metric, "diff"] = _cell(cell.get("diff"), "+")
                 row.update({(metric, "paper is"): _cell(cell.get("verdict"))} if aggregated else {})
         rows.append({**row, **_counts(record, aggregated)})
-    setup = {"Train": "train", "Test": "test", **({"Task": "task", "Part": "part"} if table == "other" else {})}
+    setup = {
+        "Train": "train",
+        "Test": "test",
+        **({"Task": "task", "Part": "part"} if table == "other" else {}),
+    }
     return _frame(rows, records, setup)
 
 
 def _gzsl_frame(records: list[dict]) -> pd.DataFrame:
-    """Per (X+Y) setup and variant: each metric's seen part, unseen part and harmonic mean H; the counts."""
+    """Per (X+Y) setup and variant: each metric's seen part, unseen part and harmonic mean H; the
+    counts."""
     variants: dict[tuple, dict[str, dict]] = {}
     aggregated = any("n_runs" in r for r in records)
     for record in _sorted(records, "gzsl"):
-        key = tuple(record.get(k) for k in ("train", "test", "side_info", "model", "variant", "run"))
+        key = tuple(
+            record.get(k) for k in ("train", "test", "side_info", "model", "variant", "run")
+        )
         variants.setdefault(key, {})[record["part"]] = record
     rows = []
     for parts in variants.values():
@@ -270,61 +451,108 @@ def _gzsl_frame(records: list[dict]) -> pd.DataFrame:
         row = {}
         for metric in _metric_names(records):
             s, u = seen.get(metric), unseen.get(metric)
-            h = _ours(harmonic, metric) if metric in harmonic else _cell(
-                harmonic_mean(s, u) if s is not None and u is not None else None)
-            row.update({(metric, "seen"): _ours(seen, metric) if s is not None else "-",
-                        (metric, "unseen"): _ours(unseen, metric) if u is not None else "-", (metric, "H"): h})
+            h = (
+                _ours(harmonic, metric)
+                if metric in harmonic
+                else _cell(harmonic_mean(s, u) if s is not None and u is not None else None)
+            )
+            row.update(
+                {
+                    (metric, "seen"): _ours(seen, metric) if s is not None else "-",
+                    (metric, "unseen"): _ours(unseen, metric) if u is not None else "-",
+                    (metric, "H"): h,
+                }
+            )
         n = {("n", ""): _cell(next(iter(parts.values())).get("n_runs"))} if aggregated else {}
-        rows.append({**row, **n, **{(f"{count} s/u", ""): f"{_cell(_count(seen.get(count)))}/"
-                                    f"{_cell(_count(unseen.get(count)))}" for count in COUNTS}})
-    return _frame(rows, [next(iter(p.values())) for p in variants.values()], {"Train": "train", "Test": "test"})
+        rows.append(
+            {
+                **row,
+                **n,
+                **{
+                    (f"{count} s/u", ""): f"{_cell(_count(seen.get(count)))}/"
+                    f"{_cell(_count(unseen.get(count)))}"
+                    for count in COUNTS
+                },
+            }
+        )
+    return _frame(
+        rows,
+        [next(iter(p.values())) for p in variants.values()],
+        {"Train": "train", "Test": "test"},
+    )
 
 
 def _counts(record: dict, aggregated: bool) -> dict:
-    """The count columns of a row: n (when the table holds aggregated records), evaluated, skipped."""
+    """The count columns of a row: n (a table of aggregated records), evaluated, skipped."""
     counts = {("n", ""): _cell(record.get("n_runs"))} if aggregated else {}
     return {**counts, **{(count, ""): _cell(_count(record.get(count))) for count in COUNTS}}
 
 
 def _frame(rows: list[dict], records: list[dict], setup: dict[str, str]) -> pd.DataFrame:
-    """Rows labelled by setup, side information, model (unless all embedding) and run; a two-level header if any."""
+    """Rows labelled by setup, side information, model (unless all embedding) and run; a two-level
+    header if any."""
     names = {**setup, "Side info": "side_info"}
     names.update({"Model": "model"} if {r["model"] for r in records} != {"embedding"} else {})
     names.update({"Variant": "variant"} if any(r.get("variant") for r in records) else {})
     names.update({"Run": "run"} if any("run" in r for r in records) else {})
-    index = pd.MultiIndex.from_tuples([tuple(str(r.get(k, "-")) for k in names.values()) for r in records],
-                                      names=list(names))
+    index = pd.MultiIndex.from_tuples(
+        [tuple(str(r.get(k, "-")) for k in names.values()) for r in records], names=list(names)
+    )
     frame = pd.DataFrame(rows, index=index)
     two_levels = any(sub for _, sub in frame.columns)
-    frame.columns = pd.MultiIndex.from_tuples(frame.columns) if two_levels else [top for top, _ in frame.columns]
+    frame.columns = (
+        pd.MultiIndex.from_tuples(frame.columns)
+        if two_levels
+        else [top for top, _ in frame.columns]
+    )
     return frame
 
 
 def render_comparison(rows: list[dict], fmt: str = "table") -> str:
-    """evaluate.py --compare (aggregate.compare_runs: per test setup, task and metric, A, B, A - B and its 95%
-    paired bootstrap interval) as "table", "markdown", "csv" (the interval as ci95_low, ci95_high) or "json"."""
+    """evaluate.py --compare (aggregate.compare_runs: per test setup, task and metric, A, B, A - B
+    and its 95% paired bootstrap interval) as "table", "markdown", "csv" (the interval as ci95_low,
+    ci95_high) or "json"."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "json":
         return json.dumps(rows, indent=2) + "\n"
     if fmt == "csv":
         flat = [{**r, "ci95_low": r["ci95"][0], "ci95_high": r["ci95"][1]} for r in rows]
-        return pd.DataFrame(flat, columns=COMPARISON_FIELDS).to_csv(index=False, lineterminator="\n")
+        return pd.DataFrame(flat, columns=COMPARISON_FIELDS).to_csv(
+            index=False, lineterminator="\n"
+        )
     if not rows:
         return "No test setup to compare.\n"
-    frame = pd.DataFrame([{"A": _cell(r["a"]), "B": _cell(r["b"]), "A - B": _cell(r["diff"], "+"),
-                           "95% interval": f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]",
-                           "0 inside": "yes" if r["ci95"][0] <= 0 <= r["ci95"][1] else "no",
-                           "rows": r["rows"], "left out": r["left_out"]} for r in rows],
-                         index=pd.MultiIndex.from_tuples([(r["test"], r["task"], r["metric"]) for r in rows],
-                                                         names=["Test", "Task", "Metric"]))
+    frame = pd.DataFrame(
+        [
+            {
+                "A": _cell(r["a"]),
+                "B": _cell(r["b"]),
+                "A - B": _cell(r["diff"], "+"),
+                "95% interval": f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]",
+                "0 inside": "yes" if r["ci95"][0] <= 0 <= r["ci95"][1] else "no",
+                "rows": r["rows"],
+                "left out": r["left_out"],
+            }
+            for r in rows
+        ],
+        index=pd.MultiIndex.from_tuples(
+            [(r["test"], r["task"], r["metric"]) for r in rows], names=["Test", "Task", "Metric"]
+        ),
+    )
     first = rows[0]
-    notes = [f"A = {first['run_a']}", f"B = {first['run_b']}",
-             "A - B = difference of the metric's means over the test rows (tracks: annotation, labels: retrieval) "
-             f"defined in both runs; 95% interval = 2.5th and 97.5th percentiles of A - B over {first['resamples']} "
-             f"paired bootstrap resamples of those rows (seed {first['seed']}).",
-             "0 inside = no: the interval excludes 0, the sign of A - B holds at the 95% level for this test split "
-             "(the split and the training seeds vary too: evaluate.py --collect aggregates seeds)."]
+    notes = [
+        f"A = {first['run_a']}",
+        f"B = {first['run_b']}",
+        "A - B = difference of the metric's means over the test rows (tracks: annotation, labels: "
+        "retrieval) "
+        "defined in both runs; 95% interval = 2.5th and 97.5th percentiles of A - B over "
+        f"{first['resamples']} "
+        f"paired bootstrap resamples of those rows (seed {first['seed']}).",
+        "0 inside = no: the interval excludes 0, the sign of A - B holds at the 95% level for this "
+        "test split "
+        "(the split and the training seeds vary too: evaluate.py --collect aggregates seeds).",
+    ]
     return _render(f"Paired comparison A - B on dataset {first['dataset']}", frame, notes, fmt)
 
 
@@ -335,5 +563,8 @@ def _render(title: str, frame: pd.DataFrame, notes: list[str], fmt: str) -> str:
     names = [" ".join(filter(None, c)) if isinstance(c, tuple) else c for c in flat.columns]
     align = [":---"] * frame.index.nlevels + ["---:"] * frame.shape[1]
     lines = ["| " + " | ".join(names) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in flat.to_numpy()]
+    lines += [
+        "| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |"
+        for row in flat.to_numpy()
+    ]
     return "\n".join([f"**{title}**", "", *lines, "", *(f"- {note}" for note in notes)])

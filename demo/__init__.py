@@ -1,1 +1,2 @@
-"""The synthetic demo corpus: not part of the paper's pipeline, a stand-in dataset that runs it end to end."""
+"""The synthetic demo corpus: not part of the paper's pipeline, a stand-in dataset that runs it end
+to end."""

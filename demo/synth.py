@@ -1,15 +1,17 @@
-"""Synthesized instruments and arrangements for the demo corpus (numpy and scipy, no per-sample Python loops).
+"""Synthesized instruments and arrangements for the demo corpus (numpy and scipy, no per-sample
+Python loops).
 
-Twenty instruments named after the OpenMIC-2018 classes (table VOICES), each with its own timbre, range, envelope
-and role. A note is a cached sample that depends only on (instrument, pitch, variant), like a sampler bank, so a
-track sounds the same whichever process renders it. Every instrument of an `Arrangement` plays through the whole
-clip (`render_track`), so it is audible in any 3-s crop.
+Twenty instruments named after the OpenMIC-2018 classes (table VOICES), each with its own timbre,
+range, envelope and role. A note is a cached sample that depends only on (instrument, pitch,
+variant), like a sampler bank, so a track sounds the same whichever process renders it. Every
+instrument of an `Arrangement` plays through the whole clip (`render_track`), so it is audible in
+any 3-s crop.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import NamedTuple
 
 import numpy as np
@@ -28,30 +30,43 @@ class Voice(NamedTuple):
     role: str  # what it plays in a track: the Score method that writes its notes
     pitch_range: tuple[int, int] | None  # MIDI notes it plays (None: percussion)
     release: float  # fade after a note ends, seconds
-    level: float = 1.0  # mix level of its part (normalized to unit RMS): per instrument, never per genre
+    # mix level of its part (normalized to unit RMS): per instrument, never per genre
+    level: float = 1.0
 
 
 VOICES = {  # OpenMIC-2018 class-map order
-    "accordion": Voice("keyboard", "comp", (53, 79), 0.06),  # two reeds 9 cents apart (musette beating), chords
-    "banjo": Voice("plucked", "arp", (62, 86), 0.05),  # very bright pluck + drum-head twang, 16th rolls
-    "bass": Voice("plucked", "bass", (28, 50), 0.05, 1.1),  # low pluck with a reinforced fundamental, root/fifth
-    "cello": Voice("sustained", "pad", (36, 62), 0.15),  # saw through body resonances, vibrato, slow attack
+    # two reeds 9 cents apart (musette beating), chords
+    "accordion": Voice("keyboard", "comp", (53, 79), 0.06),
+    # very bright pluck + drum-head twang, 16th rolls
+    "banjo": Voice("plucked", "arp", (62, 86), 0.05),
+    # low pluck with a reinforced fundamental, root/fifth
+    "bass": Voice("plucked", "bass", (28, 50), 0.05, 1.1),
+    # saw through body resonances, vibrato, slow attack
+    "cello": Voice("sustained", "pad", (36, 62), 0.15),
     "clarinet": Voice("sustained", "lead", (52, 79), 0.06),  # odd harmonics, no vibrato
-    "cymbals": Voice("percussion", "cymbals", None, 0.3, 0.55),  # crash (long bright noise), ride (inharmonic ping)
+    # crash (long bright noise), ride (inharmonic ping)
+    "cymbals": Voice("percussion", "cymbals", None, 0.3, 0.55),
     "drums": Voice("percussion", "drums", None, 0.05, 1.2),  # kick, snare, closed and open hi-hat
     "flute": Voice("sustained", "lead", (72, 96), 0.08),  # near-sine + breath noise, vibrato, high
     "guitar": Voice("plucked", "strum", (40, 67), 0.08),  # Karplus-Strong string, strummed chords
-    "mallet_percussion": Voice("percussion", "arp", (67, 96), 0.1),  # marimba partials 1 : 3.9 : 9.5, arpeggios
-    "mandolin": Voice("plucked", "tremolo", (67, 91), 0.04),  # bright double course, tremolo picking
-    "organ": Voice("keyboard", "comp", (43, 72), 0.03),  # drawbars incl. the 16' sub-octave, leslie wobble
-    "piano": Voice("keyboard", "comp", (48, 79), 0.2),  # struck, stretched partials, brightness decays
-    "saxophone": Voice("sustained", "lead", (49, 72), 0.06),  # rich harmonics, 1.5 kHz formant, late vibrato
-    "synthesizer": Voice("keyboard", "arp", (60, 88), 0.05),  # detuned saws, resonant filter envelope
+    # marimba partials 1 : 3.9 : 9.5, arpeggios
+    "mallet_percussion": Voice("percussion", "arp", (67, 96), 0.1),
+    # bright double course, tremolo picking
+    "mandolin": Voice("plucked", "tremolo", (67, 91), 0.04),
+    # drawbars incl. the 16' sub-octave, leslie wobble
+    "organ": Voice("keyboard", "comp", (43, 72), 0.03),
+    # struck, stretched partials, brightness decays
+    "piano": Voice("keyboard", "comp", (48, 79), 0.2),
+    # rich harmonics, 1.5 kHz formant, late vibrato
+    "saxophone": Voice("sustained", "lead", (49, 72), 0.06),
+    # detuned saws, resonant filter envelope
+    "synthesizer": Voice("keyboard", "arp", (60, 88), 0.05),
     "trombone": Voice("brass", "pad", (40, 62), 0.08),  # brass, low, swelling brightness
     "trumpet": Voice("brass", "lead", (60, 82), 0.06),  # brass, high, bright swell
     "ukulele": Voice("plucked", "strum", (60, 76), 0.05),  # soft nylon string, high strums
     "violin": Voice("sustained", "lead", (67, 93), 0.12),  # bowed string, high, vibrato
-    "voice": Voice("sustained", "lead", (52, 74), 0.1),  # glottal source through vowel formants, vibrato
+    # glottal source through vowel formants, vibrato
+    "voice": Voice("sustained", "lead", (52, 74), 0.1),
 }
 INSTRUMENTS = tuple(VOICES)
 # The "pitches" of drums and cymbals
@@ -62,25 +77,46 @@ OPEN_HAT = 3
 CRASH = 0
 RIDE = 1
 N_VARIANTS = 3  # cached variants of each drum or cymbal hit
-VOWELS = (((730, 1090, 2440), (1.0, 0.5, 0.25)), ((530, 1840, 2480), (1.0, 0.45, 0.3)),  # formants (Hz), gains:
-          ((300, 2250, 3000), (1.0, 0.35, 0.3)), ((570, 840, 2410), (1.0, 0.6, 0.15)),  # the voice's vowels
-          ((320, 870, 2240), (1.0, 0.35, 0.1)))  # a e i o u
+# formants (Hz), gains:
+VOWELS = (
+    ((730, 1090, 2440), (1.0, 0.5, 0.25)),
+    ((530, 1840, 2480), (1.0, 0.45, 0.3)),
+    # the voice's vowels
+    ((300, 2250, 3000), (1.0, 0.35, 0.3)),
+    ((570, 840, 2410), (1.0, 0.6, 0.15)),
+    ((320, 870, 2240), (1.0, 0.35, 0.1)),
+)  # a e i o u
 SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
-# Chord progressions as scale degrees (0 = tonic), one chord per bar; chosen at random, independent of genre.
-PROGRESSIONS = ((0, 4, 5, 3), (0, 3, 4, 3), (0, 5, 3, 4), (1, 4, 0, 5), (0, 3, 0, 4), (5, 3, 0, 4), (0, 6, 3, 4))
+# Chord progressions as scale degrees (0 = tonic), one chord per bar; chosen at random, independent
+# of genre.
+PROGRESSIONS = (
+    (0, 4, 5, 3),
+    (0, 3, 4, 3),
+    (0, 5, 3, 4),
+    (1, 4, 0, 5),
+    (0, 3, 0, 4),
+    (5, 3, 0, 4),
+    (0, 6, 3, 4),
+)
 
 _T = np.arange(int(round(NOTE_SECONDS * SR))) / SR  # (n,) time axis of a note sample, seconds
 
 
-# ---------------------------------------------------------------------------------------------- signal helpers
+# ----------------------------------------------------------------------------------------------
+# signal helpers
 def unit_peak(x: np.ndarray) -> np.ndarray:
     return x / np.max(np.abs(x))
 
 
 def harmonic_tone(amps, f0: float, freq) -> np.ndarray:
-    """(n,) sum_k amps[k-1] sin(2 pi k phase), phase = cumsum(freq) / SR (freq in Hz), read from a wavetable.
-    Harmonics k * f0 above the Nyquist guard are dropped (no aliasing, even with vibrato)."""
-    amps = np.where(np.arange(1, len(amps) + 1) * f0 > NYQUIST_GUARD * SR, 0.0, np.asarray(amps, dtype=np.float64))
+    """(n,) sum_k amps[k-1] sin(2 pi k phase), phase = cumsum(freq) / SR (freq in Hz), read from a
+    wavetable. Harmonics k * f0 above the Nyquist guard are dropped (no aliasing, even with
+    vibrato)."""
+    amps = np.where(
+        np.arange(1, len(amps) + 1) * f0 > NYQUIST_GUARD * SR,
+        0.0,
+        np.asarray(amps, dtype=np.float64),
+    )
     spectrum = np.zeros(TABLE_SIZE // 2 + 1, dtype=np.complex128)
     spectrum[1 : len(amps) + 1] = -0.5j * amps * TABLE_SIZE
     table = np.fft.irfft(spectrum, n=TABLE_SIZE)  # one period
@@ -92,7 +128,7 @@ def harmonic_tone(amps, f0: float, freq) -> np.ndarray:
 
 
 def vibrato(f0: float, rate: float, cents: float, delay: float) -> np.ndarray:
-    """(n,) instantaneous frequency with a sinusoidal vibrato that fades in after `delay` seconds."""
+    """(n,) instantaneous frequency, a sinusoidal vibrato fading in after `delay` seconds."""
     depth = np.clip((_T - delay) / 0.3, 0.0, 1.0) * cents
     return f0 * 2.0 ** (depth * np.sin(2 * np.pi * rate * _T) / 1200.0)
 
@@ -105,28 +141,43 @@ def attack(seconds: float) -> np.ndarray:
 def resonances(freqs, centres, widths, gains) -> np.ndarray:
     """Sum of Lorentzian peaks (formants, instrument bodies) evaluated at `freqs`."""
     freqs = np.asarray(freqs, dtype=np.float64)[:, None]
-    return (np.asarray(gains) / (1.0 + ((freqs - np.asarray(centres)) / np.asarray(widths)) ** 2)).sum(axis=1)
+    return (
+        np.asarray(gains) / (1.0 + ((freqs - np.asarray(centres)) / np.asarray(widths)) ** 2)
+    ).sum(axis=1)
 
 
 def filtered_noise(rng: np.random.Generator, low: float, high: float | None = None) -> np.ndarray:
-    """(n,) white noise through a 2nd-order Butterworth band-pass [low, high] Hz (a high-pass when high is None)."""
+    """(n,) white noise through a 2nd-order Butterworth band-pass [low, high] Hz (a high-pass when
+    high is None)."""
     band = low / (SR / 2) if high is None else [low / (SR / 2), high / (SR / 2)]
-    return lfilter(*butter(2, band, btype="high" if high is None else "band"), rng.standard_normal(len(_T)))
+    return lfilter(
+        *butter(2, band, btype="high" if high is None else "band"), rng.standard_normal(len(_T))
+    )
 
 
-def karplus_strong(f0: float, t60: float, brightness: float, rng: np.random.Generator) -> np.ndarray:
-    """Karplus-Strong string: a noise burst (low-passed: brightness 1 = bright pick, lower = soft nylon) through a
-    feedback loop z^-L g ((1 - s) + s z^-1) allpass(C), as one lfilter call. The allpass supplies the fraction of
-    the period (exact pitch); s and g make the fundamental decay by 60 dB in t60 s at every pitch (Jaffe & Smith)."""
+def karplus_strong(
+    f0: float, t60: float, brightness: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Karplus-Strong string: a noise burst (low-passed: brightness 1 = bright pick, lower = soft
+    nylon) through a feedback loop z^-L g ((1 - s) + s z^-1) allpass(C), as one lfilter call. The
+    allpass supplies the fraction of the period (exact pitch); s and g make the fundamental decay by
+    60 dB in t60 s at every pitch (Jaffe & Smith)."""
     period = SR / f0
     target = 10.0 ** (-3.0 / (t60 * f0))  # loop gain per period at f0
     one_minus_cos = 1.0 - np.cos(2 * np.pi * f0 / SR)
-    need = (1.0 - target**2) / (2.0 * one_minus_cos)  # s (1 - s) that gives |H(f0)| = target with g = 1
-    s, g = (0.5, target / np.sqrt(1.0 - 0.5 * one_minus_cos)) if need >= 0.25 else (0.5 - np.sqrt(0.25 - need), 1.0)
+    # s (1 - s) that gives |H(f0)| = target with g = 1
+    need = (1.0 - target**2) / (2.0 * one_minus_cos)
+    s, g = (
+        (0.5, target / np.sqrt(1.0 - 0.5 * one_minus_cos))
+        if need >= 0.25
+        else (0.5 - np.sqrt(0.25 - need), 1.0)
+    )
     length = int(np.floor(period - s - 0.1))
     frac = period - s - length  # in [0.1, 1.1): the allpass's well-behaved range
     c = (1.0 - frac) / (1.0 + frac)
-    burst = lfilter([brightness], [1.0, brightness - 1.0], rng.uniform(-1.0, 1.0, int(np.ceil(period))))
+    burst = lfilter(
+        [brightness], [1.0, brightness - 1.0], rng.uniform(-1.0, 1.0, int(np.ceil(period)))
+    )
     excitation = np.zeros(len(_T))
     excitation[: len(burst)] = burst - burst.mean()
     a = np.zeros(length + 3)  # (1 + C z^-1) - g z^-L [(1-s) C + ((1-s) + s C) z^-1 + s z^-2]
@@ -135,10 +186,16 @@ def karplus_strong(f0: float, t60: float, brightness: float, rng: np.random.Gene
     return lfilter([1.0, c], a, excitation)
 
 
-# --------------------------------------- families of note samples: (name, f0 Hz, midi, variant, rng) -> (n,) samples
+# --------------------------------------- families of note samples: (name, f0 Hz, midi, variant,
+# rng) -> (n,) samples
 def _plucked(name, f0, midi, variant, rng):
-    t60, brightness = {"guitar": (2.5, 0.55), "ukulele": (0.9, 0.25), "banjo": (0.55, 1.0), "mandolin": (0.8, 0.9),
-                       "bass": (1.8, 0.3)}[name]
+    t60, brightness = {
+        "guitar": (2.5, 0.55),
+        "ukulele": (0.9, 0.25),
+        "banjo": (0.55, 1.0),
+        "mandolin": (0.8, 0.9),
+        "bass": (1.8, 0.3),
+    }[name]
     y = karplus_strong(f0, t60, brightness, rng)
     if name == "banjo":  # the drum head's twang: a 2.5 kHz band of noise dying in 30 ms
         return unit_peak(y) + 0.5 * filtered_noise(rng, 1800.0, 3500.0) * np.exp(-_T / 0.03)
@@ -149,7 +206,8 @@ def _plucked(name, f0, midi, variant, rng):
     return y
 
 
-# The sustained voices' vibrato (rate Hz, depth cents, delay s), attack (s), and bow or breath noise (level, band Hz)
+# The sustained voices' vibrato (rate Hz, depth cents, delay s), attack (s), and bow or breath noise
+# (level, band Hz)
 SUSTAINED = {
     "violin": ((5.8, 22, 0.15), 0.12, 0.12, (2000, 7000)),
     "cello": ((5.0, 18, 0.2), 0.18, 0.12, (2000, 7000)),
@@ -159,13 +217,15 @@ SUSTAINED = {
     "voice": ((5.5, 30, 0.2), 0.08, 0.03, (2500, 6000)),
 }
 # The brass voices' bright harmonic table (resonance centres, widths, gains), vibrato and attack
-BRASS = {"trumpet": (-0.5, ((1200, 2500), (600, 900), (1.0, 0.7)), (5.5, 8, 0.4), 0.04),
-         "trombone": (-0.7, ((500, 1200), (300, 600), (1.0, 0.6)), (5.0, 6, 0.5), 0.07)}
+BRASS = {
+    "trumpet": (-0.5, ((1200, 2500), (600, 900), (1.0, 0.7)), (5.5, 8, 0.4), 0.04),
+    "trombone": (-0.7, ((500, 1200), (300, 600), (1.0, 0.6)), (5.0, 6, 0.5), 0.07),
+}
 
 
 def _sustained(name, f0, midi, variant, rng):
-    """Bowed strings, winds and the voice: harmonic amplitudes `amps`, then SUSTAINED's vibrato, soft attack and
-    bow or breath noise."""
+    """Bowed strings, winds and the voice: harmonic amplitudes `amps`, then SUSTAINED's vibrato,
+    soft attack and bow or breath noise."""
     k = np.arange(1, 61)
     if name == "violin":  # a saw through the body's resonances
         amps = resonances(k * f0, (450, 1000, 2800), (150, 300, 600), (1.0, 0.6, 1.2)) / k
@@ -198,19 +258,34 @@ def _brass(name, f0, midi, variant, rng):
 
 def _keyboard(name, f0, midi, variant, rng):
     if name == "organ":  # drawbars 16' 8' 4' 2 2/3' 2' 1 3/5' 1' as multiples of the 8' fundamental
-        tone = harmonic_tone([1.0, 0.7, 0.55, 0.5, 0, 0.35, 0, 0.3], f0, f0) + 0.5 * np.sin(np.pi * f0 * _T)
-        return tone * (1.0 + 0.15 * np.sin(2 * np.pi * 6.5 * _T)) * attack(0.01)  # rotating-speaker wobble
+        tone = harmonic_tone([1.0, 0.7, 0.55, 0.5, 0, 0.35, 0, 0.3], f0, f0) + 0.5 * np.sin(
+            np.pi * f0 * _T
+        )
+        # rotating-speaker wobble
+        return tone * (1.0 + 0.15 * np.sin(2 * np.pi * 6.5 * _T)) * attack(0.01)
     if name == "accordion":  # musette tuning: reeds 9 cents apart beat at a few Hz
-        amps = np.arange(1, 41) ** -0.6 * resonances(np.arange(1, 41) * f0, (800, 2000), (400, 800), (0.7, 1.0))
-        return (harmonic_tone(amps, f0, f0) + harmonic_tone(amps, f0, f0 * 2.0 ** (9.0 / 1200.0))) * attack(0.05)
-    if name == "synthesizer":  # two saws +-10 cents through a resonant (Q 4) low-pass whose cutoff falls after
+        amps = np.arange(1, 41) ** -0.6 * resonances(
+            np.arange(1, 41) * f0, (800, 2000), (400, 800), (0.7, 1.0)
+        )
+        return (
+            harmonic_tone(amps, f0, f0) + harmonic_tone(amps, f0, f0 * 2.0 ** (9.0 / 1200.0))
+        ) * attack(0.05)
+    # two saws +-10 cents through a resonant (Q 4) low-pass whose cutoff falls after
+    if name == "synthesizer":
         k = np.arange(1, 81)  # the attack: the filter shapes a bright and a dark table, cross-faded
-        bright, dark = (1 / k / np.sqrt((1 - (k * f0 / fc) ** 2) ** 2 + (k * f0 / fc / 4) ** 2) for fc in (4500, 1400))
+        bright, dark = (
+            1 / k / np.sqrt((1 - (k * f0 / fc) ** 2) ** 2 + (k * f0 / fc / 4) ** 2)
+            for fc in (4500, 1400)
+        )
         env = np.exp(-_T / 0.12)
         saws = (f0 * 2.0 ** (-10.0 / 1200.0), f0 * 2.0 ** (10.0 / 1200.0))
-        y = sum(harmonic_tone(bright, f0, f) * env + harmonic_tone(dark, f0, f) * (1 - env) for f in saws)
+        y = sum(
+            harmonic_tone(bright, f0, f) * env + harmonic_tone(dark, f0, f) * (1 - env)
+            for f in saws
+        )
         return y * attack(0.005)
-    # piano: stiff-string partials f_k = k f0 sqrt(1 + B k^2); higher partials decay faster (brightness falls)
+    # piano: stiff-string partials f_k = k f0 sqrt(1 + B k^2); higher partials decay faster
+    # (brightness falls)
     k = np.arange(1, 17)[:, None]
     fk = k * f0 * np.sqrt(1.0 + 4e-4 * k**2)
     tau = (2.2 - 1.4 * (midi - 36) / 60.0) / (1.0 + 0.45 * (k - 1))
@@ -221,20 +296,39 @@ def _keyboard(name, f0, midi, variant, rng):
 
 
 def _percussion(name, f0, midi, variant, rng):
-    """Drum pieces (midi = KICK...OPEN_HAT), cymbals (midi = CRASH or RIDE) and the mallet bar (midi = pitch)."""
-    if name == "mallet_percussion":  # a marimba-like bar: partials at 1, 3.93 and 9.54 x f0, fast decays, a click
-        ratios, amps, taus = np.array([[1.0, 3.93, 9.54], [1.0, 0.4, 0.15], [0.6, 0.12, 0.04]])[:, :, None]
-        bar = amps * np.exp(-_T / (taus * (1 - (midi - 60) / 80))) * np.sin(2 * np.pi * ratios * f0 * _T)
+    """Drum pieces (midi = KICK...OPEN_HAT), cymbals (midi = CRASH or RIDE) and the mallet bar (midi
+    = pitch)."""
+    # a marimba-like bar: partials at 1, 3.93 and 9.54 x f0, fast decays, a click
+    if name == "mallet_percussion":
+        ratios, amps, taus = np.array([[1.0, 3.93, 9.54], [1.0, 0.4, 0.15], [0.6, 0.12, 0.04]])[
+            :, :, None
+        ]
+        bar = (
+            amps
+            * np.exp(-_T / (taus * (1 - (midi - 60) / 80)))
+            * np.sin(2 * np.pi * ratios * f0 * _T)
+        )
         click = filtered_noise(rng, 1000.0, 6000.0) * np.exp(-_T / 0.003)
-        return unit_peak((bar * (ratios * f0 < NYQUIST_GUARD * SR)).sum(axis=0)) + 0.3 * unit_peak(click)
-    if name == "cymbals":  # crash: long broadband noise + dense inharmonic shimmer; ride: pinged partials + wash
+        return unit_peak((bar * (ratios * f0 < NYQUIST_GUARD * SR)).sum(axis=0)) + 0.3 * unit_peak(
+            click
+        )
+    # crash: long broadband noise + dense inharmonic shimmer; ride: pinged partials + wash
+    if name == "cymbals":
         partials = rng.uniform(3000.0, 9000.0, (24 if midi == CRASH else 6, 1))
-        shimmer = unit_peak(np.sin(2 * np.pi * partials * _T + rng.uniform(0, 2 * np.pi, partials.shape)).sum(0))
+        shimmer = unit_peak(
+            np.sin(2 * np.pi * partials * _T + rng.uniform(0, 2 * np.pi, partials.shape)).sum(0)
+        )
         noise = unit_peak(filtered_noise(rng, 3500.0))
         crash = (noise + 0.4 * shimmer) * np.exp(-_T / 1.0)
-        y = crash if midi == CRASH else 0.35 * noise * np.exp(-_T / 0.5) + 0.8 * shimmer * np.exp(-_T / 0.7)
+        y = (
+            crash
+            if midi == CRASH
+            else 0.35 * noise * np.exp(-_T / 0.5) + 0.8 * shimmer * np.exp(-_T / 0.7)
+        )
     elif midi == KICK:  # a falling sine and a click
-        y = np.sin(2 * np.pi * np.cumsum(48.0 + 110.0 * np.exp(-_T / 0.035)) / SR) * np.exp(-_T / 0.22)
+        y = np.sin(2 * np.pi * np.cumsum(48.0 + 110.0 * np.exp(-_T / 0.035)) / SR) * np.exp(
+            -_T / 0.22
+        )
         y += 0.3 * filtered_noise(rng, 1000.0, 5000.0) * np.exp(-_T / 0.003)
     elif midi == SNARE:  # band noise and a 185 Hz body
         y = 0.9 * unit_peak(filtered_noise(rng, 1500.0, 8000.0)) * np.exp(-_T / 0.11)
@@ -244,14 +338,18 @@ def _percussion(name, f0, midi, variant, rng):
     return y * attack(0.001)
 
 
-_SOUNDS = dict(plucked=_plucked, sustained=_sustained, brass=_brass, keyboard=_keyboard, percussion=_percussion)
+_SOUNDS = dict(
+    plucked=_plucked, sustained=_sustained, brass=_brass, keyboard=_keyboard, percussion=_percussion
+)
 
 
-@lru_cache(maxsize=None)
+@cache
 def note_sample(name: str, midi: int, variant: int = 0) -> np.ndarray:
-    """The cached (NOTE_SECONDS * SR,) float32 sample of one note, peak 1; depends only on its arguments.
-    midi: the pitch, drum piece (KICK...) or cymbal kind (CRASH, RIDE); variant: the voice's vowel (0-4) or one of
-    N_VARIANTS hits. The generator is seeded by integers only (never by Python's salted str hash)."""
+    """The cached (NOTE_SECONDS * SR,) float32 sample of one note, peak 1; depends only on its
+    arguments.
+    midi: the pitch, drum piece (KICK...) or cymbal kind (CRASH, RIDE); variant: the voice's vowel
+        (0-4) or one of N_VARIANTS hits. The generator is seeded by integers only (never by Python's
+        salted str hash)."""
     f0 = 440.0 * 2.0 ** ((midi - 69) / 12.0)  # equal temperament, A4 = MIDI 69 = 440 Hz
     rng = np.random.default_rng([7919, INSTRUMENTS.index(name), midi, variant])
     sample = unit_peak(_SOUNDS[VOICES[name].sound](name, f0, midi, variant, rng)).astype(np.float32)
@@ -259,11 +357,14 @@ def note_sample(name: str, midi: int, variant: int = 0) -> np.ndarray:
     return sample
 
 
-# ------------------------------------------------------------------------------ arrangement: the notes of each part
+# ------------------------------------------------------------------------------ arrangement: the
+# notes of each part
 @dataclass(frozen=True)
 class Arrangement:
-    """Everything audible about a track. Genre enters only through tempo, meter, swing, density, register and
-    instruments (demo/build.py); everything else is drawn the same way for every genre."""
+    """Everything audible about a track. Genre enters only through tempo, meter, swing, density,
+    register and instruments (demo/build.py); everything else is drawn the same way for every genre.
+    """
+
     tempo: float  # beats per minute
     meter: int  # beats per bar, 3 or 4
     swing: float  # in [0, 1]: off-beat eighths are delayed by swing / 6 beat
@@ -281,7 +382,9 @@ class Arrangement:
 
 
 class Notes(NamedTuple):
-    """A part's notes: onset and duration (s), MIDI pitch (or drum piece), velocity, variant; arrays or scalars."""
+    """A part's notes: onset and duration (s), MIDI pitch (or drum piece), velocity, variant; arrays
+    or scalars."""
+
     onset: np.ndarray
     pitch: np.ndarray
     duration: np.ndarray
@@ -290,7 +393,8 @@ class Notes(NamedTuple):
 
 
 class Score:
-    """The notes of one arrangement: beat grid, swing and harmony, and one method per role (Voice.role)."""
+    """The notes of one arrangement: beat grid, swing and harmony, and one method per role
+    (Voice.role)."""
 
     def __init__(self, arr: Arrangement):
         self.arr = arr
@@ -317,7 +421,8 @@ class Score:
         return np.arange(0.0, self.n_bars * self.arr.meter, step)
 
     def chord_pcs(self, beats) -> np.ndarray:
-        """(n, 3) pitch classes (root, third, fifth) of the triad at each beat (the progression cycles by bar)."""
+        """(n, 3) pitch classes (root, third, fifth) of the triad at each beat (the progression
+        cycles by bar)."""
         bar = (np.asarray(beats) // self.arr.meter).astype(np.int64)
         degree = np.asarray(self.arr.progression)[bar % len(self.arr.progression)]
         return (self.arr.key + self.scale[(degree[:, None] + np.array([0, 2, 4])) % 7]) % 12
@@ -325,17 +430,21 @@ class Score:
     def chord_tones(self, beats, low: int, high: int) -> list[np.ndarray]:
         """The notes in [low, high] of the triad sounding at each beat."""
         midi = np.arange(low, high + 1)
-        return [midi[member] for member in (midi % 12 == self.chord_pcs(beats)[:, :, None]).any(axis=1)]
+        return [
+            midi[member] for member in (midi % 12 == self.chord_pcs(beats)[:, :, None]).any(axis=1)
+        ]
 
     def window(self, name: str, span: int = 16) -> tuple[int, int]:
-        """The pitch window of a melodic part: `span` semitones in the lower/middle/upper part of its range."""
+        """The pitch window of a melodic part: `span` semitones in the lower/middle/upper part of
+        its range."""
         low, high = VOICES[name].pitch_range
         span = min(span, high - low)
         start = {-1: low, 0: low + (high - low - span) // 2, 1: high - span}[self.arr.register]
         return start, start + span
 
     def melody(self, name, rng, step_choices, legato: float = 0.85) -> Notes:
-        """Rhythm drawn from `step_choices` (beats); pitch a random walk on the scale, reflected at the edges."""
+        """Rhythm drawn from `step_choices` (beats); pitch a random walk on the scale, reflected at
+        the edges."""
         low, high = self.window(name)
         midi = np.arange(low, high + 1)
         pitches = midi[np.isin((midi - self.arr.key) % 12, self.scale)]
@@ -343,24 +452,39 @@ class Score:
         steps = rng.choice(step_choices, size=int(total / min(step_choices)) + 2)
         starts = np.concatenate([[0.0], np.cumsum(steps)[:-1]])
         starts, steps = starts[starts < total], steps[starts < total]
-        walk = np.cumsum(rng.choice([-2, -1, -1, 0, 1, 1, 2, 3, -3], len(starts))) + rng.integers(0, len(pitches))
+        walk = np.cumsum(rng.choice([-2, -1, -1, 0, 1, 1, 2, 3, -3], len(starts))) + rng.integers(
+            0, len(pitches)
+        )
         period = 2 * (len(pitches) - 1)
         walk = np.minimum(walk % period, period - walk % period)
-        return Notes(self.seconds(starts), pitches[walk], steps * self.beat * legato,
-                     self.velocities(rng, len(starts), np.isclose(starts % 1.0, 0.0)))
+        return Notes(
+            self.seconds(starts),
+            pitches[walk],
+            steps * self.beat * legato,
+            self.velocities(rng, len(starts), np.isclose(starts % 1.0, 0.0)),
+        )
 
     def lead(self, name, rng) -> Notes:
-        notes = self.melody(name, rng, ([1.0, 2.0, 1.5], [0.5, 1.0, 1.0, 1.5], [0.5, 0.5, 0.25, 1.0])[self.density])
-        return notes._replace(variant=rng.integers(0, len(VOWELS), len(notes.onset))) if name == "voice" else notes
+        notes = self.melody(
+            name, rng, ([1.0, 2.0, 1.5], [0.5, 1.0, 1.0, 1.5], [0.5, 0.5, 0.25, 1.0])[self.density]
+        )
+        return (
+            notes._replace(variant=rng.integers(0, len(VOWELS), len(notes.onset)))
+            if name == "voice"
+            else notes
+        )
 
     def pad(self, name, rng) -> Notes:  # long notes: whole bars, half bars or beats
-        return self.melody(name, rng, [(self.arr.meter, self.half_bar, 4.0 - self.half_bar)[self.density]], 0.95)
+        return self.melody(
+            name, rng, [(self.arr.meter, self.half_bar, 4.0 - self.half_bar)[self.density]], 0.95
+        )
 
     def tremolo(self, name, rng) -> Notes:
         """A slow melody played as rapid repeated picks (sixteenths at the track tempo)."""
         tune = self.melody(name, rng, ([2.0, 1.0], [1.0, 2.0], [1.0, 0.5])[self.density])
         picks = self.seconds(self.grid(0.25))
-        playing = np.searchsorted(tune.onset, picks, side="right") - 1  # the melody note at each pick
+        # the melody note at each pick
+        playing = np.searchsorted(tune.onset, picks, side="right") - 1
         vel = tune.velocity[playing] * np.where(np.arange(len(picks)) % 2 == 0, 1.0, 0.8)
         return Notes(picks, tune.pitch[playing], self.beat / 4.0 * 0.95, vel)
 
@@ -372,28 +496,48 @@ class Score:
         pc = np.where(rng.random(len(starts)) < 0.3, pcs[:, 2], pcs[:, 0])
         pitch = low + (pc - low) % 12 + 12 * (rng.random(len(starts)) < 0.25)
         on_bar = np.isclose(starts % self.arr.meter, 0.0)
-        return Notes(self.seconds(starts), pitch, step * self.beat * 0.9, self.velocities(rng, len(starts), on_bar))
+        return Notes(
+            self.seconds(starts),
+            pitch,
+            step * self.beat * 0.9,
+            self.velocities(rng, len(starts), on_bar),
+        )
 
     def comp(self, name, rng) -> Notes:
         """Block chords: organ / accordion hold them, the piano repeats them on the density grid."""
         low, _ = self.window(name, span=14)
         piano = name == "piano"
-        step = ((self.half_bar, 1.0, 0.5) if piano else (self.arr.meter, self.half_bar, 1.0))[self.density]
-        return self.chords(self.grid(step), step * (0.9 if piano else 0.97), low, low + 14, rng, stagger=0.0)
+        step = ((self.half_bar, 1.0, 0.5) if piano else (self.arr.meter, self.half_bar, 1.0))[
+            self.density
+        ]
+        return self.chords(
+            self.grid(step), step * (0.9 if piano else 0.97), low, low + 14, rng, stagger=0.0
+        )
 
     def strum(self, name, rng) -> Notes:
-        """Strummed chords (strings 12 ms apart, alternating down and up) on beats, eighths or sixteenths."""
+        """Strummed chords (strings 12 ms apart, alternating down and up) on beats, eighths or
+        sixteenths."""
         low, high = VOICES[name].pitch_range
         step = (1.0, 0.5, 0.25)[self.density]
-        return self.chords(self.grid(step), step * 0.9, low, min(high, low + 19), rng, stagger=0.012)
+        return self.chords(
+            self.grid(step), step * 0.9, low, min(high, low + 19), rng, stagger=0.012
+        )
 
     def chords(self, starts, duration, low, high, rng, stagger: float) -> Notes:
-        """Every chord tone in [low, high] at each start, `stagger` seconds apart (strokes down, up, down, ...)."""
+        """Every chord tone in [low, high] at each start, `stagger` seconds apart (strokes down, up,
+        down, ...)."""
         tones = self.chord_tones(starts, low, high)
         strokes = [np.arange(len(t))[:: 1 - 2 * (i % 2)] for i, t in enumerate(tones)]
-        onset = np.concatenate([self.seconds(beat) + stagger * order for beat, order in zip(starts, strokes)])
+        onset = np.concatenate(
+            [
+                self.seconds(beat) + stagger * order
+                for beat, order in zip(starts, strokes, strict=True)
+            ]
+        )
         accented = self.velocities(rng, len(starts), np.isclose(starts % self.arr.meter, 0.0))
-        vel = np.concatenate([np.full(len(t), v / np.sqrt(len(t))) for t, v in zip(tones, accented)])
+        vel = np.concatenate(
+            [np.full(len(t), v / np.sqrt(len(t))) for t, v in zip(tones, accented, strict=True)]
+        )
         return Notes(onset, np.concatenate(tones), duration * self.beat, vel)
 
     def arp(self, name, rng) -> Notes:
@@ -402,12 +546,17 @@ class Score:
         pattern = [0, 2, 1, 3] if name == "banjo" else [0, 1, 2, 3, 2, 1]
         starts = self.grid(step)
         tones = self.chord_tones(starts, *self.window(name, span=18))
-        pitch = [t[p % len(t)] for t, p in zip(tones, np.resize(pattern, len(starts)))]
-        return Notes(self.seconds(starts), pitch, step * self.beat * 0.9,
-                     self.velocities(rng, len(starts), np.isclose(starts % 1.0, 0.0)))
+        pitch = [t[p % len(t)] for t, p in zip(tones, np.resize(pattern, len(starts)), strict=True)]
+        return Notes(
+            self.seconds(starts),
+            pitch,
+            step * self.beat * 0.9,
+            self.velocities(rng, len(starts), np.isclose(starts % 1.0, 0.0)),
+        )
 
     def drums(self, name, rng) -> Notes:
-        """Kick / snare / hi-hat patterns by meter and density, with random extra kicks and open hats."""
+        """Kick / snare / hi-hat patterns by meter and density, with random extra kicks and open
+        hats."""
         bars = np.arange(self.n_bars)[:, None] * self.arr.meter
         if self.arr.meter == 3:
             kick = bars + [0.0]
@@ -418,11 +567,21 @@ class Score:
         offbeats = self.grid(0.5)[1::2]
         kick = np.concatenate([kick.ravel(), offbeats[rng.random(len(offbeats)) < 0.12]])
         hats = self.grid((1.0, 0.5, 0.25)[self.density])
-        piece = np.concatenate([np.full(len(kick), KICK), np.full(snare.size, SNARE),
-                                np.where(rng.random(len(hats)) < 0.08, OPEN_HAT, CLOSED_HAT)])
+        piece = np.concatenate(
+            [
+                np.full(len(kick), KICK),
+                np.full(snare.size, SNARE),
+                np.where(rng.random(len(hats)) < 0.08, OPEN_HAT, CLOSED_HAT),
+            ]
+        )
         vel = self.velocities(rng, len(piece)) * np.where(piece >= CLOSED_HAT, 0.55, 1.0)
-        return Notes(self.seconds(np.concatenate([kick, snare.ravel(), hats])), piece, 0.5 * self.beat, vel,
-                     rng.integers(0, N_VARIANTS, len(piece)))
+        return Notes(
+            self.seconds(np.concatenate([kick, snare.ravel(), hats])),
+            piece,
+            0.5 * self.beat,
+            vel,
+            rng.integers(0, N_VARIANTS, len(piece)),
+        )
 
     def cymbals(self, name, rng) -> Notes:
         """A crash every two bars, a ride on the beat (sparse) or on eighths."""
@@ -435,17 +594,22 @@ class Score:
         return Notes(self.seconds(np.concatenate([crash, ride])), kind, 1.6, vel, variant)
 
 
-# -------------------------------------------------------------------------------------------------- rendering
+# --------------------------------------------------------------------------------------------------
+# rendering
 def render_part(name: str, notes: Notes, n_samples: int) -> np.ndarray:
-    """(n_samples,) float32: each note's cached sample, held for its duration, then faded out over the release."""
+    """(n_samples,) float32: each note's cached sample, held for its duration, then faded out over
+    the release."""
     release = max(1, int(VOICES[name].release * SR))
     fade = np.linspace(1.0, 0.0, release, dtype=np.float32)
     margin = len(_T)  # room for notes that start before the clip or ring past its end
     out = np.zeros(margin + n_samples + margin, dtype=np.float32)
     onset, pitch, duration, velocity, variant = (a.tolist() for a in np.broadcast_arrays(*notes))
     held = np.maximum(np.round(np.asarray(duration) * SR).astype(np.int64), 1)
-    pieces = -(-held // (len(_T) - release))  # a note longer than a sample is re-articulated: no gap, like a bow change
-    for start, hold, n, p, v, var in zip(onset, (held // pieces).tolist(), pieces.tolist(), pitch, velocity, variant):
+    # a note longer than a sample is re-articulated: no gap, like a bow change
+    pieces = -(-held // (len(_T) - release))
+    for start, hold, n, p, v, var in zip(
+        onset, (held // pieces).tolist(), pieces.tolist(), pitch, velocity, variant, strict=True
+    ):
         segment = note_sample(name, p, var)[: hold + release] * np.float32(v)
         segment[hold:] *= fade
         for begin in range(round(start * SR), round(start * SR) + n * hold, hold):
@@ -455,13 +619,16 @@ def render_part(name: str, notes: Notes, n_samples: int) -> np.ndarray:
 
 
 def render_track(arr: Arrangement) -> np.ndarray:
-    """(n,) float32: each part at unit RMS, mixed with level * gains_db, normalized to MASTER_RMS * master gain;
-    the rare peaks above 0.8 follow a tanh curve towards 1 (soft clipping, never hard)."""
+    """(n,) float32: each part at unit RMS, mixed with level * gains_db, normalized to MASTER_RMS *
+    master gain; the rare peaks above 0.8 follow a tanh curve towards 1 (soft clipping, never hard).
+    """
     score = Score(arr)
     mix = np.zeros(int(round(arr.seconds * SR)), dtype=np.float64)
-    for name, gain_db in zip(arr.instruments, arr.gains_db):
+    for name, gain_db in zip(arr.instruments, arr.gains_db, strict=True):
         rng = np.random.default_rng([*arr.seed, 1 + INSTRUMENTS.index(name)])
-        part = render_part(name, getattr(score, VOICES[name].role)(name, rng), len(mix)).astype(np.float64)
+        part = render_part(name, getattr(score, VOICES[name].role)(name, rng), len(mix)).astype(
+            np.float64
+        )
         mix += VOICES[name].level * 10.0 ** (gain_db / 20.0) * part / np.sqrt(np.mean(part**2))
     mix *= MASTER_RMS * 10.0 ** (arr.master_gain_db / 20.0) / np.sqrt(np.mean(mix**2))
     peaks = np.abs(mix) > 0.8

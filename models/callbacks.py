@@ -1,13 +1,14 @@
-"""The training callbacks of the original recipe (docs/original.md, "Training"), and the training log.
+"""The training callbacks of the original recipe (docs/original.md, "Training"), and the training
+log.
 
-Stock Keras does the recipe: EarlyStopping(val_loss, patience 20), ReduceLROnPlateau(val_loss, factor 0.2,
-patience 5, min_lr 1.6e-7) on the optimizer's base rate (`models.DecaySGD` applies the Keras-2 decay on top, as
-Keras 2 did), ModelCheckpoint(model.keras: best val_loss, or every epoch so that the last one stays with
---weights last), CSVLogger(log.csv) and TerminateOnNaN. Two small
-`LambdaCallback`s add the decayed rate to the log ("lr", beside ReduceLROnPlateau's base "learning_rate") and a
-checkpoint every N epochs. The one custom callback is `TrainingBackup`: Keras keeps the counters of EarlyStopping,
-ReduceLROnPlateau and ModelCheckpoint in memory only, so it saves them with the variables after every epoch and
-restores them on resume.
+Stock Keras does the recipe: EarlyStopping(val_loss, patience 20), ReduceLROnPlateau(val_loss,
+factor 0.2, patience 5, min_lr 1.6e-7) on the optimizer's base rate (`models.DecaySGD` applies the
+Keras-2 decay on top, as Keras 2 did), ModelCheckpoint(model.keras: best val_loss, or every epoch so
+that the last one stays with --weights last), CSVLogger(log.csv) and TerminateOnNaN. Two small
+`LambdaCallback`s add the decayed rate to the log ("lr", beside ReduceLROnPlateau's base
+"learning_rate") and a checkpoint every N epochs. The one custom callback is `TrainingBackup`: Keras
+keeps the counters of EarlyStopping, ReduceLROnPlateau and ModelCheckpoint in memory only, so it
+saves them with the variables after every epoch and restores them on resume.
 """
 
 from __future__ import annotations
@@ -32,15 +33,19 @@ STATE_FILE = "state.json"
 class TrainingBackup(keras.callbacks.Callback):
     """Exact resume after kill -9: put it LAST in the callback list.
 
-    After every epoch the model's and the optimizer's variables (weights, iteration counter, base learning rate,
-    momenta) go to folder/epoch_NNNN.npz, then folder/state.json (replaced atomically, so a kill at any moment
-    leaves the previous complete backup) records that file, the epoch, whether training stopped, and the
-    `COUNTERS` of the stateful callbacks. `on_train_begin` restores all of it after the other callbacks have reset
-    themselves; `initial_epoch` tells `fit` where to go on.
+    After every epoch the model's and the optimizer's variables (weights, iteration counter, base
+    learning rate, momenta) go to folder/epoch_NNNN.npz, then folder/state.json (replaced
+    atomically, so a kill at any moment leaves the previous complete backup) records that file, the
+    epoch, whether training stopped, and the `COUNTERS` of the stateful callbacks. `on_train_begin`
+    restores all of it after the other callbacks have reset themselves; `initial_epoch` tells `fit`
+    where to go on.
     """
 
-    COUNTERS = {"EarlyStopping": ("best", "wait", "best_epoch", "stopped_epoch"),
-                "ReduceLROnPlateau": ("best", "wait", "cooldown_counter"), "ModelCheckpoint": ("best",)}
+    COUNTERS = {
+        "EarlyStopping": ("best", "wait", "best_epoch", "stopped_epoch"),
+        "ReduceLROnPlateau": ("best", "wait", "cooldown_counter"),
+        "ModelCheckpoint": ("best",),
+    }
 
     def __init__(self, folder, stateful: list):
         super().__init__()
@@ -49,8 +54,11 @@ class TrainingBackup(keras.callbacks.Callback):
         self.state = self._read_state()
 
     def _damaged(self, path, problem) -> RunDirError:
-        return RunDirError(f"the training backup {path} is damaged ({problem}): delete the folder {self.folder} to "
-                           "restart this run from its first epoch, or pass a new --run-dir.")
+        return RunDirError(
+            f"the training backup {path} is damaged ({problem}): delete the folder {self.folder} "
+            "to "
+            "restart this run from its first epoch, or pass a new --run-dir."
+        )
 
     def _read_state(self) -> dict | None:
         path = self.folder / STATE_FILE
@@ -58,9 +66,16 @@ class TrainingBackup(keras.callbacks.Callback):
             return None
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
-            counters = [state["callbacks"][name][attr] for name in self.stateful for attr in self.COUNTERS[name]]
-            if not (isinstance(state["epoch"], int) and isinstance(state["stopped"], bool)
-                    and all(v is None or isinstance(v, (int, float)) for v in counters)):
+            counters = [
+                state["callbacks"][name][attr]
+                for name in self.stateful
+                for attr in self.COUNTERS[name]
+            ]
+            if not (
+                isinstance(state["epoch"], int)
+                and isinstance(state["stopped"], bool)
+                and all(v is None or isinstance(v, (int, float)) for v in counters)
+            ):
                 raise ValueError("a value has the wrong type")
             if not (self.folder / state["weights"]).is_file():
                 raise ValueError(f"{state['weights']} is missing")
@@ -93,7 +108,7 @@ class TrainingBackup(keras.callbacks.Callback):
         variables = self._variables()  # the optimizer is built: train.build_model builds it
         if [a.shape for a in arrays] != [tuple(v.shape) for v in variables]:
             raise self._damaged(path, "its arrays do not fit this model")
-        for variable, array in zip(variables, arrays):
+        for variable, array in zip(variables, arrays, strict=True):
             variable.assign(array)
         for name, callback in self.stateful.items():
             for attr, value in self.state["callbacks"][name].items():
@@ -103,10 +118,16 @@ class TrainingBackup(keras.callbacks.Callback):
         name = f"epoch_{epoch:04d}.npz"
         arrays = [keras.ops.convert_to_numpy(v) for v in self._variables()]
         atomic_write(self.folder / name, lambda tmp: np.savez(tmp, *arrays))
-        counters = {key: {attr: _plain(getattr(callback, attr)) for attr in self.COUNTERS[key]}
-                    for key, callback in self.stateful.items()}
-        self.state = {"epoch": int(epoch), "weights": name, "stopped": bool(self.model.stop_training),
-                      "callbacks": counters}
+        counters = {
+            key: {attr: _plain(getattr(callback, attr)) for attr in self.COUNTERS[key]}
+            for key, callback in self.stateful.items()
+        }
+        self.state = {
+            "epoch": int(epoch),
+            "weights": name,
+            "stopped": bool(self.model.stop_training),
+            "callbacks": counters,
+        }
         write_json(self.folder / STATE_FILE, self.state)
         for old in self.folder.glob("epoch_*.npz"):
             if old.name != name:
@@ -118,43 +139,65 @@ class TrainingBackup(keras.callbacks.Callback):
 
 
 def _plain(value):
-    return value.item() if hasattr(value, "item") else value  # numpy scalar -> Python number, for JSON
+    # numpy scalar -> Python number, for JSON
+    return value.item() if hasattr(value, "item") else value
 
 
 def training_callbacks(model, config, run_dir: Path) -> tuple[list, TrainingBackup]:
-    """The callback list of `config` (a config.TrainConfig) and its backup, in the order each epoch's logs flow:
-    the "lr" column before the plateau's decision, CSVLogger after the columns are in, the backup last. log.csv is
-    cut to the epochs the backup holds (a resumed run trains the later ones again)."""
-    plateau = keras.callbacks.ReduceLROnPlateau("val_loss", factor=config.plateau_factor,
-                                                patience=config.plateau_patience, min_lr=config.min_lr, verbose=1)
+    """The callback list of `config` (a config.TrainConfig) and its backup, in the order each
+    epoch's logs flow: the "lr" column before the plateau's decision, CSVLogger after the columns
+    are in, the backup last. log.csv is cut to the epochs the backup holds (a resumed run trains the
+    later ones again)."""
+    plateau = keras.callbacks.ReduceLROnPlateau(
+        "val_loss",
+        factor=config.plateau_factor,
+        patience=config.plateau_patience,
+        min_lr=config.min_lr,
+        verbose=1,
+    )
     stopping = keras.callbacks.EarlyStopping("val_loss", patience=config.patience, verbose=1)
-    # Not written atomically, but a kill while it writes is undone: the backup still holds the previous epoch,
-    # which the rerun trains again and saves.
-    best = keras.callbacks.ModelCheckpoint(run_dir / MODEL_FILE, monitor="val_loss",
-                                           save_best_only=config.weights == "best")
+    # Not written atomically, but a kill while it writes is undone: the backup still holds the
+    # previous epoch, which the rerun trains again and saves.
+    best = keras.callbacks.ModelCheckpoint(
+        run_dir / MODEL_FILE, monitor="val_loss", save_best_only=config.weights == "best"
+    )
     backup = TrainingBackup(run_dir / BACKUP_DIR, [plateau, stopping, best])
-    truncate_log(run_dir / LOG_FILE, backup.initial_epoch)  # CSVLogger appends to the epochs backed up
+    # CSVLogger appends to the epochs backed up
+    truncate_log(run_dir / LOG_FILE, backup.initial_epoch)
     decayed_rate = keras.callbacks.LambdaCallback(
-        on_epoch_end=lambda epoch, logs: logs.update(lr=model.optimizer.current_learning_rate()))
+        on_epoch_end=lambda epoch, logs: logs.update(lr=model.optimizer.current_learning_rate())
+    )
 
-    def checkpoint(epoch, logs):  # checkpoints/epoch_NNN.keras (1-based) every N epochs, the last `keep` kept
+    # checkpoints/epoch_NNN.keras (1-based) every N epochs, the last `keep` kept
+    def checkpoint(epoch, logs):
         if config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0:
             atomic_write(run_dir / CHECKPOINT_DIR / f"epoch_{epoch + 1:03d}.keras", model.save)
             if config.keep_checkpoints:
-                for old in sorted((run_dir / CHECKPOINT_DIR).glob("epoch_*.keras"))[:-config.keep_checkpoints]:
+                for old in sorted((run_dir / CHECKPOINT_DIR).glob("epoch_*.keras"))[
+                    : -config.keep_checkpoints
+                ]:
                     old.unlink()
 
-    callbacks = [keras.callbacks.TerminateOnNaN(raise_error=True), decayed_rate, plateau, stopping, best,
-                 keras.callbacks.LambdaCallback(on_epoch_end=checkpoint),
-                 keras.callbacks.CSVLogger(str(run_dir / LOG_FILE), append=True), backup]
+    callbacks = [
+        keras.callbacks.TerminateOnNaN(raise_error=True),
+        decayed_rate,
+        plateau,
+        stopping,
+        best,
+        keras.callbacks.LambdaCallback(on_epoch_end=checkpoint),
+        keras.callbacks.CSVLogger(str(run_dir / LOG_FILE), append=True),
+        backup,
+    ]
     return callbacks, backup
 
 
-# ---- log.csv ------------------------------------------------------------------------------------------------------
+# ---- log.csv -------------------------------------------------------------------------------------
 def truncate_log(path: Path, first_epoch: int) -> None:
-    """Keep the rows of the epochs before `first_epoch` (later ones are trained again), one per epoch, in order.
+    """Keep the rows of the epochs before `first_epoch` (later ones are trained again), one per
+    epoch, in order.
 
-    Rows that do not parse (a second header, a torn line) are dropped, so a damaged log never blocks a resume.
+    Rows that do not parse (a second header, a torn line) are dropped, so a damaged log never blocks
+    a resume.
     """
     if not path.is_file():
         return
@@ -170,7 +213,9 @@ def truncate_log(path: Path, first_epoch: int) -> None:
         if len(row) == len(header) and 0 <= epoch < first_epoch:
             kept[epoch] = row
     text = io.StringIO()
-    csv.writer(text, lineterminator="\n").writerows([header, *(kept[e] for e in sorted(kept))] if kept else [])
+    csv.writer(text, lineterminator="\n").writerows(
+        [header, *(kept[e] for e in sorted(kept))] if kept else []
+    )
     atomic_write_text(path, text.getvalue())
 
 
@@ -191,8 +236,10 @@ def plot_training_curve(log_path: Path, out_path: Path, title: str) -> None:
     log = read_log(log_path)
     epochs = [e + 1 for e in log.get("epoch", [])]
     fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    for ax, columns in ((ax_loss, {"loss": "loss", "val_loss": "val_loss"}),
-                        (ax_lr, {"learning_rate": "base learning rate", "lr": "decayed learning rate"})):
+    for ax, columns in (
+        (ax_loss, {"loss": "loss", "val_loss": "val_loss"}),
+        (ax_lr, {"learning_rate": "base learning rate", "lr": "decayed learning rate"}),
+    ):
         for key, label in columns.items():
             if key in log:
                 ax.plot(epochs, log[key], marker=".", label=label)

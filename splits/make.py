@@ -1,9 +1,13 @@
-"""Make a zero-shot split file (paper Sec. 3.2, Figure 2 (c)) and print / save its Table 1 statistics.
+"""Make a zero-shot split file (paper Sec. 3.2, Figure 2 (c)) and print / save its Table 1
+statistics.
 
-    python -m splits.make --dataset demo     # data/demo/annotations.csv -> data/demo/splits/split_seed0.json
-    python -m splits.make --annotations FILE.csv --out FILE.json [--seed 0] [--unseen-fraction 0.2] ...
+    python -m splits.make --dataset demo     # data/demo/annotations.csv ->
+                                             data/demo/splits/split_seed0.json
+    python -m splits.make --annotations FILE.csv --out FILE.json [--seed 0] [--unseen-fraction 0.2]
+        ...
 
-Writes the split JSON and, beside it, <name>.stats.json (splits/README.md has the algorithm and both formats).
+Writes the split JSON and, beside it, <name>.stats.json (splits/README.md has the algorithm and both
+formats).
 """
 
 from __future__ import annotations
@@ -20,20 +24,50 @@ from dataset_dir import annotations_path, dataset_name, read_annotations, resolv
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m splits.make", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Split labels into seen (X) / unseen (Y) and tracks into groups A / B / C with train/valid "
-                    "parts (Choi et al. 2019, Sec. 3.2), seeded; see splits/README.md.")
+        prog="python -m splits.make",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Split labels into seen (X) / unseen (Y) and tracks into groups A / B / C with "
+        "train/valid "
+        "parts (Choi et al. 2019, Sec. 3.2), seeded; see splits/README.md.",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--annotations", type=Path, help="CSV with header track_id,label, one row per positive pair.")
-    source.add_argument("--dataset", help="demo | fma | msd (data/<name>) or a dataset directory: reads "
-                        "<dir>/annotations.csv and writes <dir>/splits/split_seed{seed}.json unless --out is given.")
-    parser.add_argument("--out", type=Path, default=None, help="split JSON to write (required with --annotations); "
-                        "statistics go to <out without .json>.stats.json.")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the label shuffle and the train/valid shuffles.")
-    parser.add_argument("--unseen-fraction", type=float, default=0.2,
-                        help="fraction of labels held out as unseen (Y); seen = int(n_labels * (1 - fraction)).")
-    parser.add_argument("--valid-fraction", type=float, default=0.1, help="fraction of each of A, B, A+B kept "
-                        "for validation; train = int(n_tracks * (1 - fraction)).")
+    source.add_argument(
+        "--annotations",
+        type=Path,
+        help="CSV with header track_id,label, one row per positive pair.",
+    )
+    source.add_argument(
+        "--dataset",
+        help="demo | fma | msd (data/<name>) or a dataset directory: reads "
+        "<dir>/annotations.csv and writes <dir>/splits/split_seed{seed}.json unless --out is "
+        "given.",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="split JSON to write (required with --annotations); "
+        "statistics go to <out without .json>.stats.json.",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the label shuffle and the train/valid shuffles.",
+    )
+    parser.add_argument(
+        "--unseen-fraction",
+        type=float,
+        default=0.2,
+        help="fraction of labels held out as unseen (Y); seen = int(n_labels * (1 - fraction)).",
+    )
+    parser.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=0.1,
+        help="fraction of each of A, B, A+B kept "
+        "for validation; train = int(n_tracks * (1 - fraction)).",
+    )
     return parser
 
 
@@ -54,7 +88,12 @@ def run(args) -> dict:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", splits.SplitWarning)
         split, stats = splits.make_split_with_statistics(
-            annotations, args.seed, args.unseen_fraction, args.valid_fraction, source=str(annotations_csv))
+            annotations,
+            args.seed,
+            args.unseen_fraction,
+            args.valid_fraction,
+            source=str(annotations_csv),
+        )
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
     splits.save_split(split, out)

@@ -1,7 +1,8 @@
-"""Tests of aggregate.py and evaluate.py --collect / --compare on hand-made run directories (config.json,
-results.json, scores/*.npz; no model is loaded): aggregates equal a recomputation from each run's own results.json,
-the grouping rules (seeds only; other settings -> a variant label; repeated seeds refused), external result folders,
-the paired bootstrap against a plain loop, and the error messages."""
+"""Tests of aggregate.py and evaluate.py --collect / --compare on hand-made run directories
+(config.json, results.json, scores/*.npz; no model is loaded): aggregates equal a recomputation from
+each run's own results.json, the grouping rules (seeds only; other settings -> a variant label;
+repeated seeds refused), external result folders, the paired bootstrap against a plain loop, and the
+error messages."""
 
 from __future__ import annotations
 
@@ -15,31 +16,69 @@ import pytest
 
 import aggregate
 import evaluate
-import protocol
 import metrics
+import protocol
 import tables
 from fileio import write_json
 
-T975 = {1: 12.706204736174707, 2: 4.302652729749464, 4: 2.7764451051977987}  # t(0.975, df), from tables of t
+# t(0.975, df), from tables of t
+T975 = {1: 12.706204736174707, 2: 4.302652729749464, 4: 2.7764451051977987}
 ANNOTATION = ("AUC-i", "MAP-i", "P@1", "P@5", "P@10")
 
 
-def result(test="B-Y", task="annotation", part="all", side_info="instrument-count", train="(A+B)-X",
-           dataset="demo", **values):
-    return {"dataset": dataset, "model": "embedding", "side_info": side_info, "train": train, "test": test,
-            "task": task, "part": part, **values}
+def result(
+    test="B-Y",
+    task="annotation",
+    part="all",
+    side_info="instrument-count",
+    train="(A+B)-X",
+    dataset="demo",
+    **values,
+):
+    return {
+        "dataset": dataset,
+        "model": "embedding",
+        "side_info": side_info,
+        "train": train,
+        "test": test,
+        "task": task,
+        "part": part,
+        **values,
+    }
 
 
 def write_run(path, records, seed=0, split="split-0", **settings):
-    """A run directory as train.py + evaluate.py leave it (config.json, model.keras older than results.json)."""
+    """A run directory as train.py + evaluate.py leave it (config.json, model.keras older than
+    results.json)."""
     path.mkdir(parents=True)
-    cfg = {"dataset": "demo", "split": f"/data/{split}.json", "train_setup": "(A+B)-X", "model": "embedding",
-           "side_info": "instrument-count", "epochs": None, "seed": seed, "run_dir": str(path), "verbose": 1,
-           "workers": 1, "keep_checkpoints": 0, **settings}
-    write_json(path / "config.json", {
-        "config": cfg, "dataset": "demo", "dataset_dir": "/data/demo", "split_path": f"/data/{split}.json",
-        "mels_path": "/data/demo/mels.h5", "side_info_path": "/data/demo/side_info/instrument-count.csv",
-        "seen_labels": [], "checksums": {"split": f"sha-{split}"}, "train": {}})
+    cfg = {
+        "dataset": "demo",
+        "split": f"/data/{split}.json",
+        "train_setup": "(A+B)-X",
+        "model": "embedding",
+        "side_info": "instrument-count",
+        "epochs": None,
+        "seed": seed,
+        "run_dir": str(path),
+        "verbose": 1,
+        "workers": 1,
+        "keep_checkpoints": 0,
+        **settings,
+    }
+    write_json(
+        path / "config.json",
+        {
+            "config": cfg,
+            "dataset": "demo",
+            "dataset_dir": "/data/demo",
+            "split_path": f"/data/{split}.json",
+            "mels_path": "/data/demo/mels.h5",
+            "side_info_path": "/data/demo/side_info/instrument-count.csv",
+            "seen_labels": [],
+            "checksums": {"split": f"sha-{split}"},
+            "train": {},
+        },
+    )
     (path / "model.keras").write_bytes(b"placeholder")
     os.utime(path / "model.keras", (1, 1))
     write_json(path / "results.json", records)
@@ -48,8 +87,15 @@ def write_run(path, records, seed=0, split="split-0", **settings):
 
 def write_external(path, records, name="clap", split="split-0"):
     path.mkdir(parents=True)
-    write_json(path / "external.json", {"name": name, "dataset_dir": "/data/demo", "allow_missing": False,
-                                        "split": {"path": f"/data/{split}.json", "sha256": f"sha-{split}"}})
+    write_json(
+        path / "external.json",
+        {
+            "name": name,
+            "dataset_dir": "/data/demo",
+            "allow_missing": False,
+            "split": {"path": f"/data/{split}.json", "sha256": f"sha-{split}"},
+        },
+    )
     write_json(path / "results.json", records)
     return path
 
@@ -58,19 +104,30 @@ def values(rng, names=ANNOTATION):
     return {name: float(rng.uniform(0.3, 0.9)) for name in names}
 
 
-# ---- Aggregation -----------------------------------------------------------------------------------------------
+# ---- Aggregation ---------------------------------------------------------------------------------
 def test_aggregates_equal_a_recomputation_from_each_runs_results_json(tmp_path):
     rng = np.random.default_rng(7)
-    runs = [write_run(tmp_path / f"seed{s}", [result(**values(rng), evaluated=150 + s, skipped=s),
-                                              result("(B+C)-Y", "retrieval", **values(rng, ("AUC-l", "MAP-l")))],
-                      seed=s, split=f"split-{s}") for s in range(3)]
+    runs = [
+        write_run(
+            tmp_path / f"seed{s}",
+            [
+                result(**values(rng), evaluated=150 + s, skipped=s),
+                result("(B+C)-Y", "retrieval", **values(rng, ("AUC-l", "MAP-l"))),
+            ],
+            seed=s,
+            split=f"split-{s}",
+        )
+        for s in range(3)
+    ]
     records, notes = aggregate.collect(runs, aggregated=True)
     assert len(records) == 2 and all(r["n_runs"] == 3 and r["variant"] == "" for r in records)
     assert any("3 runs -> 2 aggregated records" in n for n in notes)
     own = [json.loads((run / "results.json").read_text()) for run in runs]
     for record in records:
         i = [r["test"] for r in own[0]].index(record["test"])
-        assert {k: record[k] for k in protocol.KEY_FIELDS} == {k: own[0][i][k] for k in protocol.KEY_FIELDS}
+        assert {k: record[k] for k in protocol.KEY_FIELDS} == {
+            k: own[0][i][k] for k in protocol.KEY_FIELDS
+        }
         assert record["runs"] == [str(run) for run in runs]
         for name, mean in record["mean"].items():
             column = [results[i][name] for results in own]
@@ -82,7 +139,8 @@ def test_aggregates_equal_a_recomputation_from_each_runs_results_json(tmp_path):
 
 
 def test_mean_std_ci_by_hand():
-    mean, std, ci95 = aggregate.mean_std_ci([0.5, 0.7])  # std = 0.1 * sqrt(2); half = t(.975, 1) * 0.1
+    # std = 0.1 * sqrt(2); half = t(.975, 1) * 0.1
+    mean, std, ci95 = aggregate.mean_std_ci([0.5, 0.7])
     assert mean == pytest.approx(0.6) and std == pytest.approx(0.1 * math.sqrt(2))
     assert ci95 == pytest.approx([0.6 - T975[1] * 0.1, 0.6 + T975[1] * 0.1])
     assert aggregate.mean_std_ci([0.5, 0.5, 0.5, 0.5, 0.5]) == (0.5, 0.0, [0.5, 0.5])
@@ -91,18 +149,47 @@ def test_mean_std_ci_by_hand():
 
 def test_grouping_seeds_only_and_variant_labels(tmp_path):
     rng = np.random.default_rng(0)
-    ours = [write_run(tmp_path / f"ours{s}", [result(**values(rng))], seed=s, split=f"split-{s}", workers=s + 1,
-                      verbose=s % 2, keep_checkpoints=s, weights="best") for s in range(2)]
-    original = [write_run(tmp_path / f"orig{s}", [result(**values(rng))], seed=s, split=f"split-{s}", epochs=20,
-                          weights="last") for s in range(3)]
-    other_side = write_run(tmp_path / "random", [result(side_info="random", **values(rng))], side_info="random",
-                           weights="best")
+    ours = [
+        write_run(
+            tmp_path / f"ours{s}",
+            [result(**values(rng))],
+            seed=s,
+            split=f"split-{s}",
+            workers=s + 1,
+            verbose=s % 2,
+            keep_checkpoints=s,
+            weights="best",
+        )
+        for s in range(2)
+    ]
+    original = [
+        write_run(
+            tmp_path / f"orig{s}",
+            [result(**values(rng))],
+            seed=s,
+            split=f"split-{s}",
+            epochs=20,
+            weights="last",
+        )
+        for s in range(3)
+    ]
+    other_side = write_run(
+        tmp_path / "random",
+        [result(side_info="random", **values(rng))],
+        side_info="random",
+        weights="best",
+    )
     records, notes = aggregate.collect([*ours, *original, other_side], aggregated=True)
     summary = [(r["side_info"], r["variant"], r["n_runs"]) for r in records]
-    assert summary == [("instrument-count", "epochs=default weights=best", 2),
-                       ("instrument-count", "epochs=20 weights=last", 3), ("random", "epochs=default weights=best", 1)]
+    assert summary == [
+        ("instrument-count", "epochs=default weights=best", 2),
+        ("instrument-count", "epochs=20 weights=last", 3),
+        ("random", "epochs=default weights=best", 1),
+    ]
     assert any("1 records come from one run (n = 1)" in n for n in notes)
-    assert records[2]["std"] == dict.fromkeys(ANNOTATION) and records[2]["ci95"] == dict.fromkeys(ANNOTATION)
+    assert records[2]["std"] == dict.fromkeys(ANNOTATION) and records[2]["ci95"] == dict.fromkeys(
+        ANNOTATION
+    )
     assert any("'variant' names the settings that differ" in n for n in notes)
     # --per-run: today's rows, twins told apart by the run directory's name.
     per_run, _ = aggregate.collect([*ours, other_side])
@@ -110,58 +197,110 @@ def test_grouping_seeds_only_and_variant_labels(tmp_path):
 
 
 def test_variant_labels_name_what_differs():
-    labels = aggregate.variant_labels({
-        "new": {"epochs": 20, "weights": "last", "model": "embedding", "lr": 0.001},
-        "old": {"epochs": 20, "model": "classification", "lr": 0.001},  # config.json from before --weights
-        "clap": {"external": "clap", "allow_missing": False}, "clap2": {"external": "clap2", "allow_missing": True}})
-    assert labels == {"new": "weights=last", "old": "weights=?", "clap": "allow_missing=False",
-                      "clap2": "allow_missing=True"}
-    assert aggregate.variant_labels({"a": {"epochs": None}, "b": {"epochs": 5}}) == {"a": "epochs=default",
-                                                                                     "b": "epochs=5"}
+    labels = aggregate.variant_labels(
+        {
+            "new": {"epochs": 20, "weights": "last", "model": "embedding", "lr": 0.001},
+            # config.json from before --weights
+            "old": {"epochs": 20, "model": "classification", "lr": 0.001},
+            "clap": {"external": "clap", "allow_missing": False},
+            "clap2": {"external": "clap2", "allow_missing": True},
+        }
+    )
+    assert labels == {
+        "new": "weights=last",
+        "old": "weights=?",
+        "clap": "allow_missing=False",
+        "clap2": "allow_missing=True",
+    }
+    assert aggregate.variant_labels({"a": {"epochs": None}, "b": {"epochs": 5}}) == {
+        "a": "epochs=default",
+        "b": "epochs=5",
+    }
 
 
 def test_repeated_seeds_are_refused_and_null_metrics_stay_null(tmp_path):
     first = write_run(tmp_path / "a", [result(**{"AUC-i": 0.6, "P@1": None})], seed=3)
     twin = write_run(tmp_path / "b", [result(**{"AUC-i": 0.7, "P@1": 0.1})], seed=3)
-    with pytest.raises(protocol.EvaluationError, match=r"same settings and the same seeds \(seed 3.*--per-run"):
+    with pytest.raises(
+        protocol.EvaluationError, match=r"same settings and the same seeds \(seed 3.*--per-run"
+    ):
         aggregate.collect([first, twin], aggregated=True)
-    other = write_run(tmp_path / "c", [result(**{"AUC-i": 0.7, "P@1": 0.1})], seed=3, split="split-1")
-    (record,), _ = aggregate.collect([first, other], aggregated=True)  # same init seed, another split: a sample
-    assert record["mean"] == {"AUC-i": pytest.approx(0.65), "P@1": None} and record["ci95"]["P@1"] is None
+    other = write_run(
+        tmp_path / "c", [result(**{"AUC-i": 0.7, "P@1": 0.1})], seed=3, split="split-1"
+    )
+    # same init seed, another split: a sample
+    (record,), _ = aggregate.collect([first, other], aggregated=True)
+    assert (
+        record["mean"] == {"AUC-i": pytest.approx(0.65), "P@1": None}
+        and record["ci95"]["P@1"] is None
+    )
 
 
 def test_external_folders_are_reused_and_placed_under_ours(tmp_path):
     rng = np.random.default_rng(1)
-    ours = [write_run(tmp_path / f"ours{s}", [result(**values(rng))], seed=s, split=f"split-{s}")
-            for s in range(2)]
-    external = [write_external(tmp_path / f"clap{s}", [{**result(**values(rng)), "model": "clap", "train": "none",
-                                                        "side_info": "external"}], split=f"split-{s}")
-                for s in range(2)]
+    ours = [
+        write_run(tmp_path / f"ours{s}", [result(**values(rng))], seed=s, split=f"split-{s}")
+        for s in range(2)
+    ]
+    external = [
+        write_external(
+            tmp_path / f"clap{s}",
+            [{**result(**values(rng)), "model": "clap", "train": "none", "side_info": "external"}],
+            split=f"split-{s}",
+        )
+        for s in range(2)
+    ]
     records, _ = aggregate.collect([external[0], *ours, external[1]], aggregated=True)
-    assert [(r["model"], r["n_runs"], r["variant"]) for r in records] == [("clap", 2, ""), ("embedding", 2, "")]
-    _, notes = protocol.gather_runs(external, force=True, save=True)  # never evaluated, even with --force
+    assert [(r["model"], r["n_runs"], r["variant"]) for r in records] == [
+        ("clap", 2, ""),
+        ("embedding", 2, ""),
+    ]
+    # never evaluated, even with --force
+    _, notes = protocol.gather_runs(external, force=True, save=True)
     assert sum("an external model's results, never re-evaluated" in n for n in notes) == 2
     text = tables.render_tables(records, fmt="markdown")
-    rows = [line for line in text.splitlines() if line.startswith("| (A+B)-X") or line.startswith("| none")]
-    assert [row.split(" | ")[0:4] for row in rows] == [["| (A+B)-X", "B-Y", "instrument-count", "embedding"],
-                                                      ["| none", "B-Y", "external", "clap"]]
+    rows = [
+        line
+        for line in text.splitlines()
+        if line.startswith("| (A+B)-X") or line.startswith("| none")
+    ]
+    assert [row.split(" | ")[0:4] for row in rows] == [
+        ["| (A+B)-X", "B-Y", "instrument-count", "embedding"],
+        ["| none", "B-Y", "external", "clap"],
+    ]
 
 
 def test_collect_cli_json_is_the_aggregated_record_format(tmp_path, capsys):
-    runs = [write_run(tmp_path / f"s{s}", [result(dataset="fma", train="A-X", **{"AUC-i": auc})], seed=s,
-                      split=f"split-{s}") for s, auc in enumerate((0.86, 0.87, 0.88))]
+    runs = [
+        write_run(
+            tmp_path / f"s{s}",
+            [result(dataset="fma", train="A-X", **{"AUC-i": auc})],
+            seed=s,
+            split=f"split-{s}",
+        )
+        for s, auc in enumerate((0.86, 0.87, 0.88))
+    ]
     assert evaluate.main(["--collect", *map(str, runs), "--format", "json"]) == 0
     (record,) = json.loads(capsys.readouterr().out)
-    assert set(record) >= {*protocol.KEY_FIELDS, "n_runs", "mean", "std", "ci95", "verdict", "paper"}
+    assert set(record) >= {
+        *protocol.KEY_FIELDS,
+        "n_runs",
+        "mean",
+        "std",
+        "ci95",
+        "verdict",
+        "paper",
+    }
     assert record["n_runs"] == 3 and record["mean"]["AUC-i"] == pytest.approx(0.87)
     half = T975[2] * 0.01 / math.sqrt(3)
     assert record["ci95"]["AUC-i"] == pytest.approx([0.87 - half, 0.87 + half])
     assert record["paper"] == {"AUC-i": 0.8736} and record["verdict"] == {"AUC-i": "inside"}
 
 
-# ---- Paired bootstrap ------------------------------------------------------------------------------------------
+# ---- Paired bootstrap ----------------------------------------------------------------------------
 def reference_bootstrap(a, b, resamples, seed):
-    """The paired bootstrap as a plain loop: same draws, Python sums, percentiles by linear interpolation."""
+    """The paired bootstrap as a plain loop: same draws, Python sums, percentiles by linear
+    interpolation."""
     used = [i for i in range(len(a)) if not (math.isnan(a[i]) or math.isnan(b[i]))]
     diffs = [float(a[i] - b[i]) for i in used]
     rng, means = np.random.default_rng(seed), []
@@ -174,6 +313,7 @@ def reference_bootstrap(a, b, resamples, seed):
         position = q / 100 * (len(means) - 1)
         low = math.floor(position)
         return means[low] + (position - low) * (means[min(low + 1, len(means) - 1)] - means[low])
+
     return sum(diffs) / len(diffs), [percentile(2.5), percentile(97.5)], len(a) - len(used)
 
 
@@ -181,7 +321,8 @@ def test_paired_bootstrap_matches_a_plain_loop():
     rng = np.random.default_rng(3)
     a = {"AUC-i": rng.uniform(size=40), "MAP-i": rng.uniform(size=40)}
     b = {"AUC-i": a["AUC-i"] - rng.normal(0.05, 0.1, size=40), "MAP-i": rng.uniform(size=40)}
-    a["AUC-i"][[4, 9]] = np.nan  # undefined rows (one metric undefined means all are): left out of both metrics
+    # undefined rows (one metric undefined means all are): left out of both metrics
+    a["AUC-i"][[4, 9]] = np.nan
     b["MAP-i"][4] = np.nan
     result, used, left_out = aggregate.paired_bootstrap(a, b, resamples=300, seed=11)
     assert (used, left_out) == (38, 2)
@@ -194,7 +335,9 @@ def test_paired_bootstrap_matches_a_plain_loop():
         assert result[name]["ci95"] == pytest.approx(ci95, abs=1e-12)
         assert result[name]["a"] - result[name]["b"] == pytest.approx(diff, abs=1e-12)
     # A constant difference has a zero-width interval; the same seed gives the same interval.
-    same, _, _ = aggregate.paired_bootstrap({"AUC-i": np.full(9, 0.8)}, {"AUC-i": np.full(9, 0.5)}, 50, 0)
+    same, _, _ = aggregate.paired_bootstrap(
+        {"AUC-i": np.full(9, 0.8)}, {"AUC-i": np.full(9, 0.5)}, 50, 0
+    )
     assert same["AUC-i"]["ci95"] == pytest.approx([0.3, 0.3])
     assert aggregate.paired_bootstrap(a, b, 300, 11)[0] == result
     with pytest.raises(protocol.EvaluationError, match="--resamples must be at least 1"):
@@ -209,18 +352,29 @@ def test_row_metrics_are_the_per_row_definitions():
     rows = aggregate.row_metrics(scores, labels, "annotation")
     for i in range(12):
         assert rows["AUC-i"][i] == pytest.approx(metrics.roc_auc(scores[i], labels[i]), nan_ok=True)
-        assert rows["MAP-i"][i] == pytest.approx(metrics.average_precision(scores[i], labels[i]), nan_ok=True)
+        assert rows["MAP-i"][i] == pytest.approx(
+            metrics.average_precision(scores[i], labels[i]), nan_ok=True
+        )
         assert rows["P@5"][i] == pytest.approx(metrics.apk(scores[i], labels[i], 5), nan_ok=True)
-    assert np.nanmean(rows["AUC-i"]) == pytest.approx(metrics.annotation_metrics(scores, labels)["AUC-i"])
+    assert np.nanmean(rows["AUC-i"]) == pytest.approx(
+        metrics.annotation_metrics(scores, labels)["AUC-i"]
+    )
     columns = aggregate.row_metrics(scores, labels, "retrieval")
-    assert columns["MAP-l"][2] == pytest.approx(metrics.average_precision(scores[:, 2], labels[:, 2]), nan_ok=True)
-    assert np.nanmean(columns["AUC-l"]) == pytest.approx(metrics.retrieval_metrics(scores, labels)["AUC-l"])
+    assert columns["MAP-l"][2] == pytest.approx(
+        metrics.average_precision(scores[:, 2], labels[:, 2]), nan_ok=True
+    )
+    assert np.nanmean(columns["AUC-l"]) == pytest.approx(
+        metrics.retrieval_metrics(scores, labels)["AUC-l"]
+    )
 
 
 def scored_run(path, scores, labels, tracks, names, seed=0, **settings):
-    """A run with scores/B-Y.npz and the results.json its scores give (annotation and retrieval on B-Y)."""
-    records = [result(**{k: v for k, v in metrics.annotation_metrics(scores, labels).items()}),
-               result(task="retrieval", **metrics.retrieval_metrics(scores, labels))]
+    """A run with scores/B-Y.npz and the results.json its scores give (annotation and retrieval on
+    B-Y)."""
+    records = [
+        result(**{k: v for k, v in metrics.annotation_metrics(scores, labels).items()}),
+        result(task="retrieval", **metrics.retrieval_metrics(scores, labels)),
+    ]
     run = write_run(path, records, seed=seed, **settings)
     protocol.save_scores(run, "B-Y", scores, labels, tracks, names)
     return run
@@ -229,58 +383,107 @@ def scored_run(path, scores, labels, tracks, names, seed=0, **settings):
 def compare_world(tmp_path, rng):
     tracks, names = [f"t{i}" for i in range(30)], [f"l{j}" for j in range(6)]
     labels = rng.uniform(size=(30, 6)) < 0.35
-    labels[3] = False  # a track without labels (and others by chance): left out of the annotation comparison
+    # a track without labels (and others by chance): left out of the annotation comparison
+    labels[3] = False
     good = np.float32(labels + rng.normal(0, 0.8, size=labels.shape))  # better than random
     bad = np.float32(rng.normal(size=labels.shape))
     order = rng.permutation(30)  # B stores its tracks in another order: paired by id
     run_a = scored_run(tmp_path / "a", good, labels, tracks, names)
-    run_b = scored_run(tmp_path / "b", bad[order], labels[order], [tracks[i] for i in order], names,
-                       side_info="random")
+    run_b = scored_run(
+        tmp_path / "b",
+        bad[order],
+        labels[order],
+        [tracks[i] for i in order],
+        names,
+        side_info="random",
+    )
     return run_a, run_b, (good, bad, labels)
 
 
 def test_compare_cli_on_scored_runs(tmp_path, capsys):
     run_a, run_b, (good, bad, labels) = compare_world(tmp_path, np.random.default_rng(2))
-    assert evaluate.main(["--compare", str(run_a), str(run_b), "--resamples", "200", "--bootstrap-seed", "4",
-                          "--format", "json"]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--compare",
+                str(run_a),
+                str(run_b),
+                "--resamples",
+                "200",
+                "--bootstrap-seed",
+                "4",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     rows = {(r["task"], r["metric"]): r for r in json.loads(out)}
-    assert set(rows) == {("annotation", m) for m in ANNOTATION} | {("retrieval", "AUC-l"), ("retrieval", "MAP-l")}
+    assert set(rows) == {("annotation", m) for m in ANNOTATION} | {
+        ("retrieval", "AUC-l"),
+        ("retrieval", "MAP-l"),
+    }
     auc = rows["annotation", "AUC-i"]
-    expected = metrics.annotation_metrics(good, labels)["AUC-i"] - metrics.annotation_metrics(bad, labels)["AUC-i"]
+    expected = (
+        metrics.annotation_metrics(good, labels)["AUC-i"]
+        - metrics.annotation_metrics(bad, labels)["AUC-i"]
+    )
     defined = int(metrics.defined_rows(labels).sum())
     assert auc["diff"] == pytest.approx(expected, abs=1e-9)
     assert (auc["rows"], auc["left_out"]) == (defined, 30 - defined)
     a_rows = aggregate.row_metrics(good, labels, "annotation")["AUC-i"]
     b_rows = aggregate.row_metrics(bad, labels, "annotation")["AUC-i"]
     assert auc["ci95"] == pytest.approx(reference_bootstrap(a_rows, b_rows, 200, 4)[1], abs=1e-12)
-    assert (auc["resamples"], auc["seed"]) == (200, 4) and f"{30 - defined} test tracks left out" in err
+    assert (auc["resamples"], auc["seed"]) == (
+        200,
+        4,
+    ) and f"{30 - defined} test tracks left out" in err
     assert evaluate.main(["--compare", str(run_a), str(run_b), "--resamples", "200"]) == 0
     text = capsys.readouterr().out
-    assert "Paired comparison A - B on dataset demo" in text and "over 200 paired bootstrap resamples" in text
+    assert (
+        "Paired comparison A - B on dataset demo" in text
+        and "over 200 paired bootstrap resamples" in text
+    )
     assert f"A = {run_a}" in text
 
 
 def test_compare_with_an_external_models_folder(tmp_path):
     run_a, _, (good, bad, labels) = compare_world(tmp_path, np.random.default_rng(2))
     tracks, names = [f"t{i}" for i in range(30)], [f"l{j}" for j in range(6)]
-    clap = write_external(tmp_path / "clap", [{**r, "model": "clap", "train": "none", "side_info": "external"} for r
-                                              in json.loads((tmp_path / "b" / "results.json").read_text())])
+    clap = write_external(
+        tmp_path / "clap",
+        [
+            {**r, "model": "clap", "train": "none", "side_info": "external"}
+            for r in json.loads((tmp_path / "b" / "results.json").read_text())
+        ],
+    )
     protocol.save_scores(clap, "B-Y", bad, labels, tracks, names)
     rows, notes = aggregate.compare(run_a, clap, resamples=50)
-    assert {r["run_b"] for r in rows} == {str(clap)} and any("an external model's results" in n for n in notes)
+    assert {r["run_b"] for r in rows} == {str(clap)} and any(
+        "an external model's results" in n for n in notes
+    )
     auc = next(r for r in rows if r["metric"] == "AUC-l")
-    assert auc["diff"] == pytest.approx(metrics.retrieval_metrics(good, labels)["AUC-l"]
-                                        - metrics.retrieval_metrics(bad, labels)["AUC-l"], abs=1e-9)
+    assert auc["diff"] == pytest.approx(
+        metrics.retrieval_metrics(good, labels)["AUC-l"]
+        - metrics.retrieval_metrics(bad, labels)["AUC-l"],
+        abs=1e-9,
+    )
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("other tracks", "scored test B-Y on different track ids: a paired comparison needs the same test setup"),
-    ("stale scores", "the scores are from an earlier evaluation. Rerun evaluate.py"),
-    ("no scores", "has no scores/ file for test B-Y"),
-    ("same run", "--compare needs two different run directories, got 1"),
-    ("no resamples", "--resamples must be at least 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            "other tracks",
+            "scored test B-Y on different track ids: a paired comparison needs the same test setup",
+        ),
+        ("stale scores", "the scores are from an earlier evaluation. Rerun evaluate.py"),
+        ("no scores", "has no scores/ file for test B-Y"),
+        ("same run", "--compare needs two different run directories, got 1"),
+        ("no resamples", "--resamples must be at least 1, got 0"),
+    ],
+)
 def test_compare_errors(tmp_path, capsys, damage, message):
     run_a, run_b, (good, bad, labels) = compare_world(tmp_path, np.random.default_rng(2))
     tracks, names = [f"t{i}" for i in range(30)], [f"l{j}" for j in range(6)]
@@ -291,16 +494,19 @@ def test_compare_errors(tmp_path, capsys, damage, message):
     elif damage == "no scores":
         (run_b / "scores" / "B-Y.npz").unlink()
     extra = ["--resamples", "0"] if damage == "no resamples" else []
-    code = evaluate.main(["--compare", str(run_a), str(run_a if damage == "same run" else run_b), *extra])
+    code = evaluate.main(
+        ["--compare", str(run_a), str(run_a if damage == "same run" else run_b), *extra]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and message in err and "Traceback" not in err
 
 
-# ---- Tiny real runs --------------------------------------------------------------------------------------------
+# ---- Tiny real runs ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_real_runs_aggregate_and_compare(tmp_path):
-    """Two untrained models (init seeds 0 and 1) evaluated for real on test_evaluate's tiny world: --collect
-    equals a recomputation from their own results.json, --compare from their own scores/."""
+    """Two untrained models (init seeds 0 and 1) evaluated for real on test_evaluate's tiny world:
+    --collect equals a recomputation from their own results.json, --compare from their own scores/.
+    """
     from test_evaluate import build_dataset, save_model
     from test_evaluate import write_run as write_real_run
 
@@ -312,9 +518,16 @@ def test_real_runs_aggregate_and_compare(tmp_path):
         write_json(run / "config.json", meta)
         save_model(run / "model.keras", "embedding", seed=seed)
         runs.append(run)
-    records, _ = aggregate.collect(runs, aggregated=True, save=True, progress=False, label_map=False)
-    own = [{(r["test"], r["task"], r["part"]): r for r in json.loads((run / "results.json").read_text())}
-           for run in runs]
+    records, _ = aggregate.collect(
+        runs, aggregated=True, save=True, progress=False, label_map=False
+    )
+    own = [
+        {
+            (r["test"], r["task"], r["part"]): r
+            for r in json.loads((run / "results.json").read_text())
+        }
+        for run in runs
+    ]
     assert len(records) == len(own[0]) and all(r["n_runs"] == 2 for r in records)
     for record in records:
         pair = [results[record["test"], record["task"], record["part"]] for results in own]
@@ -323,8 +536,13 @@ def test_real_runs_aggregate_and_compare(tmp_path):
                 column = [r[name] for r in pair]
                 assert abs(mean - statistics.fmean(column)) < 1e-9
                 half = T975[1] * statistics.stdev(column) / math.sqrt(2)
-                assert np.allclose(record["ci95"][name], [mean - half, mean + half], rtol=0, atol=1e-9)
+                assert np.allclose(
+                    record["ci95"][name], [mean - half, mean + half], rtol=0, atol=1e-9
+                )
     rows, _ = aggregate.compare(*runs, resamples=100, seed=0, progress=False)
     for row in rows:
         a, b = (results[row["test"], row["task"], "all"][row["metric"]] for results in own)
-        assert row["diff"] == pytest.approx(a - b, abs=1e-9) and row["ci95"][0] <= row["diff"] <= row["ci95"][1]
+        assert (
+            row["diff"] == pytest.approx(a - b, abs=1e-9)
+            and row["ci95"][0] <= row["diff"] <= row["ci95"][1]
+        )

@@ -1,7 +1,8 @@
-"""Keras backends other than TensorFlow (README "Choosing a Keras backend"): JAX (and PyTorch) train, resume after
-kill -9 and evaluate a run that TensorFlow then scores with the same metrics; a model saved under TensorFlow loads
-under them; the tf.distribute strategies say that they need TensorFlow. A backend's tests skip when it is not
-installed (CI installs TensorFlow only); they run in subprocesses, since a process has one Keras backend."""
+"""Keras backends other than TensorFlow (README "Choosing a Keras backend"): JAX (and PyTorch)
+train, resume after kill -9 and evaluate a run that TensorFlow then scores with the same metrics; a
+model saved under TensorFlow loads under them; the tf.distribute strategies say that they need
+TensorFlow. A backend's tests skip when it is not installed (CI installs TensorFlow only); they run
+in subprocesses, since a process has one Keras backend."""
 
 from __future__ import annotations
 
@@ -12,21 +13,38 @@ import subprocess
 
 import numpy as np
 import pytest
-from test_train import PYTHON, REPO_ROOT, flags, kill_after_two_epochs, make_dataset, read_csv_rows, train_steps
+from test_train import (
+    PYTHON,
+    REPO_ROOT,
+    flags,
+    kill_after_two_epochs,
+    make_dataset,
+    read_csv_rows,
+    train_steps,
+)
 
 import config as cfg
 import protocol
 
-BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(
-    importlib.util.find_spec(module) is None, reason=f"{module} is not installed (README 'Choosing a Keras backend')"))
-    for name, module in (("jax", "jax"), ("torch", "torch"))]
+BACKENDS = [
+    pytest.param(
+        name,
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec(module) is None,
+            reason=f"{module} is not installed (README 'Choosing a Keras backend')",
+        ),
+    )
+    for name, module in (("jax", "jax"), ("torch", "torch"))
+]
 METRICS = ("AUC-i", "MAP-i", "P@1", "P@5", "P@10", "AUC-l", "MAP-l")
 
 
-# runs a script as `python SCRIPT ARGS...` would, with TensorFlow unimportable: the GPU machines we measured on have
-# JAX and PyTorch but no TensorFlow, so nothing outside --strategy may need it
-WITHOUT_TENSORFLOW = ("import runpy, sys; sys.modules['tensorflow'] = None; sys.argv = sys.argv[1:]; "
-                      "runpy.run_path(sys.argv[0], run_name='__main__')")
+# runs a script as `python SCRIPT ARGS...` would, with TensorFlow unimportable: the GPU machines we
+# measured on have JAX and PyTorch but no TensorFlow, so nothing outside --strategy may need it
+WITHOUT_TENSORFLOW = (
+    "import runpy, sys; sys.modules['tensorflow'] = None; sys.argv = sys.argv[1:]; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
 
 
 def environment(backend: str) -> dict:
@@ -34,8 +52,14 @@ def environment(backend: str) -> dict:
 
 
 def run_under(backend: str, *argv, timeout=180) -> subprocess.CompletedProcess:
-    done = subprocess.run([PYTHON, "-c", WITHOUT_TENSORFLOW, *argv], cwd=REPO_ROOT, env=environment(backend),
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [PYTHON, "-c", WITHOUT_TENSORFLOW, *argv],
+        cwd=REPO_ROOT,
+        env=environment(backend),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -46,44 +70,61 @@ def test_trains_resumes_after_kill_9_and_tensorflow_scores_the_run_alike(tmp_pat
     data = make_dataset(tmp_path / "data")
     run_dir = tmp_path / "run"
     epochs, decay, lr0 = 6, 0.01, 0.05
-    command = [PYTHON, "-c", WITHOUT_TENSORFLOW, "train.py",
-               *flags(data, run_dir, "--epochs", str(epochs), "--lr-decay", str(decay), "--lr", str(lr0))]
+    command = [
+        PYTHON,
+        "-c",
+        WITHOUT_TENSORFLOW,
+        "train.py",
+        *flags(data, run_dir, "--epochs", str(epochs), "--lr-decay", str(decay), "--lr", str(lr0)),
+    ]
     finished = kill_after_two_epochs(command, environment(backend), run_dir)
-    before = read_csv_rows(run_dir / cfg.LOG_FILE)[:finished + 1]
+    before = read_csv_rows(run_dir / cfg.LOG_FILE)[: finished + 1]
 
     rerun = run_under(backend, *command[3:])
     assert f"resuming after epoch {finished + 1}" in rerun.stdout
     rows = read_csv_rows(run_dir / cfg.LOG_FILE)
-    assert [int(r["epoch"]) for r in rows] == list(range(epochs)) and rows[:finished + 1] == before
-    # the decayed rate base / (1 + decay * iterations) at each epoch's end: the iteration counter crossed the kill
+    assert [int(r["epoch"]) for r in rows] == list(range(epochs)) and rows[: finished + 1] == before
+    # the decayed rate base / (1 + decay * iterations) at each epoch's end: the iteration counter
+    # crossed the kill
     lr = np.array([float(r["lr"]) for r in rows])
-    np.testing.assert_allclose(lr, lr0 / (1 + decay * train_steps(data) * (np.arange(epochs) + 1)), rtol=1e-5)
+    np.testing.assert_allclose(
+        lr, lr0 / (1 + decay * train_steps(data) * (np.arange(epochs) + 1)), rtol=1e-5
+    )
     meta = json.loads((run_dir / cfg.CONFIG_FILE).read_text())
     assert meta["versions"]["keras_backend"] == backend and meta["versions"][backend]
 
     run_under(backend, "evaluate.py", "--run-dir", str(run_dir), "--no-progress")
     under_other = json.loads((run_dir / protocol.RESULTS_FILE).read_text())
-    under_tf, _ = protocol.evaluate_run(run_dir, force=True, progress=False, label_map=False)  # recomputes embeddings
+    # recomputes embeddings
+    under_tf, _ = protocol.evaluate_run(run_dir, force=True, progress=False, label_map=False)
     key = lambda r: tuple(r[k] for k in protocol.KEY_FIELDS)  # noqa: E731
     assert sorted(map(key, under_other)) == sorted(map(key, under_tf)) and len(under_tf) >= 10
     tf_by_key = {key(r): r for r in under_tf}
     for record in under_other:
         for metric in METRICS:
             if record.get(metric) is not None:
-                assert record[metric] == pytest.approx(tf_by_key[key(record)][metric], abs=1e-4), (key(record), metric)
+                assert record[metric] == pytest.approx(tf_by_key[key(record)][metric], abs=1e-4), (
+                    key(record),
+                    metric,
+                )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.slow
 def test_worker_processes_train_on_the_batches_of_one_thread(tmp_path, backend):
-    """The JAX and PyTorch trainers take a batch from the training iterator to build the loss unless train.fit has
-    built it; with a pool of worker processes that shifted every batch by one (other losses from --workers 2)."""
+    """The JAX and PyTorch trainers take a batch from the training iterator to build the loss unless
+    train.fit has built it; with a pool of worker processes that shifted every batch by one (other
+    losses from --workers 2)."""
     data = make_dataset(tmp_path / "data", n_tracks=36)
     logs = []
     for workers in (1, 2):
         run_dir = tmp_path / f"workers{workers}"
-        run_under(backend, "train.py", *flags(data, run_dir, "--epochs", "2", "--workers", str(workers)))
-        logs.append([(row["loss"], row["val_loss"]) for row in read_csv_rows(run_dir / cfg.LOG_FILE)])
+        run_under(
+            backend, "train.py", *flags(data, run_dir, "--epochs", "2", "--workers", str(workers))
+        )
+        logs.append(
+            [(row["loss"], row["val_loss"]) for row in read_csv_rows(run_dir / cfg.LOG_FILE)]
+        )
     assert len(logs[0]) == 2 and logs[0] == logs[1]
 
 
@@ -99,26 +140,40 @@ np.save(sys.argv[3], keras.ops.convert_to_numpy(model.predict(inputs, verbose=0)
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.slow
-def test_a_model_saved_under_tensorflow_loads_and_predicts_alike_under_another_backend(tmp_path, backend):
+def test_a_model_saved_under_tensorflow_loads_and_predicts_alike_under_another_backend(
+    tmp_path, backend
+):
     import keras
 
     import models
 
     keras.utils.set_random_seed(0)
     model = models.build_embedding_model(12, 2)
-    model.compile(optimizer=models.DecaySGD(0.01, momentum=0.9, nesterov=True, decay=1e-6),
-                  loss=models.HingeRankingLoss(0.4, "sum"))
+    model.compile(
+        optimizer=models.DecaySGD(0.01, momentum=0.9, nesterov=True, decay=1e-6),
+        loss=models.HingeRankingLoss(0.4, "sum"),
+    )
     rng = np.random.default_rng(0)
-    inputs = {"mel": rng.normal(size=(6, 130, 128)).astype(np.float32),
-              "positive": rng.normal(size=(6, 12)).astype(np.float32),
-              "negatives": rng.normal(size=(6, 2, 12)).astype(np.float32)}
-    model.fit(inputs, np.tile(np.float32([[1, 0, 0]]), (6, 1)), epochs=1, verbose=0)  # trained (batch-norm stats)
+    inputs = {
+        "mel": rng.normal(size=(6, 130, 128)).astype(np.float32),
+        "positive": rng.normal(size=(6, 12)).astype(np.float32),
+        "negatives": rng.normal(size=(6, 2, 12)).astype(np.float32),
+    }
+    # trained (batch-norm stats)
+    model.fit(inputs, np.tile(np.float32([[1, 0, 0]]), (6, 1)), epochs=1, verbose=0)
     model.save(tmp_path / "model.keras")
     np.savez(tmp_path / "inputs.npz", **inputs)
     (tmp_path / "load.py").write_text(LOAD)
-    run_under(backend, str(tmp_path / "load.py"), str(tmp_path / "model.keras"), str(tmp_path / "inputs.npz"),
-              str(tmp_path / "other.npy"), timeout=120)
-    expected = keras.ops.convert_to_numpy(model.predict(inputs, verbose=0))  # (6, 3) cosine relevances
+    run_under(
+        backend,
+        str(tmp_path / "load.py"),
+        str(tmp_path / "model.keras"),
+        str(tmp_path / "inputs.npz"),
+        str(tmp_path / "other.npy"),
+        timeout=120,
+    )
+    # (6, 3) cosine relevances
+    expected = keras.ops.convert_to_numpy(model.predict(inputs, verbose=0))
     np.testing.assert_allclose(np.load(tmp_path / "other.npy"), expected, atol=1e-5)
     assert np.ptp(expected) > 1e-3  # not a constant output
 
@@ -131,8 +186,12 @@ def test_strategies_say_they_need_tensorflow(tmp_path, monkeypatch, capsys):
     data = make_dataset(tmp_path / "data", n_tracks=24)
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     for strategy in ("mirrored", "multi-worker"):
-        status = train.main(flags(data, tmp_path / strategy, "--strategy", strategy, "--epochs", "1"))
+        status = train.main(
+            flags(data, tmp_path / strategy, "--strategy", strategy, "--epochs", "1")
+        )
         err = capsys.readouterr().err
         assert status == 2 and err.count("\n") == 1, err
-        assert err.startswith(f"error: --strategy {strategy} needs the TensorFlow backend; this is jax")
+        assert err.startswith(
+            f"error: --strategy {strategy} needs the TensorFlow backend; this is jax"
+        )
         assert not (tmp_path / strategy / cfg.MODEL_FILE).exists()

@@ -1,8 +1,9 @@
 """Tests of the paper's front end (preprocess/frontend.py): decode, log-mel, standardize, tiling.
 
-References come from librosa called directly with the paper's parameters; every audio file is generated here.
-The first librosa call of a process imports scipy.signal (~3 s) and, on a fresh install, lets numba compile
-librosa's kernels once (~30 s, then cached in site-packages): that one-time cost is not this test's runtime.
+References come from librosa called directly with the paper's parameters; every audio file is
+generated here. The first librosa call of a process imports scipy.signal (~3 s) and, on a fresh
+install, lets numba compile librosa's kernels once (~30 s, then cached in site-packages): that
+one-time cost is not this test's runtime.
 """
 
 from __future__ import annotations
@@ -15,24 +16,46 @@ import pytest
 import soundfile as sf
 
 from preprocess import frontend
-from preprocess.frontend import (HOP_LENGTH, N_MELS, SAMPLE_RATE, AudioError, AudioWarning, crop, crop_starts,
-                                 file_frames, load_audio, log_mel, segments, standardize, tile)
+from preprocess.frontend import (
+    HOP_LENGTH,
+    N_MELS,
+    SAMPLE_RATE,
+    AudioError,
+    AudioWarning,
+    crop,
+    crop_starts,
+    file_frames,
+    load_audio,
+    log_mel,
+    segments,
+    standardize,
+    tile,
+)
 
-FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"),
-           "mp3": ("MP3", "MPEG_LAYER_III")}
-# Our decode is librosa's decode (same soundfile call), so even lossy codecs agree to float32 rounding; every
-# wrong formula misses by > 1e-2 (test_tolerance_catches_wrong_formulas).
+FORMATS = {
+    "wav": ("WAV", "PCM_16"),
+    "flac": ("FLAC", "PCM_16"),
+    "ogg": ("OGG", "VORBIS"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+}
+# Our decode is librosa's decode (same soundfile call), so even lossy codecs agree to float32
+# rounding; every wrong formula misses by > 1e-2 (test_tolerance_catches_wrong_formulas).
 ATOL = 1e-4
 FLOAT16_ATOL = 5e-3  # float16 storage: relative precision 2**-11 on raw and standardized values
 
 
 def make_signal(sr: int, seconds: float, channels: int, seed: int) -> np.ndarray:
-    """(n, channels) float32: a few tones with a slow tremolo plus a little noise (a music-like spectrum)."""
+    """(n, channels) float32: a few tones with a slow tremolo plus a little noise (a music-like
+    spectrum)."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(sr * seconds)) / sr
-    mono = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6)) for f in rng.uniform(80, sr / 5, 4)) / 4
+    mono = (
+        sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6)) for f in rng.uniform(80, sr / 5, 4)) / 4
+    )
     mono = mono * (0.6 + 0.4 * np.sin(2 * np.pi * 1.5 * t)) + 0.02 * rng.standard_normal(t.size)
-    return (0.4 * np.stack([np.roll(mono, 37 * c) * (1 - 0.2 * c) for c in range(channels)], axis=1)).astype(np.float32)
+    return (
+        0.4 * np.stack([np.roll(mono, 37 * c) * (1 - 0.2 * c) for c in range(channels)], axis=1)
+    ).astype(np.float32)
 
 
 def write_audio(path, sr: int, seconds: float, channels: int, seed: int):
@@ -43,7 +66,8 @@ def write_audio(path, sr: int, seconds: float, channels: int, seed: int):
 
 
 def write_wav_header_rate(path, rate: int, n_samples: int):
-    """A valid 16-bit mono WAV whose header claims `rate` Hz (soundfile refuses to write such rates)."""
+    """A valid 16-bit mono WAV whose header claims `rate` Hz (soundfile refuses to write such
+    rates)."""
     with wave.open(str(path), "wb") as handle:
         handle.setnchannels(1)
         handle.setsampwidth(2)
@@ -55,7 +79,7 @@ def write_wav_header_rate(path, rate: int, n_samples: int):
 def truncated_mp3(path, seconds: float = 4.0):
     """An MP3 cut to 40% of its bytes: its (LAME Xing) header still declares the full length."""
     data = write_audio(path, 44100, seconds, 2, seed=8).read_bytes()
-    path.write_bytes(data[:int(0.4 * len(data))])
+    path.write_bytes(data[: int(0.4 * len(data))])
     return path
 
 
@@ -71,11 +95,20 @@ def librosa_logmel(path, max_seconds=None, y=None) -> np.ndarray:
     return np.log10(1 + 10 * mel).T
 
 
-# --- Values equal librosa ------------------------------------------------------------------------------------------
+# --- Values equal librosa -------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "ext, sr, channels",
-    [("wav", 22050, 1), ("wav", 44100, 2), ("flac", 16000, 2), ("flac", 44100, 1), ("ogg", 44100, 2),
-     ("ogg", 22050, 1), ("mp3", 44100, 2), ("mp3", 16000, 1), ("mp3", 22050, 2)],
+    [
+        ("wav", 22050, 1),
+        ("wav", 44100, 2),
+        ("flac", 16000, 2),
+        ("flac", 44100, 1),
+        ("ogg", 44100, 2),
+        ("ogg", 22050, 1),
+        ("mp3", 44100, 2),
+        ("mp3", 16000, 1),
+        ("mp3", 22050, 2),
+    ],
 )
 def test_log_mel_equals_librosa(tmp_path, ext, sr, channels):
     path = write_audio(tmp_path / f"x.{ext}", sr, 1.3, channels, seed=sr + channels)
@@ -94,15 +127,20 @@ def test_load_audio_length_resampling_and_max_seconds(tmp_path):
     path = write_audio(tmp_path / "x.flac", 44100, 2.0, 2, seed=3)
     y = load_audio(path)
     assert len(y) == int(np.ceil(2.0 * 44100 * SAMPLE_RATE / 44100))
-    np.testing.assert_array_equal(y, librosa.load(str(path), sr=22050, mono=True)[0])  # the same decode, bit for bit
+    # the same decode, bit for bit
+    np.testing.assert_array_equal(y, librosa.load(str(path), sr=22050, mono=True)[0])
     mono = write_audio(tmp_path / "m.ogg", 16000, 1.0, 1, seed=6)
     np.testing.assert_array_equal(load_audio(mono), librosa.load(str(mono), sr=22050, mono=True)[0])
     three = tmp_path / "three.wav"
     sf.write(str(three), make_signal(44100, 0.5, 3, seed=7), 44100)
-    np.testing.assert_array_equal(load_audio(three), librosa.load(str(three), sr=22050, mono=True)[0])
+    np.testing.assert_array_equal(
+        load_audio(three), librosa.load(str(three), sr=22050, mono=True)[0]
+    )
     head = load_audio(path, max_seconds=0.7)
     assert len(head) == int(np.ceil(int(0.7 * 44100) * SAMPLE_RATE / 44100))
-    np.testing.assert_allclose(log_mel(head), librosa_logmel(path, max_seconds=0.7), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        log_mel(head), librosa_logmel(path, max_seconds=0.7), rtol=0, atol=ATOL
+    )
 
 
 @pytest.mark.filterwarnings("ignore:n_fft=1024 is too large")
@@ -113,7 +151,8 @@ def test_log_mel_of_a_signal_shorter_than_one_window():
 
 
 def test_tolerance_catches_wrong_formulas(tmp_path):
-    """Each plausible mistake moves the values by far more than ATOL (and more than the float16 tolerance)."""
+    """Each plausible mistake moves the values by far more than ATOL (and more than the float16
+    tolerance)."""
     import librosa
 
     path = write_audio(tmp_path / "x.ogg", 44100, 1.3, 2, seed=5)
@@ -132,10 +171,11 @@ def test_tolerance_catches_wrong_formulas(tmp_path):
     for name, values in wrong.items():
         assert values.shape == ours.shape
         assert np.abs(values - ours).max() > 10 * FLOAT16_ATOL, name
-    assert len(mel(**common, power=1.0, center=False).T) != len(ours)  # an uncentered STFT: the frame count
+    # an uncentered STFT: the frame count
+    assert len(mel(**common, power=1.0, center=False).T) != len(ours)
 
 
-# --- Bad files and options -----------------------------------------------------------------------------------------
+# --- Bad files and options ------------------------------------------------------------------------
 def test_load_audio_errors_name_the_file(tmp_path):
     with pytest.raises(AudioError, match=r"nothing\.wav: file not found"):
         load_audio(tmp_path / "nothing.wav")
@@ -150,7 +190,8 @@ def test_load_audio_errors_name_the_file(tmp_path):
 
 @pytest.mark.parametrize("seconds", [-5.0, 0.0, float("inf"), float("nan")])
 def test_max_seconds_must_be_positive(tmp_path, seconds):
-    """Hardening 8: a negative duration used to read the whole file (int(-5 * rate) = -1 frames = all)."""
+    """Hardening 8: a negative duration used to read the whole file (int(-5 * rate) = -1 frames =
+    all)."""
     path = write_audio(tmp_path / "x.wav", 22050, 0.5, 1, seed=1)
     with pytest.raises(AudioError, match=r"max_seconds .*must be a number of seconds > 0"):
         load_audio(path, max_seconds=seconds)
@@ -160,7 +201,8 @@ def test_max_seconds_must_be_positive(tmp_path, seconds):
 
 @pytest.mark.parametrize("rate", [1, 999, 2_000_000])
 def test_implausible_sample_rates_are_refused_before_resampling(tmp_path, rate):
-    """Hardening 9: a 1 Hz header made the resampler allocate 22,050x the file (a MemoryError for 40 KB)."""
+    """Hardening 9: a 1 Hz header made the resampler allocate 22,050x the file (a MemoryError for 40
+    KB)."""
     path = write_wav_header_rate(tmp_path / "x.wav", rate, 200)
     with pytest.raises(AudioError, match=rf"x\.wav: implausible sample rate {rate} Hz") as info:
         load_audio(path)
@@ -170,13 +212,17 @@ def test_implausible_sample_rates_are_refused_before_resampling(tmp_path, rate):
 def test_decoded_length_is_bounded_before_resampling(tmp_path, monkeypatch):
     path = write_audio(tmp_path / "x.wav", 8000, 2.0, 1, seed=2)
     monkeypatch.setattr(frontend, "MAX_DURATION_S", 1)
-    with pytest.raises(AudioError, match=r"x\.wav: 2 s of audio is longer than the 1 s decoded at once: pass --max"):
+    with pytest.raises(
+        AudioError, match=r"x\.wav: 2 s of audio is longer than the 1 s decoded at once: pass --max"
+    ):
         load_audio(path)
-    assert len(load_audio(path, max_seconds=0.5)) == int(0.5 * 22050)  # the bound applies to what is read
+    # the bound applies to what is read
+    assert len(load_audio(path, max_seconds=0.5)) == int(0.5 * 22050)
 
 
 def test_a_truncated_mp3_warns(tmp_path):
-    """Hardening 8: a truncated MP3 decodes shorter than its header says; say so instead of staying silent."""
+    """Hardening 8: a truncated MP3 decodes shorter than its header says; say so instead of staying
+    silent."""
     path = truncated_mp3(tmp_path / "cut.mp3")
     with pytest.warns(AudioWarning, match=r"decoded 1\.\d\d s of the 4\.00 s its header declares"):
         y = load_audio(path)
@@ -187,7 +233,7 @@ def test_a_truncated_mp3_warns(tmp_path):
         load_audio(path.with_name("whole.mp3"), max_seconds=0.5)
 
 
-# --- Standardization and tiling ------------------------------------------------------------------------------------
+# --- Standardization and tiling -------------------------------------------------------------------
 def test_standardize_and_file_frames(tmp_path):
     x = np.array([[1.0, 3.0]], dtype=np.float64)
     z = standardize(x, 1.0, 2.0)
@@ -201,7 +247,11 @@ def test_tile_crop_and_segments_by_hand():
     track = np.arange(5)[:, None] * np.ones((1, 2))  # (5, 2): frame t holds t
     assert tile(track, 12)[:, 0].tolist() == [0, 1, 2, 3, 4] * 3  # ceil(12 / 5) = 3 copies
     assert tile(track, 5) is track and tile(track, 3) is track  # long enough: unchanged
-    assert crop_starts(5, 12) == 15 - 12 + 1 and crop_starts(130, 130) == 1 and crop_starts(200, 130) == 71
+    assert (
+        crop_starts(5, 12) == 15 - 12 + 1
+        and crop_starts(130, 130) == 1
+        and crop_starts(200, 130) == 71
+    )
     assert crop_starts(np.array([5, 200]), 12).tolist() == [4, 189]
     assert crop(track, 3, 12)[:, 0].tolist() == [3, 4, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4]
     assert crop(track, 1, 3)[:, 0].tolist() == [1, 2, 3]
@@ -209,6 +259,8 @@ def test_tile_crop_and_segments_by_hand():
         with pytest.raises(ValueError, match="out of range"):
             crop(track, bad, 12)
     long = np.arange(11)[:, None]
-    assert segments(long, 4)[..., 0].tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]  # remainder 8..10 dropped
-    assert segments(track, 12)[..., 0].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]]  # tiled to one segment
+    # remainder 8..10 dropped
+    assert segments(long, 4)[..., 0].tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    # tiled to one segment
+    assert segments(track, 12)[..., 0].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]]
     assert segments(np.arange(9)[:, None], 5).shape == (1, 5, 1)  # 9 frames: one segment, 4 dropped

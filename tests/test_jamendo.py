@@ -1,6 +1,7 @@
-"""Tests of the MTG-Jamendo adapter (preprocess/jamendo.py, jamendo_tsv.py, jamendo_stats.py) on the committed
-excerpt of the real metadata (tests/data/jamendo/: 210 tracks, CRLF, variable TAGS fields) with tiny generated audio
-under both namings (41/241.mp3 and 41/241.low.mp3), a broken file and missing files, and a fake GloVe file."""
+"""Tests of the MTG-Jamendo adapter (preprocess/jamendo.py, jamendo_tsv.py, jamendo_stats.py) on the
+committed excerpt of the real metadata (tests/data/jamendo/: 210 tracks, CRLF, variable TAGS fields)
+with tiny generated audio under both namings (41/241.mp3 and 41/241.low.mp3), a broken file and
+missing files, and a fake GloVe file."""
 
 import hashlib
 import json
@@ -42,23 +43,32 @@ def hand_tags(paths) -> dict:
 
 
 def hand_paths() -> dict:
-    return {line.split("\t")[0]: line.split("\t")[3] for path in GENRE + INSTRUMENT + MOODTHEME
-            for line in Path(path).read_text(encoding="utf-8").splitlines()[1:]}
+    return {
+        line.split("\t")[0]: line.split("\t")[3]
+        for path in GENRE + INSTRUMENT + MOODTHEME
+        for line in Path(path).read_text(encoding="utf-8").splitlines()[1:]
+    }
 
 
 def word_vector(word):
-    return np.round(np.random.default_rng(sum(map(ord, word)) * 31 + len(word)).standard_normal(DIM), 6)
+    return np.round(
+        np.random.default_rng(sum(map(ord, word)) * 31 + len(word)).standard_normal(DIM), 6
+    )
 
 
 def write_glove(path, words):
-    path.write_text("".join(f"{w} " + " ".join(f"{v:.6f}" for v in word_vector(w)) + "\n" for w in words))
+    path.write_text(
+        "".join(f"{w} " + " ".join(f"{v:.6f}" for v in word_vector(w)) + "\n" for w in words)
+    )
     return path
 
 
 def tone(seconds, seed):
     t = np.arange(int(22050 * seconds)) / 22050
     rng = np.random.default_rng(seed)
-    return (0.3 * np.sin(2 * np.pi * (200 + 40 * seed) * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+    return (
+        0.3 * np.sin(2 * np.pi * (200 + 40 * seed) * t) + 0.01 * rng.standard_normal(t.size)
+    ).astype(np.float32)
 
 
 def write_audio(root: Path, relative: str, seed: int, low: bool = False) -> Path:
@@ -85,51 +95,104 @@ def audio(tmp_path_factory):
 @pytest.fixture(scope="module")
 def genre_meta(tmp_path_factory):
     out = tmp_path_factory.mktemp("meta") / "genre"
-    summary = jamendo.build_jamendo(GENRE, INSTRUMENT, out, moodtheme=MOODTHEME, metadata_only=True, progress=False)
+    summary = jamendo.build_jamendo(
+        GENRE, INSTRUMENT, out, moodtheme=MOODTHEME, metadata_only=True, progress=False
+    )
     return out, summary
 
 
-# TSV parsing ---------------------------------------------------------------------------------------------------
+# TSV parsing --------------------------------------------------------------------------------------
 def test_variable_tags_field_is_parsed():
     rows, others = read_tsv(INSTRUMENT[0], "instrument")
     assert len(rows) == 140 and others == 0
     row = next(r for r in rows if r.track_id == "track_0173505")
-    assert row.tags == {"acousticguitar", "bass", "electricpiano", "guitar", "keyboard", "pipeorgan"}
-    assert row.fixed == ("artist_340578", "album_028297", "05/173505.mp3", "125.9") and row.path == "05/173505.mp3"
+    assert row.tags == {
+        "acousticguitar",
+        "bass",
+        "electricpiano",
+        "guitar",
+        "keyboard",
+        "pipeorgan",
+    }
+    assert (
+        row.fixed == ("artist_340578", "album_028297", "05/173505.mp3", "125.9")
+        and row.path == "05/173505.mp3"
+    )
     assert {r.track_id: set(r.tags) for r in rows} == hand_tags(INSTRUMENT)
 
 
 def test_metadata_of_the_excerpt():
     metadata = read_metadata({"genre": GENRE, "instrument": INSTRUMENT, "moodtheme": MOODTHEME})
     assert len(metadata.tracks) == 210
-    assert {c: len(t) for c, t in metadata.tags.items()} == {"genre": 170, "instrument": 140, "moodtheme": 100}
+    assert {c: len(t) for c, t in metadata.tags.items()} == {
+        "genre": 170,
+        "instrument": 140,
+        "moodtheme": 100,
+    }
     assert metadata.counts == {"repeated_rows_merged": 0, "tags_of_other_categories_not_used": 0}
     assert {t: set(v) for t, v in metadata.tags["genre"].items()} == hand_tags(GENRE)
     assert [f["rows"] for f in metadata.files["genre"]] == [41, 100, 29]  # test, train, validation
-    # The same file twice (or a split's files with the full file): repeated identical rows are merged.
+    # The same file twice (or a split's files with the full file): repeated identical rows are
+    # merged.
     again = read_metadata({"genre": GENRE + GENRE[1:2], "instrument": INSTRUMENT})
-    assert again.counts["repeated_rows_merged"] == 100 and again.tags["genre"] == metadata.tags["genre"]
+    assert (
+        again.counts["repeated_rows_merged"] == 100
+        and again.tags["genre"] == metadata.tags["genre"]
+    )
 
 
 def test_a_full_autotagging_file_gives_each_flag_its_category(tmp_path):
-    lines = [HEADER, "track_0000001\tartist_1\talbum_1\t01/1.mp3\t200.5\tgenre---rock\tinstrument---piano\t"
-                     "mood/theme---happy\r\n", "track_0000002\tartist_1\talbum_1\t02/2.mp3\t99\tmood/theme---sad\r\n"]
+    lines = [
+        HEADER,
+        "track_0000001\tartist_1\talbum_1\t01/1.mp3\t200.5\tgenre---rock\tinstrument---piano\t"
+        "mood/theme---happy\r\n",
+        "track_0000002\tartist_1\talbum_1\t02/2.mp3\t99\tmood/theme---sad\r\n",
+    ]
     (tmp_path / "all.tsv").write_text("".join(lines), newline="")
-    metadata = read_metadata({c: [tmp_path / "all.tsv"] for c in ("genre", "instrument", "moodtheme")})
-    assert metadata.tags == {"genre": {"track_0000001": {"rock"}}, "instrument": {"track_0000001": {"piano"}},
-                             "moodtheme": {"track_0000001": {"happy"}, "track_0000002": {"sad"}}}
+    metadata = read_metadata(
+        {c: [tmp_path / "all.tsv"] for c in ("genre", "instrument", "moodtheme")}
+    )
+    assert metadata.tags == {
+        "genre": {"track_0000001": {"rock"}},
+        "instrument": {"track_0000001": {"piano"}},
+        "moodtheme": {"track_0000001": {"happy"}, "track_0000002": {"sad"}},
+    }
     assert metadata.counts["tags_of_other_categories_not_used"] == 3 + 3 + 2  # per flag: the others
 
 
-@pytest.mark.parametrize("line, message", [
-    ("track_0000001\tartist_1\talbum_1\t01/1.mp3\t200\r\n", r"line 3: 5 field\(s\); expected TRACK_ID"),
-    ("241\tartist_1\talbum_1\t41/241.mp3\t200\tgenre---rock\r\n", r"line 3: TRACK_ID '241' is not of the form"),
-    ("track_0000001\tartist_1\talbum_1\t01/1.mp3\tlong\tgenre---rock\r\n", r"line 3: DURATION 'long' is not"),
-    ("track_0000001\tartist_1\talbum_1\t/abs/1.mp3\t200\tgenre---rock\r\n", r"line 3: PATH '/abs/1.mp3' must be"),
-    ("track_0000001\tartist_1\talbum_1\t01/1.mp3\t200\tgenre:rock\r\n", r"line 3: tag field 'genre:rock' is not"),
-    ("track_0000001\tartist_1\talbum_1\t01/1.mp3\t200\tstyle---rock\r\n", r"line 3: tag field 'style---rock'"),
-    ("track_0000001\tartist_1\talbum_1\t01/1.mp3\t200\tgenre---\r\n", r"line 3: tag field 'genre---' is not"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (
+            "track_0000001\tartist_1\talbum_1\t01/1.mp3\t200\r\n",
+            r"line 3: 5 field\(s\); expected TRACK_ID",
+        ),
+        (
+            "241\tartist_1\talbum_1\t41/241.mp3\t200\tgenre---rock\r\n",
+            r"line 3: TRACK_ID '241' is not of the form",
+        ),
+        (
+            "track_0000001\tartist_1\talbum_1\t01/1.mp3\tlong\tgenre---rock\r\n",
+            r"line 3: DURATION 'long' is not",
+        ),
+        (
+            "track_0000001\tartist_1\talbum_1\t/abs/1.mp3\t200\tgenre---rock\r\n",
+            r"line 3: PATH '/abs/1.mp3' must be",
+        ),
+        (
+            "track_0000001\tartist_1\talbum_1\t01/1.mp3\t200\tgenre:rock\r\n",
+            r"line 3: tag field 'genre:rock' is not",
+        ),
+        (
+            "track_0000001\tartist_1\talbum_1\t01/1.mp3\t200\tstyle---rock\r\n",
+            r"line 3: tag field 'style---rock'",
+        ),
+        (
+            "track_0000001\tartist_1\talbum_1\t01/1.mp3\t200\tgenre---\r\n",
+            r"line 3: tag field 'genre---' is not",
+        ),
+    ],
+)
 def test_malformed_rows_name_file_and_line(tmp_path, line, message):
     good = "track_0000009\tartist_1\talbum_1\t09/9.mp3\t120.0\tgenre---pop\r\n"
     (tmp_path / "g.tsv").write_text(HEADER + good + line, newline="")
@@ -139,13 +202,22 @@ def test_malformed_rows_name_file_and_line(tmp_path, line, message):
 
 def test_header_and_missing_file_errors(tmp_path):
     (tmp_path / "g.tsv").write_text("track_id,path\r\n", newline="")
-    with pytest.raises(DatasetError, match=r"line 1: header 'track_id,path' is not TRACK_ID<TAB>ARTIST_ID"):
+    with pytest.raises(
+        DatasetError, match=r"line 1: header 'track_id,path' is not TRACK_ID<TAB>ARTIST_ID"
+    ):
         read_tsv(tmp_path / "g.tsv", "genre")
-    with pytest.raises(DatasetError, match=r"--instrument .*nope.tsv: file does not exist; give MTG-Jamendo's "
-                                           r"autotagging_instrument.tsv"):
+    with pytest.raises(
+        DatasetError,
+        match=r"--instrument .*nope.tsv: file does not exist; give MTG-Jamendo's "
+        r"autotagging_instrument.tsv",
+    ):
         read_tsv(tmp_path / "nope.tsv", "instrument")
-    (tmp_path / "m.tsv").write_text(HEADER + "track_0000001\ta\tb\t01/1.mp3\t1\tgenre---rock\r\n", newline="")
-    with pytest.raises(DatasetError, match=r"no row has a mood/theme--- tag; was the file given to the right flag"):
+    (tmp_path / "m.tsv").write_text(
+        HEADER + "track_0000001\ta\tb\t01/1.mp3\t1\tgenre---rock\r\n", newline=""
+    )
+    with pytest.raises(
+        DatasetError, match=r"no row has a mood/theme--- tag; was the file given to the right flag"
+    ):
         read_tsv(tmp_path / "m.tsv", "moodtheme")
 
 
@@ -153,17 +225,24 @@ def test_a_track_listed_twice_with_different_data_names_both_lines(tmp_path):
     row = "track_0000007\tartist_1\talbum_1\t07/7.mp3\t100.0\t{}\r\n"
     (tmp_path / "a.tsv").write_text(HEADER + row.format("genre---rock"), newline="")
     (tmp_path / "b.tsv").write_text(HEADER + row.format("genre---pop"), newline="")
-    with pytest.raises(DatasetError, match=rf"track_0000007 is listed twice with different data: --genre "
-                                           rf"{tmp_path / 'a.tsv'}, line 2 and --genre {tmp_path / 'b.tsv'}, line 2"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"track_0000007 is listed twice with different data: --genre "
+        rf"{tmp_path / 'a.tsv'}, line 2 and --genre {tmp_path / 'b.tsv'}, line 2",
+    ):
         read_metadata({"genre": [tmp_path / "a.tsv", tmp_path / "b.tsv"]})
-    (tmp_path / "i.tsv").write_text(HEADER + row.replace("07/7.mp3", "07/8.mp3").format("instrument---piano"),
-                                    newline="")
-    with pytest.raises(DatasetError, match=r"track_0000007 has different ARTIST_ID, ALBUM_ID, PATH or DURATION in "
-                                           r"--genre .*a.tsv, line 2 and --instrument .*i.tsv, line 2"):
+    (tmp_path / "i.tsv").write_text(
+        HEADER + row.replace("07/7.mp3", "07/8.mp3").format("instrument---piano"), newline=""
+    )
+    with pytest.raises(
+        DatasetError,
+        match=r"track_0000007 has different ARTIST_ID, ALBUM_ID, PATH or DURATION in "
+        r"--genre .*a.tsv, line 2 and --instrument .*i.tsv, line 2",
+    ):
         read_metadata({"genre": [tmp_path / "a.tsv"], "instrument": [tmp_path / "i.tsv"]})
 
 
-# Side information ------------------------------------------------------------------------------------------------
+# Side information ---------------------------------------------------------------------------------
 def test_instrument_side_info_equals_a_hand_computation(genre_meta):
     out, summary = genre_meta
     genres, instruments = hand_tags(GENRE), hand_tags(INSTRUMENT)
@@ -171,15 +250,25 @@ def test_instrument_side_info_equals_a_hand_computation(genre_meta):
     side = ds.read_side_info(ds.side_info_path(out, "instrument-count"))
     assert side.dim == len(names) == 39
     for genre in ("rock", "electronic", "pop", "ambient", "jazz"):
-        counts = [sum(1 for t, g in genres.items() if genre in g and name in instruments.get(t, ()))
-                  for name in names]  # tracks tagged with both, over every track of the metadata
+        counts = [
+            sum(1 for t, g in genres.items() if genre in g and name in instruments.get(t, ()))
+            for name in names
+        ]  # tracks tagged with both, over every track of the metadata
         mean, std = statistics.fmean(counts), statistics.pstdev(counts)
-        np.testing.assert_allclose(side.lookup([genre])[0], [(c - mean) / std for c in counts], rtol=1e-6)
-    # Genres of the excerpt that no instrument-tagged track carries cannot be described: dropped and reported.
-    lonely = sorted(g for g in set().union(*genres.values())
-                    if not any(g in tags and t in instruments for t, tags in genres.items()))
+        np.testing.assert_allclose(
+            side.lookup([genre])[0], [(c - mean) / std for c in counts], rtol=1e-6
+        )
+    # Genres of the excerpt that no instrument-tagged track carries cannot be described: dropped and
+    # reported.
+    lonely = sorted(
+        g
+        for g in set().union(*genres.values())
+        if not any(g in tags and t in instruments for t, tags in genres.items())
+    )
     assert lonely == ["dub", "idm", "postrock", "rnb"]
-    assert summary["dropped_labels"] == {g: "no track carries it together with an instrument tag" for g in lonely}
+    assert summary["dropped_labels"] == {
+        g: "no track carries it together with an instrument tag" for g in lonely
+    }
     assert sorted(side.labels) == sorted(set().union(*genres.values()) - set(lonely))
     random = ds.read_side_info(ds.side_info_path(out, "random"))
     assert random.labels == side.labels and random.dim == 39
@@ -190,23 +279,41 @@ def test_metadata_only_summary_and_tracks(genre_meta):
     genres = hand_tags(GENRE)
     kept = {t for t, g in genres.items() if g - {"dub", "idm", "postrock", "rnb"}}
     tracks = ds.read_tracks(ds.tracks_path(out))
-    assert set(tracks["track_id"]) == kept and summary["tracks"] == len(kept) and summary["mels"] is None
-    assert dict(zip(tracks["track_id"], tracks["path"]))["track_0000948"] == "48/948.mp3"
+    assert (
+        set(tracks["track_id"]) == kept
+        and summary["tracks"] == len(kept)
+        and summary["mels"] is None
+    )
+    assert (
+        dict(zip(tracks["track_id"], tracks["path"], strict=True))["track_0000948"] == "48/948.mp3"
+    )
     assert summary["selection"]["tracks_dropped_without_label"] == len(genres) - len(kept)
     annotations = ds.read_annotations(ds.annotations_path(out))
     assert summary["tracks_per_label"] == annotations.groupby("label").size().to_dict()
     assert summary["metadata"]["tracks"] == 210 and summary["label_set"] == "genre"
     digest = hashlib.sha256(Path(INSTRUMENT[0]).read_bytes()).hexdigest()
-    assert summary["inputs"]["instrument"] == [{"path": INSTRUMENT[0], "sha256": digest, "rows": 140}]
+    assert summary["inputs"]["instrument"] == [
+        {"path": INSTRUMENT[0], "sha256": digest, "rows": 140}
+    ]
 
 
 def test_glove_compound_rule():
-    glove = {"electric": np.array([1.0, 2.0]), "guitar": np.array([3.0, 0.0]), "rock": np.array([5.0, 5.0]),
-             "hardrock": np.array([9.0, 9.0])}
-    splits_ = {"electricguitar": ["electric", "guitar"], "hardrock": ["hard", "rock"], "poprock": ["pop", "rock"]}
+    glove = {
+        "electric": np.array([1.0, 2.0]),
+        "guitar": np.array([3.0, 0.0]),
+        "rock": np.array([5.0, 5.0]),
+        "hardrock": np.array([9.0, 9.0]),
+    }
+    splits_ = {
+        "electricguitar": ["electric", "guitar"],
+        "hardrock": ["hard", "rock"],
+        "poprock": ["pop", "rock"],
+    }
     np.testing.assert_array_equal(jamendo.tag_vector("rock", glove, splits_), [5.0, 5.0])
-    np.testing.assert_array_equal(jamendo.tag_vector("electricguitar", glove, splits_), [2.0, 1.0])  # the mean
-    np.testing.assert_array_equal(jamendo.tag_vector("hardrock", glove, splits_), [9.0, 9.0])  # the name first
+    # the mean
+    np.testing.assert_array_equal(jamendo.tag_vector("electricguitar", glove, splits_), [2.0, 1.0])
+    # the name first
+    np.testing.assert_array_equal(jamendo.tag_vector("hardrock", glove, splits_), [9.0, 9.0])
     assert jamendo.tag_vector("poprock", glove, splits_) is None  # "pop" has no vector
     assert jamendo.tag_vector("unicorncore", glove, splits_) is None
 
@@ -214,7 +321,8 @@ def test_glove_compound_rule():
 def test_word_split_table_is_well_formed():
     table = read_word_splits(jamendo.WORD_SPLITS)
     assert len(table) == 40 and table["electricguitar"] == ["electric", "guitar"]
-    abbreviated = {"drumnbass", "rnb", "rocknroll"}  # "n" and "r n b" stand for "and" / "rhythm and blues"
+    # "n" and "r n b" stand for "and" / "rhythm and blues"
+    abbreviated = {"drumnbass", "rnb", "rocknroll"}
     assert all("".join(words) == tag for tag, words in table.items() if tag not in abbreviated)
     assert all(word.isalpha() and word.islower() for words in table.values() for word in words)
 
@@ -226,56 +334,95 @@ def test_all_labels_with_glove(tmp_path):
     words -= {"idm", "acoustic"}  # no vector: idm, and every compound with "acoustic"
     glove = write_glove(tmp_path / "glove.txt", sorted(words | {"electricguitar"}))
     out = tmp_path / "all"
-    summary = jamendo.build_jamendo(GENRE, INSTRUMENT, out, moodtheme=MOODTHEME, labels="all", glove=glove,
-                                    dim=DIM, metadata_only=True, progress=False)
+    summary = jamendo.build_jamendo(
+        GENRE,
+        INSTRUMENT,
+        out,
+        moodtheme=MOODTHEME,
+        labels="all",
+        glove=glove,
+        dim=DIM,
+        metadata_only=True,
+        progress=False,
+    )
     expected_dropped = sorted(t for t in tags if t == "idm" or "acoustic" in table.get(t, []))
-    assert sorted(summary["dropped_labels"]) == expected_dropped == ["acousticbassguitar", "acousticguitar", "idm"]
+    assert (
+        sorted(summary["dropped_labels"])
+        == expected_dropped
+        == ["acousticbassguitar", "acousticguitar", "idm"]
+    )
     side = ds.read_side_info(ds.side_info_path(out, "glove"))
     assert sorted(side.labels) == sorted(tags - set(expected_dropped))
-    np.testing.assert_allclose(side.lookup(["electricguitar"])[0], word_vector("electricguitar"), atol=1e-6)
-    np.testing.assert_allclose(side.lookup(["singersongwriter"])[0],
-                               (word_vector("singer") + word_vector("songwriter")) / 2, atol=1e-6)
+    np.testing.assert_allclose(
+        side.lookup(["electricguitar"])[0], word_vector("electricguitar"), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        side.lookup(["singersongwriter"])[0],
+        (word_vector("singer") + word_vector("songwriter")) / 2,
+        atol=1e-6,
+    )
     np.testing.assert_allclose(side.lookup(["happy"])[0], word_vector("happy"), atol=1e-6)
     assert "electricguitar" not in summary["selection"]["tags_from_word_splits"]
-    assert summary["selection"]["tags_from_word_splits"]["singersongwriter"] == ["singer", "songwriter"]
+    assert summary["selection"]["tags_from_word_splits"]["singersongwriter"] == [
+        "singer",
+        "songwriter",
+    ]
     assert summary["tracks"] == 210 and summary["glove_path"] == str(glove.resolve())
 
 
 def test_a_tag_name_in_two_categories_is_refused(tmp_path):
-    (tmp_path / "g.tsv").write_text(HEADER + "track_0000001\ta\tb\t01/1.mp3\t1\tgenre---orchestral\r\n", newline="")
-    (tmp_path / "i.tsv").write_text(HEADER + "track_0000002\ta\tb\t02/2.mp3\t1\tinstrument---orchestral\r\n",
-                                    newline="")
+    (tmp_path / "g.tsv").write_text(
+        HEADER + "track_0000001\ta\tb\t01/1.mp3\t1\tgenre---orchestral\r\n", newline=""
+    )
+    (tmp_path / "i.tsv").write_text(
+        HEADER + "track_0000002\ta\tb\t02/2.mp3\t1\tinstrument---orchestral\r\n", newline=""
+    )
     with pytest.raises(DatasetError, match="tag 'orchestral' is both a genre and a instrument tag"):
-        jamendo.build_jamendo([tmp_path / "g.tsv"], [tmp_path / "i.tsv"], tmp_path / "out", labels="all",
-                              metadata_only=True, progress=False)
+        jamendo.build_jamendo(
+            [tmp_path / "g.tsv"],
+            [tmp_path / "i.tsv"],
+            tmp_path / "out",
+            labels="all",
+            metadata_only=True,
+            progress=False,
+        )
 
 
-# Audio -----------------------------------------------------------------------------------------------------------
+# Audio --------------------------------------------------------------------------------------------
 def test_middle_excerpt_of_load_audio(tmp_path):
     y = tone(3.0, 1)
     sf.write(tmp_path / "a.wav", y, 22050, subtype="FLOAT")
     start = (y.size - 22050) // 2
-    np.testing.assert_array_equal(load_audio(tmp_path / "a.wav", 1.0, excerpt="middle"), y[start:start + 22050])
+    np.testing.assert_array_equal(
+        load_audio(tmp_path / "a.wav", 1.0, excerpt="middle"), y[start : start + 22050]
+    )
     np.testing.assert_array_equal(load_audio(tmp_path / "a.wav", 1.0), y[:22050])
-    np.testing.assert_array_equal(load_audio(tmp_path / "a.wav", 9.0, excerpt="middle"), y)  # shorter: all of it
+    # shorter: all of it
+    np.testing.assert_array_equal(load_audio(tmp_path / "a.wav", 9.0, excerpt="middle"), y)
     with pytest.raises(AudioError, match="excerpt 'end': choose one of start, middle"):
         load_audio(tmp_path / "a.wav", 1.0, excerpt="end")
     # The default leaves the store's options (and so the digests of stores built before) unchanged.
     build_store(tmp_path, tmp_path / "s.h5", progress=False)
     with h5py.File(tmp_path / "s.h5", "r") as store:
-        assert json.loads(store.attrs["build_params"]) == {"max_seconds": None, "min_seconds": None,
-                                                           "dtype": "float16"}
+        assert json.loads(store.attrs["build_params"]) == {
+            "max_seconds": None,
+            "min_seconds": None,
+            "dtype": "float16",
+        }
 
 
 def test_both_namings_missing_and_broken_audio(audio, genre_meta, tmp_path):
     out = tmp_path / "jamendo"
-    summary = jamendo.build_jamendo(GENRE, INSTRUMENT, out, moodtheme=MOODTHEME, audio=audio["root"],
-                                    progress=False)
+    summary = jamendo.build_jamendo(
+        GENRE, INSTRUMENT, out, moodtheme=MOODTHEME, audio=audio["root"], progress=False
+    )
     tracks = ds.read_tracks(ds.tracks_path(out))
     assert list(tracks["track_id"]) == audio["ids"][:10]  # decodable, in track order
     assert sorted(tracks["path"]) == sorted(str(p.resolve()) for p in audio["full"] + audio["low"])
-    failures = ds.read_csv_columns(out / "mels.failures.csv", ("track_id", "path", "reason"), "failures")
-    reasons = dict(zip(failures["track_id"], failures["reason"]))
+    failures = ds.read_csv_columns(
+        out / "mels.failures.csv", ("track_id", "path", "reason"), "failures"
+    )
+    reasons = dict(zip(failures["track_id"], failures["reason"], strict=True))
     kept = summary["candidates"]
     assert len(reasons) == kept - 10 and "cannot decode" in reasons.pop(audio["broken"])
     assert set(reasons.values()) == {"file not found"}
@@ -290,19 +437,36 @@ def test_both_namings_missing_and_broken_audio(audio, genre_meta, tmp_path):
     np.testing.assert_array_equal(side.vectors, everything.lookup(final))
     assert summary["labels_lost_with_audio"] == sorted(set(everything.labels) - set(final))
     # A rerun finds the store done; another label set in this folder is refused.
-    assert jamendo.build_jamendo(GENRE, INSTRUMENT, out, audio=audio["root"], progress=False)["tracks"] == 10
-    with pytest.raises(DatasetError, match="holds a --labels genre dataset; build --labels all in another folder"):
-        jamendo.build_jamendo(GENRE, INSTRUMENT, out, audio=audio["root"], labels="all", glove=INSTRUMENT[0],
-                              progress=False)
+    assert (
+        jamendo.build_jamendo(GENRE, INSTRUMENT, out, audio=audio["root"], progress=False)["tracks"]
+        == 10
+    )
+    with pytest.raises(
+        DatasetError, match="holds a --labels genre dataset; build --labels all in another folder"
+    ):
+        jamendo.build_jamendo(
+            GENRE,
+            INSTRUMENT,
+            out,
+            audio=audio["root"],
+            labels="all",
+            glove=INSTRUMENT[0],
+            progress=False,
+        )
 
 
 def test_sha256_list_excludes_damaged_and_unlisted_files(audio, tmp_path):
     root = audio["root"]
-    listed = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in audio["full"][1:] + audio["low"]}
+    listed = {
+        p: hashlib.sha256(p.read_bytes()).hexdigest() for p in audio["full"][1:] + audio["low"]
+    }
     listed[audio["full"][1]] = "0" * 64  # damaged
-    (tmp_path / "sha.txt").write_text("".join(f"{d} {p.relative_to(root).as_posix()}\n" for p, d in listed.items()))
-    summary = jamendo.build_jamendo(GENRE, INSTRUMENT, tmp_path / "out", audio=root, sha256=tmp_path / "sha.txt",
-                                    progress=False)
+    (tmp_path / "sha.txt").write_text(
+        "".join(f"{d} {p.relative_to(root).as_posix()}\n" for p, d in listed.items())
+    )
+    summary = jamendo.build_jamendo(
+        GENRE, INSTRUMENT, tmp_path / "out", audio=root, sha256=tmp_path / "sha.txt", progress=False
+    )
     rejected = summary["audio"]["sha256_rejected"]
     first, second = (audio["ids"][i] for i in (0, 1))
     assert rejected[first].endswith("is not listed in --sha256")
@@ -311,10 +475,21 @@ def test_sha256_list_excludes_damaged_and_unlisted_files(audio, tmp_path):
 
 
 def test_cli_errors(audio, tmp_path, capsys):
-    base = ["--genre", *GENRE, "--instrument", *INSTRUMENT, "--out", str(tmp_path / "o"), "--no-progress"]
+    base = [
+        "--genre",
+        *GENRE,
+        "--instrument",
+        *INSTRUMENT,
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
+    ]
     assert jamendo.main(base + ["--audio", str(audio["root"]), "--labels", "all"]) == 2
-    assert capsys.readouterr().err == "error: --labels all needs --glove (e.g. glove.42B.300d.txt) for its side " \
-                                      "information.\n"
+    assert (
+        capsys.readouterr().err
+        == "error: --labels all needs --glove (e.g. glove.42B.300d.txt) for its side "
+        "information.\n"
+    )
     assert jamendo.main(base + ["--audio", str(tmp_path / "none")]) == 2
     assert "error: --audio " in capsys.readouterr().err
     assert jamendo.main(base + ["--metadata-only", "--clip-seconds", "-1"]) == 2
@@ -323,34 +498,72 @@ def test_cli_errors(audio, tmp_path, capsys):
         jamendo.main(base + ["--metadata-only", "--audio", str(audio["root"])])
 
 
-# Split statistics ---------------------------------------------------------------------------------------------------
+# Split statistics ---------------------------------------------------------------------------------
 def test_split_stats_row_matches_splits(genre_meta, tmp_path):
     out, _ = genre_meta
-    assert jamendo_stats.main(["--dataset", str(out), "--name", "jamendo-genre", "--out", str(tmp_path / "s.csv")]) == 0
+    assert (
+        jamendo_stats.main(
+            ["--dataset", str(out), "--name", "jamendo-genre", "--out", str(tmp_path / "s.csv")]
+        )
+        == 0
+    )
     row = pd.read_csv(tmp_path / "s.csv").iloc[0].to_dict()
     _, stats = splits.make_split_with_statistics(ds.read_annotations(ds.annotations_path(out)), 0)
-    assert row["dataset"] == "jamendo-genre" and row["labels_total"] == 66 == row["seen_labels_X"] + row[
-        "unseen_labels_Y"]
+    assert (
+        row["dataset"] == "jamendo-genre"
+        and row["labels_total"] == 66 == row["seen_labels_X"] + row["unseen_labels_Y"]
+    )
     assert [row[g] for g in "ABC"] == [stats["instances"][g] for g in "ABC"]
-    assert row["instances_total"] == 170 and row["annotations_sha256"] == stats["annotations_sha256"]
+    assert (
+        row["instances_total"] == 170 and row["annotations_sha256"] == stats["annotations_sha256"]
+    )
     paper_columns = list(pd.read_csv(REPO / "reference" / "paper_split_stats.csv").columns)
-    assert list(row)[:len(paper_columns)] == paper_columns
+    assert list(row)[: len(paper_columns)] == paper_columns
 
 
 @pytest.mark.slow
 def test_end_to_end_train_and_evaluate(tmp_path):
-    """The first 60 genre tracks get audio; the dataset trains for one epoch and evaluates, unchanged commands."""
+    """The first 60 genre tracks get audio; the dataset trains for one epoch and evaluates,
+    unchanged commands."""
     paths = hand_paths()
     for i, track in enumerate(sorted(hand_tags(GENRE))[:60]):
         write_audio(tmp_path / "audio", paths[track], i % 50, low=bool(i % 2))
     data, run_dir = tmp_path / "jamendo", tmp_path / "run"
-    assert jamendo.main(SOURCES[:-2] + ["--audio", str(tmp_path / "audio"), "--out", str(data), "--no-progress",
-                                        "--jobs", "2"]) == 0
+    assert (
+        jamendo.main(
+            SOURCES[:-2]
+            + [
+                "--audio",
+                str(tmp_path / "audio"),
+                "--out",
+                str(data),
+                "--no-progress",
+                "--jobs",
+                "2",
+            ]
+        )
+        == 0
+    )
     import evaluate
     import train
 
-    assert train.main(["--dataset", str(data), "--epochs", "1", "--batch-size", "16", "--verbose", "0",
-                       "--run-dir", str(run_dir)]) == 0
+    assert (
+        train.main(
+            [
+                "--dataset",
+                str(data),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--verbose",
+                "0",
+                "--run-dir",
+                str(run_dir),
+            ]
+        )
+        == 0
+    )
     assert evaluate.main(["--run-dir", str(run_dir), "--no-progress"]) == 0
     assert json.loads((data / "summary.json").read_text())["tracks"] == 60
     records = json.loads((run_dir / "results.json").read_text())

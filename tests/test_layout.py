@@ -1,7 +1,7 @@
 """The import structure: commands sit on top of what they call, and no module imports itself back.
 
-Every import of the product code counts, at the top of a file or inside a function (an import placed inside a
-function to dodge a cycle is still a cycle).
+Every import of the product code counts, at the top of a file or inside a function (an import placed
+inside a function to dodge a cycle is still a cycle).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ COMMANDS = ("evaluate", "reproduce")  # command-line programs: nothing imports t
 
 def product_modules() -> dict[str, Path]:
     """{dotted module name: file} of the tracked product code (no tests, benchmarks, examples)."""
-    files = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO, capture_output=True, text=True,
-                           check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "*.py"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     modules = {}
     for name in files:
         if name.startswith(("tests/", "benchmarks/", "examples/")):
@@ -32,7 +33,8 @@ def product_modules() -> dict[str, Path]:
 
 
 def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
-    """The product modules a file imports (`import a.b`, `from a.b import c`: a.b, or a.b.c when it is a module)."""
+    """The product modules a file imports (`import a.b`, `from a.b import c`: a.b, or a.b.c when it
+    is a module)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -64,7 +66,9 @@ def test_the_import_graph_has_no_cycle(graph):
         state[module] = 1
         for dep in sorted(graph[module]):
             if state.get(dep) == 1:
-                raise AssertionError(f"import cycle: {' -> '.join(path[path.index(dep):] + [dep])}")
+                raise AssertionError(
+                    f"import cycle: {' -> '.join(path[path.index(dep) :] + [dep])}"
+                )
             if dep not in state:
                 visit(dep, path + [dep])
         state[module] = 2
@@ -75,8 +79,18 @@ def test_the_import_graph_has_no_cycle(graph):
 
 
 def test_the_protocol_imports_only_what_it_stands_on(graph):
-    allowed = {"config", "dataset_dir", "embeddings", "fileio", "metrics", "models", "splits", "preprocess",
-               "preprocess.frontend", "preprocess.melstore"}
+    allowed = {
+        "config",
+        "dataset_dir",
+        "embeddings",
+        "fileio",
+        "metrics",
+        "models",
+        "splits",
+        "preprocess",
+        "preprocess.frontend",
+        "preprocess.melstore",
+    }
     assert graph["protocol"] <= allowed
     above = {"evaluate", "aggregate", "case_studies", "external", "reproduce", "tables", "train"}
     assert not any(graph[m] & above for m in allowed if m in graph)

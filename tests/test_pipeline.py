@@ -1,6 +1,7 @@
-"""Tests of the input pipeline (models/pipeline.py): what a batch holds, draws as a function of (seed, stream,
-epoch, step), the same batches from RAM or the file and from worker processes, and the original's protocol options.
-Stores are tiny HDF5 files whose frames encode (track, frame), so that every crop can be checked value by value."""
+"""Tests of the input pipeline (models/pipeline.py): what a batch holds, draws as a function of
+(seed, stream, epoch, step), the same batches from RAM or the file and from worker processes, and
+the original's protocol options. Stores are tiny HDF5 files whose frames encode (track, frame), so
+that every crop can be checked value by value."""
 
 from __future__ import annotations
 
@@ -15,20 +16,33 @@ from models.pipeline import Batches, RedrawnValidation, Sampler, input_pipeline,
 from preprocess.frontend import N_MELS, SEGMENT_FRAMES, crop, crop_starts
 from preprocess.melstore import MelStore
 
-
 LENGTHS = [200, 131, 90, 400, 130, 60, 250, 300, 150, 75]
 
 
 def id_store_path(tmp: Path, lengths) -> Path:
-    """A store whose frames encode (track, frame): value = 1000 * track + frame (exact in float32)."""
+    """A store whose frames encode (track, frame): 1000 * track + frame (exact in float32)."""
     path = tmp / "ids.h5"
-    mels = [np.repeat((1000.0 * i + np.arange(n))[:, None], N_MELS, axis=1) for i, n in enumerate(lengths)]
+    mels = [
+        np.repeat((1000.0 * i + np.arange(n))[:, None], N_MELS, axis=1)
+        for i, n in enumerate(lengths)
+    ]
     write_store(path, [f"t{i}" for i in range(len(lengths))], mels)
     return path
 
 
-def sampler_for(positives, lengths=LENGTHS, n_negatives=2, batch_size=4, seed=3, stream="train", multiple=1, **more):
-    return Sampler(positives, lengths, n_negatives, batch_size, seed, stream, multiple=multiple, **more)
+def sampler_for(
+    positives,
+    lengths=LENGTHS,
+    n_negatives=2,
+    batch_size=4,
+    seed=3,
+    stream="train",
+    multiple=1,
+    **more,
+):
+    return Sampler(
+        positives, lengths, n_negatives, batch_size, seed, stream, multiple=multiple, **more
+    )
 
 
 def vectors_for(n_labels: int, side_dim: int = 5) -> np.ndarray:
@@ -39,7 +53,8 @@ def vectors_for(n_labels: int, side_dim: int = 5) -> np.ndarray:
 def id_store(tmp_path):
     rng = np.random.default_rng(0)
     positives = rng.random((len(LENGTHS), 7)) < 0.35
-    positives[np.arange(len(LENGTHS)), rng.integers(0, 7, len(LENGTHS))] = True  # >= 1 positive per track
+    # >= 1 positive per track
+    positives[np.arange(len(LENGTHS)), rng.integers(0, 7, len(LENGTHS))] = True
     positives[:, 6] = False  # >= 2 negatives
     positives[:, 5] = False
     with MelStore(id_store_path(tmp_path, LENGTHS), in_memory=True) as store:
@@ -59,8 +74,9 @@ def test_sampler_epoch_is_a_permutation_of_the_tracks(id_store):
 
 
 def test_batches_hold_what_the_docstring_says(id_store):
-    """Crop of the drawn track at the drawn start (tiled when short), a seen positive, N distinct seen negatives,
-    their side vectors, target [1, 0, ...]; over 30 epochs every (track, positive) pair is drawn."""
+    """Crop of the drawn track at the drawn start (tiled when short), a seen positive, N distinct
+    seen negatives, their side vectors, target [1, 0, ...]; over 30 epochs every (track, positive)
+    pair is drawn."""
     store, positives = id_store
     sampler, vectors = sampler_for(positives), vectors_for(7)
     batches = Batches(store, np.arange(len(LENGTHS)), sampler, vectors, first_epoch=0)
@@ -77,32 +93,36 @@ def test_batches_hold_what_the_docstring_says(id_store):
                 assert len(set(negatives.tolist())) == 2 and not positives[track, negatives].any()
                 assert 0 <= draw.starts[b] < crop_starts(LENGTHS[track], SEGMENT_FRAMES)
                 frames = 1000.0 * track + np.arange(LENGTHS[track], dtype=np.float32)
-                np.testing.assert_array_equal(inputs["mel"][b, :, 0], crop(frames, draw.starts[b], SEGMENT_FRAMES))
+                np.testing.assert_array_equal(
+                    inputs["mel"][b, :, 0], crop(frames, draw.starts[b], SEGMENT_FRAMES)
+                )
                 np.testing.assert_array_equal(inputs["positive"][b], vectors[draw.positive[b]])
                 np.testing.assert_array_equal(inputs["negatives"][b], vectors[negatives])
                 seen_positive.add((int(track), int(draw.positive[b])))
             np.testing.assert_array_equal(target, np.tile([1.0, 0.0, 0.0], (len(draw.tracks), 1)))
-    assert seen_positive == {(r, j) for r, j in zip(*np.nonzero(positives))}
+    assert seen_positive == {(r, j) for r, j in zip(*np.nonzero(positives), strict=True)}
 
 
 def test_draws_are_a_function_of_seed_stream_epoch_and_step(id_store):
     _, positives = id_store
     one, two = sampler_for(positives), sampler_for(positives)
     two.draw(9, 0), two.draw(2, 1)  # whatever was drawn before (workers load in any order)
-    for a, b in zip(one.draw(4, 1), two.draw(4, 1)):
+    for a, b in zip(one.draw(4, 1), two.draw(4, 1), strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(one.draw(4, 1).starts, one.draw(5, 1).starts)  # epochs differ
     assert not np.array_equal(one.draw(4, 0).starts, one.draw(4, 1).starts)  # steps differ
-    assert not np.array_equal(one.draw(4, 1).starts, sampler_for(positives, seed=4).draw(4, 1).starts)
+    assert not np.array_equal(
+        one.draw(4, 1).starts, sampler_for(positives, seed=4).draw(4, 1).starts
+    )
     valid = sampler_for(positives, stream="valid")  # validation: the same draws every epoch
-    for a, b in zip(valid.draw(0, 2), valid.draw(17, 2)):
+    for a, b in zip(valid.draw(0, 2), valid.draw(17, 2), strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(valid.draw(0, 0).starts, one.draw(0, 0).starts)
 
 
 def test_resumed_batches_equal_the_uninterrupted_ones_from_ram_or_file(id_store, tmp_path):
-    """Batch k of a run resumed at epoch 2 is batch 2 * steps + k of the run from epoch 0, whether the store is in
-    memory or read lazily; validation is `steps` fixed batches."""
+    """Batch k of a run resumed at epoch 2 is batch 2 * steps + k of the run from epoch 0, whether
+    the store is in memory or read lazily; validation is `steps` fixed batches."""
     store, positives = id_store
     sampler, vectors, rows = sampler_for(positives), vectors_for(7), np.arange(len(LENGTHS))
     whole = Batches(store, rows, sampler, vectors, first_epoch=0)
@@ -124,51 +144,81 @@ def test_batches_cut_to_a_multiple_of_the_replicas_and_classification_targets(id
     positives = np.concatenate([positives, positives[:1]])  # 11 tracks
     lengths, rows = LENGTHS + LENGTHS[:1], np.arange(11) % 10
     sampler = sampler_for(positives, lengths, n_negatives=0, multiple=2)
-    assert [len(sampler.draw(0, s).tracks) for s in range(sampler.steps)] == [4, 4, 2]  # 11 = 4 + 4 + 3 -> 2
+    # 11 = 4 + 4 + 3 -> 2
+    assert [len(sampler.draw(0, s).tracks) for s in range(sampler.steps)] == [4, 4, 2]
     batches = Batches(store, rows, sampler, None, first_epoch=0)
     for step in range(sampler.steps):
         mel, target = batches[step]
-        np.testing.assert_array_equal(target, positives[sampler.draw(0, step).tracks].astype(np.float32))
+        np.testing.assert_array_equal(
+            target, positives[sampler.draw(0, step).tracks].astype(np.float32)
+        )
         assert mel.shape == (len(target), SEGMENT_FRAMES, N_MELS)
-    assert sampler_for(positives[:10], multiple=4).steps == 2  # 10 = 4 + 4 + 2 -> the last batch would be empty
+    # 10 = 4 + 4 + 2 -> the last batch would be empty
+    assert sampler_for(positives[:10], multiple=4).steps == 2
     with pytest.raises(ValueError, match="batch_size 4 must be a positive multiple of 3"):
         sampler_for(positives, lengths, multiple=3)
     parts = {"train": (rows, positives), "valid": (rows[:2], positives[:2])}
-    with pytest.raises(cfg.ConfigError, match="--batch-size 4 and the 2 validation tracks must be shared evenly by "
-                                              "the 3 replicas"):
+    with pytest.raises(
+        cfg.ConfigError,
+        match="--batch-size 4 and the 2 validation tracks must be shared evenly by the 3 replicas",
+    ):
         training_batches(store, parts, None, 1, 4, 0, 0, replicas=3)
 
 
 def assert_same_draws(one, two):
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
 def test_dropping_the_last_batch_and_redrawing_validation(id_store):
-    """drop_last: floor(10 / 4) = 2 full batches, the tracks of the order's first 8 places; redraw: the validation
-    stream draws anew every epoch, epoch 0 being the draws of the once-drawn stream."""
+    """drop_last: floor(10 / 4) = 2 full batches, the tracks of the order's first 8 places; redraw:
+    the validation stream draws anew every epoch, epoch 0 being the draws of the once-drawn stream.
+    """
     _, positives = id_store
     dropping = sampler_for(positives, drop_last=True)
     assert dropping.steps == 2 and [len(dropping.draw(3, s).tracks) for s in range(2)] == [4, 4]
-    np.testing.assert_array_equal(np.concatenate([dropping.draw(3, s).tracks for s in range(2)]), dropping.order(3)[:8])
-    assert_same_draws(dropping.draw(3, 1), sampler_for(positives).draw(3, 1))  # the same draws, one batch fewer
-    once, every = sampler_for(positives, stream="valid"), sampler_for(positives, stream="valid", redraw=True)
+    np.testing.assert_array_equal(
+        np.concatenate([dropping.draw(3, s).tracks for s in range(2)]), dropping.order(3)[:8]
+    )
+    # the same draws, one batch fewer
+    assert_same_draws(dropping.draw(3, 1), sampler_for(positives).draw(3, 1))
+    once, every = (
+        sampler_for(positives, stream="valid"),
+        sampler_for(positives, stream="valid", redraw=True),
+    )
     assert_same_draws(every.draw(0, 2), once.draw(0, 2))
     assert_same_draws(once.draw(5, 2), once.draw(0, 2))
     assert not np.array_equal(every.draw(5, 1).starts, every.draw(6, 1).starts)
-    assert_same_draws(every.draw(5, 1), sampler_for(positives, stream="valid", redraw=True).draw(5, 1))
-    assert not np.array_equal(every.draw(5, 1).starts, sampler_for(positives).draw(5, 1).starts)  # streams differ
+    assert_same_draws(
+        every.draw(5, 1), sampler_for(positives, stream="valid", redraw=True).draw(5, 1)
+    )
+    # streams differ
+    assert not np.array_equal(every.draw(5, 1).starts, sampler_for(positives).draw(5, 1).starts)
 
 
 def test_training_batches_of_the_original_protocol(id_store):
-    """last_batch "drop" cuts the training stream only; valid_draws "every-epoch": the validation batches are the
-    draws of the epoch their `epoch` names."""
+    """last_batch "drop" cuts the training stream only; valid_draws "every-epoch": the validation
+    batches are the draws of the epoch their `epoch` names."""
     store, positives = id_store
     parts = {"train": (np.arange(10), positives), "valid": (np.arange(6), positives[:6])}
-    batches = training_batches(store, parts, vectors_for(7), 2, 4, 3, first_epoch=2, last_batch="drop",
-                               valid_draws="every-epoch")
-    train_sampler, valid, valid_sampler = batches["train"].sampler, batches["valid"], batches["valid"].sampler
-    assert (train_sampler.steps, valid_sampler.steps) == (2, 2)  # floor(10 / 4); ceil(6 / 4): every valid track
+    batches = training_batches(
+        store,
+        parts,
+        vectors_for(7),
+        2,
+        4,
+        3,
+        first_epoch=2,
+        last_batch="drop",
+        valid_draws="every-epoch",
+    )
+    train_sampler, valid, valid_sampler = (
+        batches["train"].sampler,
+        batches["valid"],
+        batches["valid"].sampler,
+    )
+    # floor(10 / 4); ceil(6 / 4): every valid track
+    assert (train_sampler.steps, valid_sampler.steps) == (2, 2)
     assert isinstance(valid, RedrawnValidation) and valid.num_batches == 2 and valid_sampler.redraw
     for epoch in (2, 3, 7):
         valid.epoch = epoch
@@ -181,7 +231,8 @@ def test_training_batches_of_the_original_protocol(id_store):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_fit_validates_on_each_epochs_draws_with_every_epoch(id_store, workers):
-    """Through Keras `fit` from epoch 1, inline or with 2 worker processes: epoch e validates on the draws of e."""
+    """Through Keras `fit` from epoch 1, inline or with 2 worker processes: epoch e validates on the
+    draws of e."""
     import keras
 
     store, positives = id_store
@@ -202,20 +253,38 @@ def test_fit_validates_on_each_epochs_draws_with_every_epoch(id_store, workers):
             return {"n": keras.ops.zeros(())}
 
     parts = {"train": (np.arange(10), positives), "valid": (np.arange(5), positives[:5])}
-    batches = training_batches(store, parts, vectors_for(7), 2, 4, 3, first_epoch=1, workers=workers,
-                               valid_draws="every-epoch")
+    batches = training_batches(
+        store,
+        parts,
+        vectors_for(7),
+        2,
+        4,
+        3,
+        first_epoch=1,
+        workers=workers,
+        valid_draws="every-epoch",
+    )
     model = Recorder()
     model.compile(run_eagerly=True)
-    model.fit(batches["train"], validation_data=batches["valid"], steps_per_epoch=3, initial_epoch=1, epochs=4,
-              verbose=0, shuffle=False, callbacks=[batches["valid"].follow_epochs()])
+    model.fit(
+        batches["train"],
+        validation_data=batches["valid"],
+        steps_per_epoch=3,
+        initial_epoch=1,
+        epochs=4,
+        verbose=0,
+        shuffle=False,
+        callbacks=[batches["valid"].follow_epochs()],
+    )
     expected = []
     for epoch in (1, 2, 3):
         batches["valid"].epoch = epoch
         expected += [batches["valid"][step][0]["mel"][:, 0, 0] for step in range(2)]
     assert len(model.valid) == 6
-    for seen, wanted in zip(model.valid, expected):
+    for seen, wanted in zip(model.valid, expected, strict=True):
         np.testing.assert_array_equal(seen, wanted)
-    assert not np.array_equal(np.concatenate(expected[:2]), np.concatenate(expected[2:4]))  # epochs 1, 2 differ
+    # epochs 1, 2 differ
+    assert not np.array_equal(np.concatenate(expected[:2]), np.concatenate(expected[2:4]))
 
 
 def chi_square(counts) -> float:
@@ -225,9 +294,10 @@ def chi_square(counts) -> float:
 
 
 def test_draws_are_uniform():
-    """Positive among 3 positives, the 2 negatives among 4 negatives (6 unordered pairs), the crop start among the
-    71 starts of a 200-frame track and the 51 starts of a tiled 60-frame track (span 180): chi-square statistics
-    below their 0.1 % critical values (2, 5, 70 and 50 degrees of freedom) over 12,000 draws each."""
+    """Positive among 3 positives, the 2 negatives among 4 negatives (6 unordered pairs), the crop
+    start among the 71 starts of a 200-frame track and the 51 starts of a tiled 60-frame track (span
+    180): chi-square statistics below their 0.1 % critical values (2, 5, 70 and 50 degrees of
+    freedom) over 12,000 draws each."""
     n = 600
     positives = np.zeros((n, 7), dtype=bool)
     positives[:, [1, 3, 5]] = True
@@ -239,14 +309,18 @@ def test_draws_are_uniform():
     starts = np.concatenate([d.starts for d in draws])
     assert chi_square([np.sum(positive == j) for j in (1, 3, 5)]) < 13.82
     pairs = [(a, b) for a in (0, 2, 4, 6) for b in (0, 2, 4, 6) if a < b]
-    assert chi_square([np.sum((negatives[:, 0] == a) & (negatives[:, 1] == b)) for a, b in pairs]) < 20.52
+    assert (
+        chi_square([np.sum((negatives[:, 0] == a) & (negatives[:, 1] == b)) for a, b in pairs])
+        < 20.52
+    )
     assert starts[~tiled].max() == 70 and starts[tiled].max() == 50 and starts.min() == 0
     assert chi_square(np.bincount(starts[~tiled], minlength=71)) < 112.3
     assert chi_square(np.bincount(starts[tiled], minlength=51)) < 86.7
 
 
 def test_fit_gets_the_same_batches_from_worker_processes(id_store):
-    """Keras feeds `fit` the batches in order with 2 worker processes as inline, across epochs and validations."""
+    """Keras feeds `fit` the batches in order with 2 worker processes as inline, across epochs and
+    validations."""
     import keras
 
     store, positives = id_store
@@ -270,13 +344,23 @@ def test_fit_gets_the_same_batches_from_worker_processes(id_store):
     seen = []
     for workers in (1, 2):
         parts = {"train": (np.arange(10), positives), "valid": (np.arange(5), positives[:5])}
-        batches = training_batches(store, parts, vectors_for(7), 2, 4, 3, first_epoch=1, workers=workers)
+        batches = training_batches(
+            store, parts, vectors_for(7), 2, 4, 3, first_epoch=1, workers=workers
+        )
         model = Recorder()
         model.compile(run_eagerly=True)
-        model.fit(batches["train"], validation_data=batches["valid"], steps_per_epoch=3, initial_epoch=1, epochs=4,
-                  verbose=0, shuffle=False)
+        model.fit(
+            batches["train"],
+            validation_data=batches["valid"],
+            steps_per_epoch=3,
+            initial_epoch=1,
+            epochs=4,
+            verbose=0,
+            shuffle=False,
+        )
         seen.append(np.concatenate(model.seen))
     expected = [batches["train"][k][0]["mel"][:, 0, 0] for k in range(9)]
     assert len(seen[0]) == len(seen[1]) == sum(map(len, expected)) + 3 * 5
     np.testing.assert_array_equal(seen[0], seen[1])
-    np.testing.assert_array_equal(seen[0][:10], np.concatenate(expected[:3]))  # epoch 1: 10 samples, then valid
+    # epoch 1: 10 samples, then valid
+    np.testing.assert_array_equal(seen[0][:10], np.concatenate(expected[:3]))

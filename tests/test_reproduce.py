@@ -1,6 +1,7 @@
-"""The reproduction protocol (issue 12): the split seed, the original's training budget (--weights last), the
-multi-seed command (reproduce.py), the lock file and what config.json records about the environment.
-The pipeline side (--last-batch, --valid-draws) is tested with the sampler in test_train.py."""
+"""The reproduction protocol (issue 12): the split seed, the original's training budget (--weights
+last), the multi-seed command (reproduce.py), the lock file and what config.json records about the
+environment. The pipeline side (--last-batch, --valid-draws) is tested with the sampler in
+test_train.py."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from packaging.requirements import Requirement
+from test_train import flags, make_dataset, read_csv_rows, run_main, tiny_config
 
 import config as cfg
 import reproduce
 import splits
 import train
-from test_train import flags, make_dataset, read_csv_rows, run_main, tiny_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,14 +31,21 @@ def n_train(split_path: Path, setup: str = "(A+B)-X") -> int:
     return len(splits.setup_tracks_labels(splits.load_split(split_path), setup, "train")[0])
 
 
-# ---- the split seed -------------------------------------------------------------------------------------------
+# ---- the split seed ------------------------------------------------------------------------------
 def test_split_seed_picks_the_split_and_an_explicit_split_wins(dataset, tmp_path):
     data = train.prepare(tiny_config(dataset, tmp_path / "run", split_seed=2))
-    assert data.split_path == splits.default_split_path(dataset, 2).resolve()  # made from annotations.csv
+    # made from annotations.csv
+    assert data.split_path == splits.default_split_path(dataset, 2).resolve()
     assert splits.load_split(data.split_path)["seed"] == 2 and data.config.split_seed == 2
     assert data.seen_labels == splits.load_split(data.split_path)["seen"]
-    explicit = train.prepare(tiny_config(dataset, tmp_path / "run", split_seed=3,
-                                         split=str(splits.default_split_path(dataset, 0))))
+    explicit = train.prepare(
+        tiny_config(
+            dataset,
+            tmp_path / "run",
+            split_seed=3,
+            split=str(splits.default_split_path(dataset, 0)),
+        )
+    )
     assert explicit.split_path == splits.default_split_path(dataset, 0).resolve()
     assert explicit.config.split_seed == 0  # config.json records the seed of the split used
     assert train.run_record(explicit)["config"]["split_seed"] == 0
@@ -47,26 +55,39 @@ def test_protocol_flags_are_checked_before_training(dataset, tmp_path, capsys):
     status, err = run_main(flags(dataset, tmp_path / "run", "--split-seed", "-2"), capsys)
     assert status == 2 and "error: --split-seed -2 must be >= 0" in err
     status, err = run_main(flags(dataset, tmp_path / "run", "--batch-size", "64"), capsys)
-    assert status == 2 and "--last-batch drop: the 39 training tracks of (A+B)-X fill no batch of --batch-size 64" in err
+    assert (
+        status == 2
+        and "--last-batch drop: the 39 training tracks of (A+B)-X fill no batch of --batch-size 64"
+        in err
+    )
     with pytest.raises(SystemExit):
         train.main(flags(dataset, tmp_path / "run", "--weights", "first"))
     assert "argument --weights: invalid choice: 'first'" in capsys.readouterr().err
-    with pytest.raises(cfg.ConfigError, match="--valid-draws 'twice': not one of once, every-epoch"):
+    with pytest.raises(
+        cfg.ConfigError, match="--valid-draws 'twice': not one of once, every-epoch"
+    ):
         cfg.check_config(cfg.TrainConfig(valid_draws="twice"))
     assert not (tmp_path / "run").exists()
 
 
-# ---- the environment ------------------------------------------------------------------------------------------
+# ---- the environment -----------------------------------------------------------------------------
 def test_lock_check_compares_the_installed_versions(tmp_path):
     numpy_version = metadata.version("numpy")
     lock = tmp_path / "lock.txt"
-    lock.write_text("# made by a tool\n--index-url https://example.invalid/simple\n"
-                    f"numpy=={numpy_version}\n    # via\n    #   keras\nkeras==0.0.1\n"
-                    "colorama==0.4.6 ; sys_platform == 'never'\nno-such-package-here==1.0\n")
+    lock.write_text(
+        "# made by a tool\n--index-url https://example.invalid/simple\n"
+        f"numpy=={numpy_version}\n    # via\n    #   keras\nkeras==0.0.1\n"
+        "colorama==0.4.6 ; sys_platform == 'never'\nno-such-package-here==1.0\n"
+    )
     check = train.lock_check(lock)
-    assert check == {"lock": "lock.txt", "matches": False, "differences": [
-        f"keras: locked 0.0.1, installed {metadata.version('keras')}",
-        "no-such-package-here: locked 1.0, installed none"]}
+    assert check == {
+        "lock": "lock.txt",
+        "matches": False,
+        "differences": [
+            f"keras: locked 0.0.1, installed {metadata.version('keras')}",
+            "no-such-package-here: locked 1.0, installed none",
+        ],
+    }
     lock.write_text(f"numpy=={numpy_version}\n")
     assert train.lock_check(lock) == {"lock": "lock.txt", "matches": True, "differences": []}
     assert train.lock_check(tmp_path / "gone.txt")["differences"] == ["the lock file is missing"]
@@ -77,15 +98,23 @@ def test_lock_file_pins_every_requirement_within_its_range():
     for line in (REPO_ROOT / "requirements-lock.txt").read_text().splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             requirement = Requirement(line)
-            assert [s.operator for s in requirement.specifier] == ["=="], line  # exact versions only
-            pins[(requirement.name.lower().replace("_", "-"), str(requirement.marker))] = \
-                next(iter(requirement.specifier)).version
+            # exact versions only
+            assert [s.operator for s in requirement.specifier] == ["=="], line
+            pins[(requirement.name.lower().replace("_", "-"), str(requirement.marker))] = next(
+                iter(requirement.specifier)
+            ).version
     for name in ("requirements.txt", "requirements-test.txt"):
         for line in (REPO_ROOT / name).read_text().splitlines():
             if line.strip() and not line.startswith("#"):
                 requirement = Requirement(line)
-                versions = [v for (pinned, _), v in pins.items() if pinned == requirement.name.lower()]
-                assert versions and all(requirement.specifier.contains(v) for v in versions), (name, line, versions)
+                versions = [
+                    v for (pinned, _), v in pins.items() if pinned == requirement.name.lower()
+                ]
+                assert versions and all(requirement.specifier.contains(v) for v in versions), (
+                    name,
+                    line,
+                    versions,
+                )
 
 
 def test_versions_record_the_backend_in_use_and_its_version():
@@ -97,15 +126,25 @@ def test_versions_record_the_backend_in_use_and_its_version():
         assert found[module] == __import__(module).__version__
 
 
-# ---- the original's budget: --weights last --------------------------------------------------------------------
+# ---- the original's budget: --weights last -------------------------------------------------------
 @pytest.mark.slow
 def test_last_weights_equal_the_periodic_checkpoint_of_the_last_epoch(dataset, tmp_path):
-    """--weights last --epochs 3 --checkpoint-every 3: model.keras holds the weights of checkpoints/epoch_003.keras;
-    trained on split seed 1, floor(n / 8) steps per epoch, new validation draws every epoch."""
+    """--weights last --epochs 3 --checkpoint-every 3: model.keras holds the weights of
+    checkpoints/epoch_003.keras; trained on split seed 1, floor(n / 8) steps per epoch, new
+    validation draws every epoch."""
     import keras
 
-    run_dir = train.run(tiny_config(dataset, tmp_path / "run", epochs=3, weights="last", checkpoint_every=3,
-                                    split_seed=1, valid_draws="every-epoch"))
+    run_dir = train.run(
+        tiny_config(
+            dataset,
+            tmp_path / "run",
+            epochs=3,
+            weights="last",
+            checkpoint_every=3,
+            split_seed=1,
+            valid_draws="every-epoch",
+        )
+    )
     final = keras.saving.load_model(run_dir / cfg.MODEL_FILE)
     checkpoint = keras.saving.load_model(run_dir / cfg.CHECKPOINT_DIR / "epoch_003.keras")
     for a, b in zip(final.get_weights(), checkpoint.get_weights(), strict=True):
@@ -113,7 +152,11 @@ def test_last_weights_equal_the_periodic_checkpoint_of_the_last_epoch(dataset, t
     steps = n_train(splits.default_split_path(dataset, 1)) // 8
     assert int(final.optimizer.iterations.numpy()) == 3 * steps
     summary = json.loads((run_dir / cfg.SUMMARY_FILE).read_text())
-    assert summary["weights"] == "last" and summary["model_epoch"] == 2 and summary["steps_per_epoch"] == steps
+    assert (
+        summary["weights"] == "last"
+        and summary["model_epoch"] == 2
+        and summary["steps_per_epoch"] == steps
+    )
     record = json.loads((run_dir / cfg.CONFIG_FILE).read_text())
     assert record["config"]["split_seed"] == 1 and record["config"]["valid_draws"] == "every-epoch"
     assert record["split_path"] == str(splits.default_split_path(dataset, 1).resolve())
@@ -121,14 +164,19 @@ def test_last_weights_equal_the_periodic_checkpoint_of_the_last_epoch(dataset, t
     assert record["environment"]["lock"] == "requirements-lock.txt"
 
 
-# ---- reproduce.py ---------------------------------------------------------------------------------------------
+# ---- reproduce.py --------------------------------------------------------------------------------
 def test_reproduce_plans_one_run_per_kind_and_seed(tmp_path):
     base = cfg.TrainConfig(dataset="demo", epochs=3, split="ignored.json")
     configs = reproduce.plan(base, ["instrument-count", "random"], [4, 7], tmp_path)
     assert [(c.side_info, c.seed, c.split_seed, c.split) for c in configs] == [
-        ("instrument-count", 4, 4, None), ("instrument-count", 7, 7, None), ("random", 4, 4, None),
-        ("random", 7, 7, None)]
-    assert configs[3].run_dir == str(tmp_path / "random" / "seed7") and {c.epochs for c in configs} == {3}
+        ("instrument-count", 4, 4, None),
+        ("instrument-count", 7, 7, None),
+        ("random", 4, 4, None),
+        ("random", 7, 7, None),
+    ]
+    assert configs[3].run_dir == str(tmp_path / "random" / "seed7") and {
+        c.epochs for c in configs
+    } == {3}
 
 
 def test_reproduce_refuses_bad_flags_before_training(dataset, tmp_path, capsys):
@@ -136,9 +184,13 @@ def test_reproduce_refuses_bad_flags_before_training(dataset, tmp_path, capsys):
     common = ["--dataset", str(dataset), "--out", str(out), "--batch-size", "8"]
     assert reproduce.main([*common, "--seeds", "1", "1"]) == 2
     assert "error: --seeds 1 1: give distinct seeds >= 0." in capsys.readouterr().err
-    assert reproduce.main([*common, "--seeds", "0", "1", "--side-info", "instrument-count", "glove"]) == 2
+    assert (
+        reproduce.main([*common, "--seeds", "0", "1", "--side-info", "instrument-count", "glove"])
+        == 2
+    )
     assert "--side-info 'glove'" in capsys.readouterr().err
-    assert reproduce.main(["--dataset", str(dataset), "--out", str(out)]) == 2  # batch 64 > 39 tracks
+    # batch 64 > 39 tracks
+    assert reproduce.main(["--dataset", str(dataset), "--out", str(out)]) == 2
     assert "--last-batch drop" in capsys.readouterr().err
     assert not out.exists()
 
@@ -146,9 +198,27 @@ def test_reproduce_refuses_bad_flags_before_training(dataset, tmp_path, capsys):
 @pytest.mark.slow
 def test_reproduce_trains_every_seed_then_prints_the_aggregate(dataset, tmp_path, capsys):
     out = tmp_path / "runs"
-    argv = ["--dataset", str(dataset), "--out", str(out), "--seeds", "0", "1", "--epochs", "1", "--batch-size", "8",
-            "--verbose", "0", "--lr", "0.01", "--format", "json"]
-    assert reproduce.main(argv) == 0  # the default kinds: the paper's that the dataset has (instrument-count)
+    argv = [
+        "--dataset",
+        str(dataset),
+        "--out",
+        str(out),
+        "--seeds",
+        "0",
+        "1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--verbose",
+        "0",
+        "--lr",
+        "0.01",
+        "--format",
+        "json",
+    ]
+    # the default kinds: the paper's that the dataset has (instrument-count)
+    assert reproduce.main(argv) == 0
     records = json.loads(capsys.readouterr().out)
     runs = [out / "instrument-count" / f"seed{s}" for s in (0, 1)]
     for seed, run_dir in enumerate(runs):
@@ -156,8 +226,14 @@ def test_reproduce_trains_every_seed_then_prints_the_aggregate(dataset, tmp_path
         assert (config["seed"], config["split_seed"], config["epochs"]) == (seed, seed, 1)
     retrieval = next(r for r in records if r["test"] == "(B+C)-Y" and r["task"] == "retrieval")
     assert retrieval["n_runs"] == 2 and sorted(map(Path, retrieval["runs"])) == runs
-    values = [next(r["AUC-l"] for r in json.loads((d / "results.json").read_text())
-                   if r["test"] == "(B+C)-Y" and r["task"] == "retrieval") for d in runs]
+    values = [
+        next(
+            r["AUC-l"]
+            for r in json.loads((d / "results.json").read_text())
+            if r["test"] == "(B+C)-Y" and r["task"] == "retrieval"
+        )
+        for d in runs
+    ]
     assert retrieval["mean"]["AUC-l"] == pytest.approx(np.mean(values), abs=1e-12)
     logs = [read_csv_rows(d / cfg.LOG_FILE) for d in runs]
     assert reproduce.main(argv) == 0  # rerun: both runs have finished, nothing is trained again

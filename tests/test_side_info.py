@@ -1,5 +1,5 @@
-"""Hand-computed tests of the instrument side information (preprocess/side_info.py) and the OpenMIC reader
-(preprocess/openmic.py). Rules: docs/original.md; formats: docs/formats.md."""
+"""Hand-computed tests of the instrument side information (preprocess/side_info.py) and the OpenMIC
+reader (preprocess/openmic.py). Rules: docs/original.md; formats: docs/formats.md."""
 
 import json
 import math
@@ -8,35 +8,71 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from preprocess import openmic, side_info
 from dataset_dir import DatasetError
+from preprocess import openmic, side_info
 
 # The real OpenMIC-2018 class map, in index order.
-OPENMIC_INSTRUMENTS = ["accordion", "banjo", "bass", "cello", "clarinet", "cymbals", "drums", "flute", "guitar",
-                       "mallet_percussion", "mandolin", "organ", "piano", "saxophone", "synthesizer", "trombone",
-                       "trumpet", "ukulele", "violin", "voice"]
+OPENMIC_INSTRUMENTS = [
+    "accordion",
+    "banjo",
+    "bass",
+    "cello",
+    "clarinet",
+    "cymbals",
+    "drums",
+    "flute",
+    "guitar",
+    "mallet_percussion",
+    "mandolin",
+    "organ",
+    "piano",
+    "saxophone",
+    "synthesizer",
+    "trombone",
+    "trumpet",
+    "ukulele",
+    "violin",
+    "voice",
+]
 
 # Three instruments (K = 3, so 6 slots: present 0..2, absent 3..5) and four tracks.
 #   t0: inst0 0.9 present, inst1 0.2 absent, inst2 unannotated (0.5, mask False)
 #   t1: inst0 unannotated, inst1 0.75 present, inst2 0.0 absent
-#   t2: inst0 1.0 present, inst1 masked-in at exactly 0.5 -> absent (count 1, confidence 0), inst2 0.4 absent
+#   t2: inst0 1.0 present, inst1 masked-in at exactly 0.5 -> absent (count 1, confidence 0), inst2
+#   0.4 absent
 #   t3: only inst0, masked-in at exactly 0.5 -> absent slot 3 with count 1 and confidence 0
 Y_TRUE = np.array([[0.9, 0.2, 0.5], [0.5, 0.75, 0.0], [1.0, 0.5, 0.4], [0.5, 0.5, 0.5]])
-Y_MASK = np.array([[True, True, False], [False, True, True], [True, True, True], [True, False, False]])
+Y_MASK = np.array(
+    [[True, True, False], [False, True, True], [True, True, True], [True, False, False]]
+)
 TRACKS = ["t0", "t1", "t2", "t3"]
-COUNT = np.array([[1, 0, 0, 0, 1, 0], [0, 1, 0, 0, 0, 1], [1, 0, 0, 0, 1, 1], [0, 0, 0, 1, 0, 0]], float)
-CONFIDENCE = np.array([[0.4, 0, 0, 0, 0.3, 0], [0, 0.25, 0, 0, 0, 0.5], [0.5, 0, 0, 0, 0, 0.1],
-                       [0, 0, 0, 0, 0, 0]])
+COUNT = np.array(
+    [[1, 0, 0, 0, 1, 0], [0, 1, 0, 0, 0, 1], [1, 0, 0, 0, 1, 1], [0, 0, 0, 1, 0, 0]], float
+)
+CONFIDENCE = np.array(
+    [[0.4, 0, 0, 0, 0.3, 0], [0, 0.25, 0, 0, 0, 0.5], [0.5, 0, 0, 0, 0, 0.1], [0, 0, 0, 0, 0, 0]]
+)
 ANNOTATIONS = pd.DataFrame(
-    [("t0", "Rock"), ("t2", "Rock"), ("t1", "Jazz"), ("t1", "Pop"), ("t2", "Pop"), ("t3", "Drone"),
-     ("t9", "Ghost")],  # t9 has no instrument vector: Ghost sums to zeros
-    columns=["track_id", "label"])
+    [
+        ("t0", "Rock"),
+        ("t2", "Rock"),
+        ("t1", "Jazz"),
+        ("t1", "Pop"),
+        ("t2", "Pop"),
+        ("t3", "Drone"),
+        ("t9", "Ghost"),
+    ],  # t9 has no instrument vector: Ghost sums to zeros
+    columns=["track_id", "label"],
+)
 
 
 def test_track_vectors_count_and_confidence():
-    np.testing.assert_array_equal(side_info.instrument_track_vectors(Y_TRUE, Y_MASK, "count"), COUNT)
-    np.testing.assert_allclose(side_info.instrument_track_vectors(Y_TRUE, Y_MASK, "confidence"), CONFIDENCE,
-                               atol=1e-12)
+    np.testing.assert_array_equal(
+        side_info.instrument_track_vectors(Y_TRUE, Y_MASK, "count"), COUNT
+    )
+    np.testing.assert_allclose(
+        side_info.instrument_track_vectors(Y_TRUE, Y_MASK, "confidence"), CONFIDENCE, atol=1e-12
+    )
 
 
 def test_track_vectors_float32_input_and_errors():
@@ -58,7 +94,7 @@ def test_sum_by_label_per_genre_sums():
         "Pop": [1, 1, 0, 0, 1, 2],  # t1 + t2
         "Rock": [2, 0, 0, 0, 2, 1],  # t0 + t2
     }
-    for label, row in zip(labels, sums):
+    for label, row in zip(labels, sums, strict=True):
         np.testing.assert_array_equal(row, expected[label], err_msg=label)
 
 
@@ -73,23 +109,33 @@ def test_standardize_rows_by_hand():
 
 
 def test_instrument_side_info_count_drops_unstandardizable_genre():
-    kept, vectors, dropped = side_info.instrument_side_info(TRACKS, Y_TRUE, Y_MASK, ANNOTATIONS, "count")
+    kept, vectors, dropped = side_info.instrument_side_info(
+        TRACKS, Y_TRUE, Y_MASK, ANNOTATIONS, "count"
+    )
     assert kept == ["Drone", "Jazz", "Pop", "Rock"]
     assert dropped == ["Ghost"]
     assert vectors.shape == (4, 6)
     # Jazz [0,1,0,0,0,1]: mean 1/3, variance (2 - 6/9) / 6 = 2/9 -> (3x - 1) / sqrt(2).
-    np.testing.assert_allclose(vectors[1], np.array([-1, 2, -1, -1, -1, 2]) / math.sqrt(2), rtol=1e-12)
-    np.testing.assert_allclose(vectors[3], np.array([7, -5, -5, -5, 7, 1]) / math.sqrt(29), rtol=1e-12)
+    np.testing.assert_allclose(
+        vectors[1], np.array([-1, 2, -1, -1, -1, 2]) / math.sqrt(2), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        vectors[3], np.array([7, -5, -5, -5, 7, 1]) / math.sqrt(29), rtol=1e-12
+    )
     # Drone [0,0,0,1,0,0]: mean 1/6, variance 5/36 -> (6x - 1) / sqrt(5).
-    np.testing.assert_allclose(vectors[0], np.array([-1, -1, -1, 5, -1, -1]) / math.sqrt(5), rtol=1e-12)
+    np.testing.assert_allclose(
+        vectors[0], np.array([-1, -1, -1, 5, -1, -1]) / math.sqrt(5), rtol=1e-12
+    )
     np.testing.assert_allclose(vectors.mean(axis=1), 0.0, atol=1e-12)
     np.testing.assert_allclose(vectors.std(axis=1), 1.0, rtol=1e-12)
 
 
 def test_instrument_side_info_confidence_by_hand():
-    kept, vectors, dropped = side_info.instrument_side_info(TRACKS, Y_TRUE, Y_MASK, ANNOTATIONS, "confidence")
-    # Drone's only track is annotated at exactly 0.5: confidence 0 everywhere, so it cannot be standardized here
-    # although its count vector can.
+    kept, vectors, dropped = side_info.instrument_side_info(
+        TRACKS, Y_TRUE, Y_MASK, ANNOTATIONS, "confidence"
+    )
+    # Drone's only track is annotated at exactly 0.5: confidence 0 everywhere, so it cannot be
+    # standardized here although its count vector can.
     assert kept == ["Jazz", "Pop", "Rock"]
     assert dropped == ["Drone", "Ghost"]
     pop = np.array([0.5, 0.25, 0, 0, 0, 0.6])  # t1 + t2
@@ -114,7 +160,8 @@ def test_random_side_info_is_seeded_and_order_free():
     first = side_info.random_side_info(labels, 5, seed=7)
     assert first.shape == (3, 5)
     np.testing.assert_array_equal(first, side_info.random_side_info(labels, 5, seed=7))
-    # A label's vector depends on its rank among the sorted labels: jazz (rank 0), pop (1), rock (2).
+    # A label's vector depends on its rank among the sorted labels: jazz (rank 0), pop (1), rock
+    # (2).
     draws = np.random.default_rng(7).standard_normal((3, 5))
     np.testing.assert_array_equal(first, draws[[2, 0, 1]])
     reordered = side_info.random_side_info(["pop", "rock", "jazz"], 5, seed=7)
@@ -122,9 +169,9 @@ def test_random_side_info_is_seeded_and_order_free():
     assert not np.allclose(first, side_info.random_side_info(labels, 5, seed=8))
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # OpenMIC reader
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def _openmic_fixture(folder, n=3):
     keys = ["000046_3840", "000002_0", "000140_10000"][:n]
     y_true = np.array([[0.9, 0.5, 0.1], [0.5, 0.75, 0.5], [0.0, 1.0, 0.5]])[:n]
@@ -138,14 +185,21 @@ def test_write_and_load_openmic_sorted_by_sample_key(tmp_path):
     data = openmic.load_openmic(tmp_path)
     assert data.sample_keys.tolist() == ["000002_0", "000046_3840", "000140_10000"]
     assert data.instruments == ["bass", "drums", "voice"]
-    np.testing.assert_allclose(data.y_true, [[0.5, 0.75, 0.5], [0.9, 0.5, 0.1], [0.0, 1.0, 0.5]], rtol=1e-6)
+    np.testing.assert_allclose(
+        data.y_true, [[0.5, 0.75, 0.5], [0.9, 0.5, 0.1], [0.0, 1.0, 0.5]], rtol=1e-6
+    )
     assert data.y_true.dtype == np.float32
     assert data.y_mask.tolist() == [[False, True, False], [True, False, True], [True, True, False]]
-    assert json.loads((tmp_path / "class-map.json").read_text()) == {"bass": 0, "drums": 1, "voice": 2}
+    assert json.loads((tmp_path / "class-map.json").read_text()) == {
+        "bass": 0,
+        "drums": 1,
+        "voice": 2,
+    }
 
 
 def test_real_class_map_order(tmp_path):
-    # Written like the real file (json, indent 4, name -> index); shuffled key order must not matter.
+    # Written like the real file (json, indent 4, name -> index); shuffled key order must not
+    # matter.
     mapping = {name: i for i, name in enumerate(OPENMIC_INSTRUMENTS)}
     shuffled = dict(sorted(mapping.items(), key=lambda item: -item[1]))
     (tmp_path / "class-map.json").write_text(json.dumps(shuffled, indent=4))
@@ -156,11 +210,17 @@ def test_real_class_map_order(tmp_path):
 
 
 def _object_key_npz(folder, keys, y_true, y_mask):
-    """The published openmic-2018.npz stores sample_key as an object array. np.savez writes such an array the way
-    the publishers did (numpy serializes it); the reader under test must never deserialize it."""
+    """The published openmic-2018.npz stores sample_key as an object array. np.savez writes such an
+    array the way the publishers did (numpy serializes it); the reader under test must never
+    deserialize it."""
     order = np.argsort(keys)
-    np.savez(folder / "openmic-2018.npz", Y_true=y_true[order].astype(np.float32), Y_mask=y_mask[order],
-             sample_key=np.array(keys, dtype=object)[order], X=np.zeros((len(keys), 2, 4), np.uint8))
+    np.savez(
+        folder / "openmic-2018.npz",
+        Y_true=y_true[order].astype(np.float32),
+        Y_mask=y_mask[order],
+        sample_key=np.array(keys, dtype=object)[order],
+        X=np.zeros((len(keys), 2, 4), np.uint8),
+    )
 
 
 def test_object_sample_key_recovered_from_partitions(tmp_path):
@@ -184,11 +244,19 @@ def test_load_openmic_errors(tmp_path):
     with pytest.raises(DatasetError, match="openmic-2018.npz do not exist"):
         openmic.load_openmic(tmp_path)
     _openmic_fixture(tmp_path)
-    np.savez(tmp_path / "openmic-2018.npz", Y_true=np.zeros((2, 3)), sample_key=np.array(["000001_0", "000002_0"]))
+    np.savez(
+        tmp_path / "openmic-2018.npz",
+        Y_true=np.zeros((2, 3)),
+        sample_key=np.array(["000001_0", "000002_0"]),
+    )
     with pytest.raises(DatasetError, match="lacks array.*Y_mask"):
         openmic.load_openmic(tmp_path)
-    np.savez(tmp_path / "openmic-2018.npz", Y_true=np.zeros((2, 4)), Y_mask=np.zeros((2, 4), bool),
-             sample_key=np.array(["000001_0", "000002_0"]))
+    np.savez(
+        tmp_path / "openmic-2018.npz",
+        Y_true=np.zeros((2, 4)),
+        Y_mask=np.zeros((2, 4), bool),
+        sample_key=np.array(["000001_0", "000002_0"]),
+    )
     with pytest.raises(DatasetError, match="4 instrument columns, 3 in the class map"):
         openmic.load_openmic(tmp_path)
     (tmp_path / "openmic-2018.npz").write_bytes(b"not a zip")
@@ -212,12 +280,19 @@ def test_duplicate_track_ids_are_a_clear_error():
 
 
 def test_object_or_non_finite_y_true_is_a_clear_error(tmp_path, monkeypatch):
-    # Hardening 10: an object Y_true raised numpy's ValueError (a traceback). Nothing may be unpickled on the way.
+    # Hardening 10: an object Y_true raised numpy's ValueError (a traceback). Nothing may be
+    # unpickled on the way.
     keys, y_true, y_mask = _openmic_fixture(tmp_path)
-    np.savez(tmp_path / "openmic-2018.npz", Y_true=np.array(y_true.tolist(), dtype=object), Y_mask=y_mask,
-             sample_key=np.array(keys))
+    np.savez(
+        tmp_path / "openmic-2018.npz",
+        Y_true=np.array(y_true.tolist(), dtype=object),
+        Y_mask=y_mask,
+        sample_key=np.array(keys),
+    )
     monkeypatch.setattr("pickle.load", lambda *a, **k: pytest.fail("unpickled"))
-    with pytest.raises(DatasetError, match="Y_true or Y_mask is an object array, which we never unpickle"):
+    with pytest.raises(
+        DatasetError, match="Y_true or Y_mask is an object array, which we never unpickle"
+    ):
         openmic.load_openmic(tmp_path)
     y_true[1, 2] = np.nan
     openmic.write_openmic(tmp_path, keys, y_true, y_mask, ["bass", "drums", "voice"])

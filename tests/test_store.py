@@ -1,4 +1,5 @@
-"""Tests of the log-mel store (preprocess/store.py): builder, crash safety, failure lists, reader and CLI."""
+"""Tests of the log-mel store (preprocess/store.py): builder, crash safety, failure lists, reader
+and CLI."""
 
 from __future__ import annotations
 
@@ -15,13 +16,30 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from test_frontend import (ATOL, FLOAT16_ATOL, librosa_logmel, truncated_mp3, write_audio,
-                           write_wav_header_rate)
+from test_frontend import (
+    ATOL,
+    FLOAT16_ATOL,
+    librosa_logmel,
+    truncated_mp3,
+    write_audio,
+    write_wav_header_rate,
+)
 
 from fileio import OutputError, output_lock
-from preprocess import melstore, store as store_module
-from preprocess.frontend import (HOP_LENGTH, N_MELS, SAMPLE_RATE, SEGMENT_FRAMES, AudioError, crop, crop_starts,
-                                 file_frames, load_audio, log_mel)
+from preprocess import melstore
+from preprocess import store as store_module
+from preprocess.frontend import (
+    HOP_LENGTH,
+    N_MELS,
+    SAMPLE_RATE,
+    SEGMENT_FRAMES,
+    AudioError,
+    crop,
+    crop_starts,
+    file_frames,
+    load_audio,
+    log_mel,
+)
 from preprocess.melstore import MelStore
 from preprocess.store import build_store, failures_path, select_tracks
 
@@ -41,8 +59,13 @@ def write_tracks_csv(path: Path, rows) -> Path:
 
 def read_store(path: Path) -> dict:
     with h5py.File(path, "r") as store:
-        return {"track_ids": store["track_ids"].asstr()[...].tolist(), "offsets": store["offsets"][...],
-                "mel": store["mel"][...], "mean": float(store.attrs["mean"]), "std": float(store.attrs["std"])}
+        return {
+            "track_ids": store["track_ids"].asstr()[...].tolist(),
+            "offsets": store["offsets"][...],
+            "mel": store["mel"][...],
+            "mean": float(store.attrs["mean"]),
+            "std": float(store.attrs["std"]),
+        }
 
 
 def work_dir(out: Path) -> Path:
@@ -51,10 +74,12 @@ def work_dir(out: Path) -> Path:
 
 def leftovers(out: Path) -> list[str]:
     """Files of ours that a finished build must not leave behind (work folder, temporary files)."""
-    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".") or p.name.endswith(".work"))
+    return sorted(
+        p.name for p in out.parent.iterdir() if p.name.startswith(".") or p.name.endswith(".work")
+    )
 
 
-# --- A small corpus, built once: good files in four formats (one shorter than 130 frames) and four bad ones --------
+# --- A small corpus, built once: good files in four formats (one shorter than 130 frames) and four
 GOOD = {  # track id -> (file, native rate, seconds, channels)
     "t_wav": ("a/t_wav.wav", 44100, 3.2, 2),
     "t_flac": ("a/t_flac.flac", 16000, 2.0, 1),
@@ -77,24 +102,50 @@ def corpus(tmp_path_factory) -> dict:
     flac = write_audio(root / "whole.flac", 44100, 1.0, 1, 9).read_bytes()
     (audio_dir / "bad" / "truncated.flac").write_bytes(flac[:60])
     write_audio(audio_dir / "bad" / "tiny.wav", 22050, 0.2, 1, 10)
-    rows = [("t_mp3", GOOD["t_mp3"][0]), ("t_wav", str((audio_dir / GOOD["t_wav"][0]).absolute())),
-            ("empty", "bad/empty.mp3"), ("t_short", GOOD["t_short"][0]), ("garbage", "bad/garbage.ogg"),
-            ("t_flac", GOOD["t_flac"][0]), ("truncated", "bad/truncated.flac"), ("tiny", "bad/tiny.wav"),
-            ("t_ogg", GOOD["t_ogg"][0])]  # deliberately unsorted, with one absolute path
+    rows = [
+        ("t_mp3", GOOD["t_mp3"][0]),
+        ("t_wav", str((audio_dir / GOOD["t_wav"][0]).absolute())),
+        ("empty", "bad/empty.mp3"),
+        ("t_short", GOOD["t_short"][0]),
+        ("garbage", "bad/garbage.ogg"),
+        ("t_flac", GOOD["t_flac"][0]),
+        ("truncated", "bad/truncated.flac"),
+        ("tiny", "bad/tiny.wav"),
+        ("t_ogg", GOOD["t_ogg"][0]),
+    ]  # deliberately unsorted, with one absolute path
     tracks_csv = write_tracks_csv(root / "tracks.csv", rows)
     out = root / "store" / "nested" / "mels.h5"  # parent folders do not exist yet
-    summary = build_store(audio_dir, out, tracks_csv=tracks_csv, min_seconds=MIN_SECONDS, dtype="float32",
-                          progress=False)
-    return {"root": root, "audio_dir": audio_dir, "tracks_csv": tracks_csv, "rows": rows, "out": out,
-            "summary": summary, "good_ids": [r[0] for r in rows if r[0] in GOOD]}
+    summary = build_store(
+        audio_dir,
+        out,
+        tracks_csv=tracks_csv,
+        min_seconds=MIN_SECONDS,
+        dtype="float32",
+        progress=False,
+    )
+    return {
+        "root": root,
+        "audio_dir": audio_dir,
+        "tracks_csv": tracks_csv,
+        "rows": rows,
+        "out": out,
+        "summary": summary,
+        "good_ids": [r[0] for r in rows if r[0] in GOOD],
+    }
 
 
 def build_corpus_again(corpus, out, **options) -> dict:
-    return build_store(corpus["audio_dir"], out, tracks_csv=corpus["tracks_csv"], min_seconds=MIN_SECONDS,
-                       progress=False, **options)
+    return build_store(
+        corpus["audio_dir"],
+        out,
+        tracks_csv=corpus["tracks_csv"],
+        min_seconds=MIN_SECONDS,
+        progress=False,
+        **options,
+    )
 
 
-# --- Values, standardization, ids, failures ------------------------------------------------------------------------
+# --- Values, standardization, ids, failures -------------------------------------------------------
 def test_store_values_equal_librosa_and_are_standardized(corpus):
     store = read_store(corpus["out"])
     assert store["track_ids"] == corpus["good_ids"]  # --tracks order, failures removed
@@ -102,31 +153,56 @@ def test_store_values_equal_librosa_and_are_standardized(corpus):
     raws = []
     for i, track_id in enumerate(store["track_ids"]):
         reference = librosa_logmel(corpus["audio_dir"] / GOOD[track_id][0])
-        stored = store["mel"][store["offsets"][i]:store["offsets"][i + 1]]
+        stored = store["mel"][store["offsets"][i] : store["offsets"][i + 1]]
         assert stored.shape == reference.shape
-        np.testing.assert_allclose(stored * store["std"] + store["mean"], reference, rtol=0, atol=ATOL)
+        np.testing.assert_allclose(
+            stored * store["std"] + store["mean"], reference, rtol=0, atol=ATOL
+        )
         raws.append(log_mel(load_audio(corpus["audio_dir"] / GOOD[track_id][0])))
     everything = np.concatenate(raws).astype(np.float64)
     # rel 1e-9: a wrong estimator (ddof=1, float32 accumulation) would be off by > 1e-6
     assert store["mean"] == pytest.approx(everything.mean(), rel=1e-9)
     assert store["std"] == pytest.approx(everything.std(), rel=1e-9)
-    np.testing.assert_allclose(store["mel"], (np.concatenate(raws) - store["mean"]) / store["std"], atol=1e-6)
+    np.testing.assert_allclose(
+        store["mel"], (np.concatenate(raws) - store["mean"]) / store["std"], atol=1e-6
+    )
     assert abs(store["mel"].mean()) < 1e-5 and store["mel"].std() == pytest.approx(1.0, abs=1e-5)
 
 
 def test_store_attributes_and_summary(corpus):
     summary = corpus["summary"]
-    assert (summary["stored"], summary["failed"], summary["skipped"], summary["total"]) == (5, 4, 0, 9)
-    assert summary["already_done"] is False and summary["dtype"] == "float32" and summary["warnings"] == []
+    assert (summary["stored"], summary["failed"], summary["skipped"], summary["total"]) == (
+        5,
+        4,
+        0,
+        9,
+    )
+    assert (
+        summary["already_done"] is False
+        and summary["dtype"] == "float32"
+        and summary["warnings"] == []
+    )
     with h5py.File(corpus["out"], "r") as store:
         attrs = dict(store.attrs)
         assert store["track_stats"].shape == (5, 3) and store["warnings"].shape == (0, 3)
-    assert (attrs["sample_rate"], attrs["n_fft"], attrs["hop_length"], attrs["n_mels"]) == (22050, 1024, 512, 128)
+    assert (attrs["sample_rate"], attrs["n_fft"], attrs["hop_length"], attrs["n_mels"]) == (
+        22050,
+        1024,
+        512,
+        128,
+    )
     assert attrs["log_formula"] == "log10(1 + 10 * mel)" and attrs["dtype"] == "float32"
-    assert attrs["n_tracks"] == 5 and attrs["n_failed"] == 4 and attrs["total_frames"] == summary["frames"]
+    assert (
+        attrs["n_tracks"] == 5
+        and attrs["n_failed"] == 4
+        and attrs["total_frames"] == summary["frames"]
+    )
     assert summary["mean"] == attrs["mean"] and summary["std"] == attrs["std"]
     assert leftovers(corpus["out"]) == []  # parts, lock and temporary files are cleaned up
-    assert sorted(p.name for p in corpus["out"].parent.iterdir()) == ["mels.failures.csv", "mels.h5"]
+    assert sorted(p.name for p in corpus["out"].parent.iterdir()) == [
+        "mels.failures.csv",
+        "mels.h5",
+    ]
 
 
 def test_failure_list_names_every_unusable_file_with_its_reason(corpus):
@@ -143,11 +219,21 @@ def test_failure_list_names_every_unusable_file_with_its_reason(corpus):
 
 
 def test_two_stores_in_one_folder_keep_their_own_failure_lists(corpus, tmp_path):
-    """Hardening 3: both stores used to write one shared failures.csv, the second replacing the first."""
+    """Hardening 3: both stores used to write one shared failures.csv, the second replacing the
+    first."""
     build_corpus_again(corpus, tmp_path / "all.h5")
-    write_tracks_csv(tmp_path / "few.csv", [("garbage", "bad/garbage.ogg"), ("t_ogg", GOOD["t_ogg"][0])])
-    build_store(corpus["audio_dir"], tmp_path / "few.h5", tracks_csv=tmp_path / "few.csv", progress=False)
-    assert sorted(read_failures(tmp_path / "all.failures.csv")) == ["empty", "garbage", "tiny", "truncated"]
+    write_tracks_csv(
+        tmp_path / "few.csv", [("garbage", "bad/garbage.ogg"), ("t_ogg", GOOD["t_ogg"][0])]
+    )
+    build_store(
+        corpus["audio_dir"], tmp_path / "few.h5", tracks_csv=tmp_path / "few.csv", progress=False
+    )
+    assert sorted(read_failures(tmp_path / "all.failures.csv")) == [
+        "empty",
+        "garbage",
+        "tiny",
+        "truncated",
+    ]
     assert sorted(read_failures(tmp_path / "few.failures.csv")) == ["garbage"]
     assert not (tmp_path / "failures.csv").exists()
 
@@ -157,14 +243,20 @@ def test_float16_store_matches_within_float16_precision(corpus, tmp_path):
     build_corpus_again(corpus, out)  # default dtype
     half, full = read_store(out), read_store(corpus["out"])
     assert half["mel"].dtype == np.float16
-    assert half["track_ids"] == full["track_ids"] and np.array_equal(half["offsets"], full["offsets"])
-    assert half["mean"] == full["mean"] and half["std"] == full["std"]  # statistics of the exact values
+    assert half["track_ids"] == full["track_ids"] and np.array_equal(
+        half["offsets"], full["offsets"]
+    )
+    # statistics of the exact values
+    assert half["mean"] == full["mean"] and half["std"] == full["std"]
     raw16 = half["mel"].astype(np.float32) * half["std"] + half["mean"]
-    np.testing.assert_allclose(raw16, full["mel"] * full["std"] + full["mean"], rtol=0, atol=FLOAT16_ATOL)
+    np.testing.assert_allclose(
+        raw16, full["mel"] * full["std"] + full["mean"], rtol=0, atol=FLOAT16_ATOL
+    )
 
 
 def test_broken_headers_and_truncated_files_are_reported_not_fatal(tmp_path, capsys):
-    """Hardening 8 and 9: a 1 Hz header lands in the failure list; a truncated MP3 is stored with a warning."""
+    """Hardening 8 and 9: a 1 Hz header lands in the failure list; a truncated MP3 is stored with a
+    warning."""
     audio = tmp_path / "audio"
     write_audio(audio / "good.wav", 22050, 1.0, 1, seed=0)
     write_wav_header_rate(audio / "one_hz.wav", 1, 20_000)  # 40 KB: 4.9 GB at 22,050 Hz
@@ -206,7 +298,10 @@ def test_tracks_csv_relative_and_absolute_paths_and_errors(tmp_path):
     absolute = str((tmp_path / "elsewhere" / "x.wav").absolute())
     csv_path = write_tracks_csv(tmp_path / "t.csv", [("z", "sub/a.mp3"), ("y", absolute)])
     tracks = select_tracks(tmp_path, csv_path)
-    assert tracks == [("z", "sub/a.mp3", str((tmp_path / "sub" / "a.mp3").absolute())), ("y", absolute, absolute)]
+    assert tracks == [
+        ("z", "sub/a.mp3", str((tmp_path / "sub" / "a.mp3").absolute())),
+        ("y", absolute, absolute),
+    ]
     write_tracks_csv(tmp_path / "dup.csv", [("z", "a.mp3"), ("z", "b.mp3")])
     with pytest.raises(AudioError, match=r"dup\.csv: repeats track_id 'z'"):
         select_tracks(tmp_path, tmp_path / "dup.csv")
@@ -214,7 +309,9 @@ def test_tracks_csv_relative_and_absolute_paths_and_errors(tmp_path):
     with pytest.raises(AudioError, match=r"hole\.csv: has an empty track_id or path"):
         select_tracks(tmp_path, tmp_path / "hole.csv")
     (tmp_path / "bad.csv").write_text("id,file\n1,a.mp3\n")
-    with pytest.raises(DatasetError, match=r"--tracks file .*bad\.csv lacks column\(s\) track_id, path"):
+    with pytest.raises(
+        DatasetError, match=r"--tracks file .*bad\.csv lacks column\(s\) track_id, path"
+    ):
         select_tracks(tmp_path, tmp_path / "bad.csv")
     write_tracks_csv(tmp_path / "none.csv", [])
     with pytest.raises(AudioError, match=r"none\.csv: lists no tracks"):
@@ -233,24 +330,35 @@ def test_nothing_stored_is_an_error_with_a_failure_list(tmp_path):
     assert list(read_failures(out.with_name("mels.failures.csv"))) == ["e"]
 
 
-# --- Idempotency and crash safety ----------------------------------------------------------------------------------
+# --- Idempotency and crash safety -----------------------------------------------------------------
 def test_rerun_of_a_finished_store_is_already_done(corpus, capsys):
     before = corpus["out"].stat().st_mtime_ns
     summary = build_corpus_again(corpus, corpus["out"], dtype="float32", jobs=2)
     assert summary["already_done"] is True
-    assert (summary["stored"], summary["failed"], summary["skipped"], summary["computed"]) == (5, 4, 9, 0)
+    assert (summary["stored"], summary["failed"], summary["skipped"], summary["computed"]) == (
+        5,
+        4,
+        9,
+        0,
+    )
     assert corpus["out"].stat().st_mtime_ns == before
     failures_csv = failures_path(corpus["out"])
     expected = failures_csv.read_text()
     failures_csv.unlink()  # a rerun restores it from the store's `failures` dataset
-    build_store(corpus["audio_dir"], corpus["out"], tracks_csv=corpus["tracks_csv"], min_seconds=MIN_SECONDS,
-                dtype="float32")
+    build_store(
+        corpus["audio_dir"],
+        corpus["out"],
+        tracks_csv=corpus["tracks_csv"],
+        min_seconds=MIN_SECONDS,
+        dtype="float32",
+    )
     assert "already done (5 stored, 4 failed" in capsys.readouterr().out
     assert failures_csv.read_text() == expected and leftovers(corpus["out"]) == []
 
 
 def test_a_file_that_is_not_our_store_is_never_replaced(corpus, tmp_path):
-    """Hardening 1 for --out: the builder replaces only stores it made (their `format` attribute says so)."""
+    """Hardening 1 for --out: the builder replaces only stores it made (their `format` attribute
+    says so)."""
     for name, content in (("notes.h5", None), ("text.h5", b"my thesis")):
         target = tmp_path / name
         if content is None:
@@ -259,7 +367,9 @@ def test_a_file_that_is_not_our_store_is_never_replaced(corpus, tmp_path):
         else:
             target.write_bytes(content)
         before = target.read_bytes()
-        with pytest.raises(OutputError, match=rf"--out .*{name}: exists and is not a log-mel store made by this"):
+        with pytest.raises(
+            OutputError, match=rf"--out .*{name}: exists and is not a log-mel store made by this"
+        ):
             build_corpus_again(corpus, target)
         assert target.read_bytes() == before and not failures_path(target).exists()
 
@@ -286,7 +396,8 @@ KILLED_BUILD = textwrap.dedent("""
         time.sleep(0.4 if point == "parts" else 0.0)
         return result
 
-    def slow_standardize(*args):  # a pause inside the merge: the test kills while the store is being written
+    # a pause inside the merge: the test kills while the store is being written
+    def slow_standardize(*args):
         time.sleep(0.3 if point == "merge" else 0.0)
         return original_standardize(*args)
 
@@ -317,21 +428,32 @@ def _alive(pid: int) -> bool:
 
 
 def _kill_midway(audio_dir: Path, out: Path, point: str, jobs: int, tmp_path: Path) -> list[int]:
-    """Run build_store in a subprocess, SIGKILL it at `point`; returns the pids of its workers at that moment."""
+    """Run build_store in a subprocess, SIGKILL it at `point`; returns the pids of its workers at
+    that moment."""
     script = tmp_path / "killed_build.py"
     script.write_text(KILLED_BUILD)
-    process = subprocess.Popen([sys.executable, str(script), str(audio_dir), str(out), point, str(jobs)],
-                               cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(audio_dir), str(out), point, str(jobs)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 90
     try:
         while time.monotonic() < deadline:
-            ready = (any(work_dir(out).glob("[0-9a-f]*.h5")) if point == "parts"
-                     else any(out.parent.glob(".mels.*.tmp.h5")))  # the store under its temporary name
+            ready = (
+                any(work_dir(out).glob("[0-9a-f]*.h5"))
+                if point == "parts"
+                # the store under its temporary name
+                else any(out.parent.glob(".mels.*.tmp.h5"))
+            )
             if ready or process.poll() is not None:
                 break
             time.sleep(0.01)
-        assert process.poll() is None, f"the build ended before the kill: {process.stdout.read().decode()}"
+        assert process.poll() is None, (
+            f"the build ended before the kill: {process.stdout.read().decode()}"
+        )
         workers = _children(process.pid)
         process.send_signal(signal.SIGKILL)
         process.wait(10)
@@ -344,7 +466,8 @@ def _kill_midway(audio_dir: Path, out: Path, point: str, jobs: int, tmp_path: Pa
 
 @pytest.fixture(scope="module")
 def crash_corpus(corpus, tmp_path_factory) -> dict:
-    """Six tracks (copies of the corpus files) and one broken file, plus an uninterrupted reference build."""
+    """Six tracks (copies of the corpus files) and one broken file, plus an uninterrupted reference
+    build."""
     root = tmp_path_factory.mktemp("crash")
     audio_dir = root / "audio"
     audio_dir.mkdir()
@@ -368,7 +491,8 @@ def test_kill_and_rerun_gives_the_uninterrupted_store(crash_corpus, tmp_path, po
     done_before = len(list(work_dir(out).glob("[0-9a-f]*.h5")))
     assert done_before >= 1
 
-    summary = build_store(crash_corpus["audio_dir"], out, jobs=jobs, chunk_tracks=1, progress=False)  # the same
+    # the same
+    summary = build_store(crash_corpus["audio_dir"], out, jobs=jobs, chunk_tracks=1, progress=False)
     assert summary["skipped"] >= done_before and summary["skipped"] + summary["computed"] == 7
     if point == "merge":
         assert summary["computed"] == 0  # every part was finished before the kill
@@ -376,34 +500,41 @@ def test_kill_and_rerun_gives_the_uninterrupted_store(crash_corpus, tmp_path, po
     resumed, reference = read_store(out), read_store(crash_corpus["reference"])
     assert resumed["track_ids"] == reference["track_ids"]
     assert np.array_equal(resumed["offsets"], reference["offsets"])
-    assert np.array_equal(resumed["mel"], reference["mel"])  # bit for bit, whatever the chunking and jobs
+    # bit for bit, whatever the chunking and jobs
+    assert np.array_equal(resumed["mel"], reference["mel"])
     assert (resumed["mean"], resumed["std"]) == (reference["mean"], reference["std"])
     assert failures_path(out).read_text() == failures_path(crash_corpus["reference"]).read_text()
     assert leftovers(out) == []  # no part, lock or temporary store of the killed run is left
 
 
 def _die(task):
-    """Stands in for _build_part in a forked worker: the process ends abruptly (like a decoder crash)."""
+    """Stands in for _build_part in a forked worker: the process ends abruptly (like a decoder
+    crash)."""
     os._exit(3)
 
 
 def test_a_dying_worker_is_a_clear_error_not_a_hang(crash_corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(store_module, "_build_part", _die)
     with pytest.raises(AudioError, match=r"a worker process died .* rerun the same command"):
-        build_store(crash_corpus["audio_dir"], tmp_path / "mels.h5", jobs=2, chunk_tracks=1, progress=False)
+        build_store(
+            crash_corpus["audio_dir"], tmp_path / "mels.h5", jobs=2, chunk_tracks=1, progress=False
+        )
     assert not (tmp_path / "mels.h5").exists()
 
 
 def test_a_second_simultaneous_build_is_refused(crash_corpus, tmp_path):
     out = tmp_path / "mels.h5"
     with output_lock(work_dir(out)):
-        with pytest.raises(OutputError, match=r"another build of this store is writing .*mels\.h5\.work"):
+        with pytest.raises(
+            OutputError, match=r"another build of this store is writing .*mels\.h5\.work"
+        ):
             build_store(crash_corpus["audio_dir"], out, progress=False)
 
 
-# --- The reader ----------------------------------------------------------------------------------------------------
+# --- The reader -----------------------------------------------------------------------------------
 def _copy_with(source: Path, target: Path, attrs=None, mel=None) -> Path:
-    """A copy of a store with attributes changed (None deletes one) and mel rows overwritten {row: value}."""
+    """A copy of a store with attributes changed (None deletes one) and mel rows overwritten {row:
+    value}."""
     shutil.copy(source, target)
     with h5py.File(target, "r+") as store:
         for name, value in (attrs or {}).items():
@@ -418,7 +549,9 @@ def _copy_with(source: Path, target: Path, attrs=None, mel=None) -> Path:
 
 def test_reader_refuses_another_front_end(corpus, tmp_path):
     bad = _copy_with(corpus["out"], tmp_path / "bad.h5", {"n_fft": 2048})
-    with pytest.raises(AudioError, match=r"bad\.h5: attribute n_fft=2048 but this code's front end uses n_fft=1024"):
+    with pytest.raises(
+        AudioError, match=r"bad\.h5: attribute n_fft=2048 but this code's front end uses n_fft=1024"
+    ):
         MelStore(bad)
     with pytest.raises(AudioError, match=r"power\.h5: attribute power=2\.0"):
         MelStore(_copy_with(corpus["out"], tmp_path / "power.h5", {"power": 2.0}))
@@ -435,14 +568,21 @@ def test_reader_checks_mean_and_std_against_the_data(corpus, tmp_path):
     """Hardening 8: a store whose mean/std attributes were altered used to be read as is."""
     with h5py.File(corpus["out"], "r") as store:
         mean, std = float(store.attrs["mean"]), float(store.attrs["std"])
-    with pytest.raises(AudioError, match=r"mean\.h5: attributes mean=.* differ from its per-track statistics"):
+    with pytest.raises(
+        AudioError, match=r"mean\.h5: attributes mean=.* differ from its per-track statistics"
+    ):
         MelStore(_copy_with(corpus["out"], tmp_path / "mean.h5", {"mean": mean + 0.01}))
-    with pytest.raises(AudioError, match=r"std\.h5: attributes .*std=.* differ .*: the store was altered; rebuild"):
+    with pytest.raises(
+        AudioError, match=r"std\.h5: attributes .*std=.* differ .*: the store was altered; rebuild"
+    ):
         MelStore(_copy_with(corpus["out"], tmp_path / "std.h5", {"std": std * 1.01}))
     shifted = _copy_with(corpus["out"], tmp_path / "shifted.h5")
-    with h5py.File(shifted, "r+") as store:  # data and statistics disagree: the sample check sees it
+    # data and statistics disagree: the sample check sees it
+    with h5py.File(shifted, "r+") as store:
         store["mel"][:40] += 0.5
-    with pytest.raises(AudioError, match=r"shifted\.h5: track 't_mp3' has mean .* but its statistics say"):
+    with pytest.raises(
+        AudioError, match=r"shifted\.h5: track 't_mp3' has mean .* but its statistics say"
+    ):
         MelStore(shifted)
 
 
@@ -450,31 +590,46 @@ def test_non_finite_mel_values_never_reach_a_caller(corpus, tmp_path, monkeypatc
     """Hardening 5 for mel bytes: NaN used to load silently (and train to `loss: nan`)."""
     with MelStore(corpus["out"]) as store:
         last = int(store._offsets[-2])  # first frame of the last track
-    with pytest.raises(AudioError, match=r"sampled\.h5: non-finite values in track\(s\) \['t_mp3'\]"):
-        MelStore(_copy_with(corpus["out"], tmp_path / "sampled.h5", mel={3: np.nan}))  # checked on open
+    with pytest.raises(
+        AudioError, match=r"sampled\.h5: non-finite values in track\(s\) \['t_mp3'\]"
+    ):
+        # checked on open
+        MelStore(_copy_with(corpus["out"], tmp_path / "sampled.h5", mel={3: np.nan}))
     monkeypatch.setattr(melstore, "_CHECK_ROWS", 1)  # open-time sample: track 0 only
-    build_corpus_again(corpus, tmp_path / "half.h5")  # float16: its own finite test of the exponent bits
+    # float16: its own finite test of the exponent bits
+    build_corpus_again(corpus, tmp_path / "half.h5")
     damaged = _copy_with(corpus["out"], tmp_path / "damaged.h5", mel={last + 2: np.inf})
     half = _copy_with(tmp_path / "half.h5", tmp_path / "damaged16.h5", mel={last + 2: np.nan})
     for path, in_memory in ((damaged, True), (damaged, False), (half, True)):
         with MelStore(path, in_memory=in_memory) as store:
             store.crops([0], [0], SEGMENT_FRAMES)  # other tracks read fine
-            with pytest.raises(AudioError, match=r"non-finite values in track\(s\) \['t_ogg'\]: the store is damaged; rebuild it"):
+            with pytest.raises(
+                AudioError,
+                match=r"non-finite values in track\(s\) \['t_ogg'\]: the store is damaged; rebuild "
+                r"it",
+            ):
                 store.crops([0, len(store) - 1], [0, 0], SEGMENT_FRAMES)
             with pytest.raises(AudioError, match=r"damaged(16)?\.h5: non-finite"):
                 store.frames(len(store) - 1)
 
 
 def test_fast_finite_test_equals_numpy_on_every_float16():
-    """The exponent-bit test of float16 reads agrees with np.isfinite on all 65,536 bit patterns, one at a time."""
-    every = np.arange(2 ** 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    """The exponent-bit test of float16 reads agrees with np.isfinite on all 65,536 bit patterns,
+    one at a time."""
+    every = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
     expected = np.isfinite(every.astype(np.float32))
-    assert expected.sum() == 2 ** 16 - 2 * 2 ** 10  # +-inf and the NaNs: exponent 11111, any of 2**10 mantissas
+    # +-inf and the NaNs: exponent 11111, any of 2**10 mantissas
+    assert expected.sum() == 2**16 - 2 * 2**10
     fine = np.zeros(300, np.float16)
-    found = [melstore._all_finite(np.concatenate([fine, every[i:i + 1], fine])) for i in range(2 ** 16)]
+    found = [
+        melstore._all_finite(np.concatenate([fine, every[i : i + 1], fine])) for i in range(2**16)
+    ]
     assert found == expected.tolist()
-    assert melstore._all_finite(np.float32([1.0, 3e38])) and not melstore._all_finite(np.float32([1.0, np.nan]))
-    long = np.zeros((3, melstore._BLOCK + 5), np.float16)  # blocks of the flattened array, boundaries included
+    assert melstore._all_finite(np.float32([1.0, 3e38])) and not melstore._all_finite(
+        np.float32([1.0, np.nan])
+    )
+    # blocks of the flattened array, boundaries included
+    long = np.zeros((3, melstore._BLOCK + 5), np.float16)
     for position in (0, melstore._BLOCK - 1, melstore._BLOCK, long.size - 1):
         damaged = long.copy()
         damaged.reshape(-1)[position] = -np.inf
@@ -488,13 +643,18 @@ def test_reader_lookups(corpus):
         assert store.track_ids == corpus["good_ids"] and len(store) == 5
         assert "t_ogg" in store and "empty" not in store
         assert store.index("t_ogg") == corpus["good_ids"].index("t_ogg")
-        with pytest.raises(KeyError, match=r"track 'empty' is not in .*mels\.h5 .*mels\.failures\.csv"):
+        with pytest.raises(
+            KeyError, match=r"track 'empty' is not in .*mels\.h5 .*mels\.failures\.csv"
+        ):
             store.index("empty")
-        assert store.lengths.dtype == np.int64 and store.lengths.tolist() == np.diff(raw["offsets"]).tolist()
+        assert (
+            store.lengths.dtype == np.int64
+            and store.lengths.tolist() == np.diff(raw["offsets"]).tolist()
+        )
         i = store.index("t_mp3")
         frames = store.frames(i)
         assert frames.dtype == np.float32 and frames.shape == (store.lengths[i], N_MELS)
-        assert np.array_equal(frames, raw["mel"][raw["offsets"][i]:raw["offsets"][i + 1]])
+        assert np.array_equal(frames, raw["mel"][raw["offsets"][i] : raw["offsets"][i + 1]])
         assert np.array_equal(store.frames("t_mp3"), frames)
         assert (store.mean, store.std) == (raw["mean"], raw["std"])
 
@@ -507,14 +667,21 @@ def test_in_memory_follows_the_memory_available(corpus, tmp_path, monkeypatch):
     with MelStore(out) as store:
         assert store.in_memory and store._mel.dtype == np.float16 and type(store._mel) is np.ndarray
         assert store.crops([0], [0], 10).dtype == np.float32 and "fits" in store.in_memory_reason
-        half = store.crops([0, 1], [3, 0], 10, dtype=None)  # the stored dtype, for a model that casts it
+        # the stored dtype, for a model that casts it
+        half = store.crops([0, 1], [3, 0], 10, dtype=None)
         assert half.dtype == np.float16 and np.array_equal(half, store.crops([0, 1], [3, 0], 10))
     monkeypatch.setattr(melstore, "available_memory", lambda: 2 * size - 1)
     with MelStore(out) as store, MelStore(out, in_memory=True) as forced:
-        assert not store.in_memory and isinstance(store._mel, np.memmap) and "too large" in store.in_memory_reason
+        assert (
+            not store.in_memory
+            and isinstance(store._mel, np.memmap)
+            and "too large" in store.in_memory_reason
+        )
         assert forced.in_memory and forced.in_memory_reason.endswith("as asked")
         rows, starts = [0, 3, 3], [5, 0, 44]
-        assert np.array_equal(store.crops(rows, starts, SEGMENT_FRAMES), forced.crops(rows, starts, SEGMENT_FRAMES))
+        assert np.array_equal(
+            store.crops(rows, starts, SEGMENT_FRAMES), forced.crops(rows, starts, SEGMENT_FRAMES)
+        )
     assert melstore.available_memory() > 0
 
 
@@ -528,10 +695,11 @@ def test_crops_are_frontend_crops(corpus, in_memory):
         assert store.lengths[short] < SEGMENT_FRAMES < store.lengths.max()
         rows[:2] = short
         starts = rng.integers(0, crop_starts(store.lengths[rows], SEGMENT_FRAMES))
-        starts[:2] = [0, 3 * store.lengths[short] - SEGMENT_FRAMES]  # the first and the last tiled start
+        # the first and the last tiled start
+        starts[:2] = [0, 3 * store.lengths[short] - SEGMENT_FRAMES]
         crops = store.crops(rows, starts, SEGMENT_FRAMES)
         assert crops.shape == (40, SEGMENT_FRAMES, N_MELS) and crops.dtype == np.float32
-        for crop_, row, start in zip(crops, rows, starts):
+        for crop_, row, start in zip(crops, rows, starts, strict=True):
             assert np.array_equal(crop_, crop(store.frames(row), start, SEGMENT_FRAMES))
         for bad in (-1, 3 * store.lengths[short] - SEGMENT_FRAMES + 1):
             with pytest.raises(ValueError, match="out of range"):
@@ -545,7 +713,7 @@ def test_segments(corpus):
         segments = store.segments(store.index("t_mp3"))
         k = len(long_track) // SEGMENT_FRAMES
         assert segments.shape == (k, SEGMENT_FRAMES, N_MELS) and k >= 1
-        assert np.array_equal(segments.reshape(-1, N_MELS), long_track[:k * SEGMENT_FRAMES])
+        assert np.array_equal(segments.reshape(-1, N_MELS), long_track[: k * SEGMENT_FRAMES])
         short = store.frames("t_short")
         one = store.segments(store.index("t_short"))
         assert one.shape == (1, SEGMENT_FRAMES, N_MELS)
@@ -556,42 +724,71 @@ def test_file_frames_standardizes_a_new_file_like_the_store(corpus):
     path = corpus["audio_dir"] / GOOD["t_ogg"][0]
     with MelStore(corpus["out"]) as store:
         expected = store.frames("t_ogg")
-        np.testing.assert_allclose(file_frames(path, store.mean, store.std), expected, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(
+            file_frames(path, store.mean, store.std), expected, rtol=0, atol=1e-5
+        )
         head = file_frames(path, store.mean, store.std, max_seconds=1.0)
-    assert head.dtype == np.float32 and head.shape == (1 + int(1.0 * SAMPLE_RATE) // HOP_LENGTH, N_MELS)
-    np.testing.assert_allclose(head[:-2], expected[:len(head) - 2], rtol=0, atol=1e-5)
+    assert head.dtype == np.float32 and head.shape == (
+        1 + int(1.0 * SAMPLE_RATE) // HOP_LENGTH,
+        N_MELS,
+    )
+    np.testing.assert_allclose(head[:-2], expected[: len(head) - 2], rtol=0, atol=1e-5)
 
 
 def test_a_hand_written_store_without_statistics_opens(tmp_path):
-    """Stores written by other tools (the documented layout without track_stats) get the finite check only."""
+    """Stores written by other tools (the documented layout without track_stats) get the finite
+    check only."""
     path = tmp_path / "hand.h5"
     with h5py.File(path, "w") as handle:
-        handle.create_dataset("track_ids", data=np.array(["a", "b"], dtype=object), dtype=h5py.string_dtype())
+        handle.create_dataset(
+            "track_ids", data=np.array(["a", "b"], dtype=object), dtype=h5py.string_dtype()
+        )
         handle["offsets"] = np.array([0, 3, 5])
         handle["mel"] = np.arange(5 * N_MELS, dtype=np.float32).reshape(5, N_MELS)
-        handle.attrs.update({"sample_rate": 22050, "n_fft": 1024, "hop_length": 512, "n_mels": 128, "mean": 0.0,
-                             "std": 1.0})
+        handle.attrs.update(
+            {
+                "sample_rate": 22050,
+                "n_fft": 1024,
+                "hop_length": 512,
+                "n_mels": 128,
+                "mean": 0.0,
+                "std": 1.0,
+            }
+        )
     with MelStore(path, in_memory=False) as store:
         assert store.lengths.tolist() == [3, 2] and store.frames(1)[0, 0] == 3 * N_MELS
         assert store.crops([0], [2], 4)[0, :, 0].tolist() == [2 * N_MELS, 0, N_MELS, 2 * N_MELS]
 
 
-# --- Command line --------------------------------------------------------------------------------------------------
+# --- Command line ---------------------------------------------------------------------------------
 def test_cli_errors_exit_2_with_one_message(tmp_path, capsys):
     def error(*argv) -> str:
-        assert store_module.main(["--audio-dir", str(tmp_path), "--out", str(tmp_path / "m.h5"), *argv]) == 2
+        assert (
+            store_module.main(
+                ["--audio-dir", str(tmp_path), "--out", str(tmp_path / "m.h5"), *argv]
+            )
+            == 2
+        )
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
         return err
 
-    assert store_module.main(["--audio-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "m.h5")]) == 2
+    assert (
+        store_module.main(
+            ["--audio-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "m.h5")]
+        )
+        == 2
+    )
     assert "missing: no such folder" in capsys.readouterr().err
     assert "no audio files" in error()
     (tmp_path / "t.csv").write_text("id;file\n")
     assert "lacks column(s) track_id, path" in error("--tracks", str(tmp_path / "t.csv"))
-    assert "--min-seconds 5.0 > --max-seconds 3.0" in error("--min-seconds", "5", "--max-seconds", "3")
+    assert "--min-seconds 5.0 > --max-seconds 3.0" in error(
+        "--min-seconds", "5", "--max-seconds", "3"
+    )
     for flag, value in (("--max-seconds", "-5"), ("--max-seconds", "inf"), ("--min-seconds", "-1")):
-        assert f"{flag} {float(value)}: must be a number of seconds" in error(flag, value)  # hardening 8
+        # hardening 8
+        assert f"{flag} {float(value)}: must be a number of seconds" in error(flag, value)
     assert "--jobs -2: must be >= 1" in error("--jobs", "-2")
     assert "--chunk-tracks 0: must be >= 1" in error("--chunk-tracks", "0")
     with pytest.raises(SystemExit) as info:
@@ -603,19 +800,42 @@ def test_cli_builds_a_scanned_folder(tmp_path, capsys):
     write_audio(tmp_path / "audio" / "sub" / "song.mp3", 44100, 0.5, 2, 0)
     write_audio(tmp_path / "audio" / "a.wav", 16000, 0.5, 1, 1)
     out = tmp_path / "new" / "mels.h5"
-    assert store_module.main(["--audio-dir", str(tmp_path / "audio"), "--out", str(out), "--jobs", "2", "--json",
-                              "--max-seconds", "0.4"]) == 0
+    assert (
+        store_module.main(
+            [
+                "--audio-dir",
+                str(tmp_path / "audio"),
+                "--out",
+                str(out),
+                "--jobs",
+                "2",
+                "--json",
+                "--max-seconds",
+                "0.4",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "2 stored, 0 failed" in printed and '"stored": 2' in printed
     with MelStore(out) as store:
         assert store.track_ids == ["a", "sub/song"]
-        assert store.lengths[0] == 1 + int(np.ceil(int(0.4 * 16000) * SAMPLE_RATE / 16000)) // HOP_LENGTH
+        assert (
+            store.lengths[0]
+            == 1 + int(np.ceil(int(0.4 * 16000) * SAMPLE_RATE / 16000)) // HOP_LENGTH
+        )
     assert read_failures(out.with_name("mels.failures.csv")) == {}
 
 
 def test_import_is_light():
-    code = ("import sys, preprocess.store; "
-            "heavy = [m for m in ('tensorflow', 'keras', 'librosa', 'pandas') if m in sys.modules]; "
-            "assert not heavy, heavy")
-    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True,
-                   env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    code = (
+        "import sys, preprocess.store; "
+        "heavy = [m for m in ('tensorflow', 'keras', 'librosa', 'pandas') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )

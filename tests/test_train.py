@@ -1,9 +1,11 @@
-"""Tests of train.py and its callbacks (models/callbacks.py); the input pipeline's are in test_pipeline.py.
+"""Tests of train.py and its callbacks (models/callbacks.py); the input pipeline's are in
+test_pipeline.py.
 
-Datasets are tiny synthetic dataset directories (data/README.md layout) written in tmp_path: a few dozen tracks,
-labels whose mel "signatures" are summed into the tracks' frames (so a model can learn something), random side
-vectors, the mel store written with the documented HDF5 layout, and a split from splits.make_split. Everything
-that fails before training runs in-process without training; training runs are marked slow.
+Datasets are tiny synthetic dataset directories (data/README.md layout) written in tmp_path: a few
+dozen tracks, labels whose mel "signatures" are summed into the tracks' frames (so a model can learn
+something), random side vectors, the mel store written with the documented HDF5 layout, and a split
+from splits.make_split. Everything that fails before training runs in-process without training;
+training runs are marked slow.
 """
 
 from __future__ import annotations
@@ -38,25 +40,40 @@ PYTHON = sys.executable
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Fixtures: a synthetic dataset directory
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def write_store(path: Path, track_ids, mels, n_mels: int = N_MELS) -> None:
     """Write a store with the documented layout (track_ids, offsets, mel + front-end attributes)."""
     offsets = np.concatenate([[0], np.cumsum([len(m) for m in mels])]).astype(np.int64)
     with h5py.File(path, "w") as handle:
-        handle.create_dataset("track_ids", data=np.array(list(track_ids), dtype=object),
-                              dtype=h5py.string_dtype("utf-8"))
+        handle.create_dataset(
+            "track_ids",
+            data=np.array(list(track_ids), dtype=object),
+            dtype=h5py.string_dtype("utf-8"),
+        )
         handle.create_dataset("offsets", data=offsets)
         handle.create_dataset("mel", data=np.concatenate(mels).astype(np.float32))
-        attrs = {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop_length": HOP_LENGTH, "n_mels": n_mels,
-                 "mean": 0.0, "std": 1.0}
+        attrs = {
+            "sample_rate": SAMPLE_RATE,
+            "n_fft": N_FFT,
+            "hop_length": HOP_LENGTH,
+            "n_mels": n_mels,
+            "mean": 0.0,
+            "std": 1.0,
+        }
         for key, value in attrs.items():
             handle.attrs[key] = value
 
 
-def make_dataset(root: Path, n_tracks: int = 48, n_labels: int = 10, side_dim: int = 12, seed: int = 0,
-                 drop_side_labels: int = 0) -> Path:
+def make_dataset(
+    root: Path,
+    n_tracks: int = 48,
+    n_labels: int = 10,
+    side_dim: int = 12,
+    seed: int = 0,
+    drop_side_labels: int = 0,
+) -> Path:
     """A dataset directory with learnable mels; returns it (split at splits/split_seed0.json)."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -67,14 +84,20 @@ def make_dataset(root: Path, n_tracks: int = 48, n_labels: int = 10, side_dim: i
     for i, track in enumerate(track_ids):
         mine = rng.choice(n_labels, size=int(rng.integers(1, 4)), replace=False)
         pairs += [(track, labels[j]) for j in mine]
-        length = 90 if i % 7 == 0 else int(rng.integers(140, 260))  # every 7th track is shorter than a crop
+        # every 7th track is shorter than a crop
+        length = 90 if i % 7 == 0 else int(rng.integers(140, 260))
         mels.append(signatures[mine].sum(0) + 0.5 * rng.normal(size=(length, N_MELS)))
-    dsio.write_tracks(dsio.tracks_path(root), pd.DataFrame({"track_id": track_ids,
-                                                            "path": [f"audio/{t}.wav" for t in track_ids]}))
-    dsio.write_annotations(dsio.annotations_path(root), pd.DataFrame(pairs, columns=["track_id", "label"]))
+    dsio.write_tracks(
+        dsio.tracks_path(root),
+        pd.DataFrame({"track_id": track_ids, "path": [f"audio/{t}.wav" for t in track_ids]}),
+    )
+    dsio.write_annotations(
+        dsio.annotations_path(root), pd.DataFrame(pairs, columns=["track_id", "label"])
+    )
     kept = labels[drop_side_labels:]
-    dsio.write_side_info(dsio.side_info_path(root, "instrument-count"), kept,
-                         rng.normal(size=(len(kept), side_dim)))
+    dsio.write_side_info(
+        dsio.side_info_path(root, "instrument-count"), kept, rng.normal(size=(len(kept), side_dim))
+    )
     write_store(dsio.mels_path(root), track_ids, mels)
     split = splits.make_split(dsio.read_annotations(dsio.annotations_path(root)), seed=0)
     splits.save_split(split, splits.default_split_path(root, 0))
@@ -87,14 +110,31 @@ def dataset_dir(tmp_path_factory) -> Path:
 
 
 def tiny_config(dataset: Path, run_dir: Path, **overrides) -> cfg.TrainConfig:
-    values = dict(dataset=str(dataset), run_dir=str(run_dir), batch_size=8, epochs=2, lr=0.01, verbose=0,
-                  workers=1)
+    values = dict(
+        dataset=str(dataset),
+        run_dir=str(run_dir),
+        batch_size=8,
+        epochs=2,
+        lr=0.01,
+        verbose=0,
+        workers=1,
+    )
     values.update(overrides)
     return cfg.TrainConfig(**values)
 
 
 def flags(dataset: Path, run_dir: Path, *extra) -> list[str]:
-    return ["--dataset", str(dataset), "--run-dir", str(run_dir), "--batch-size", "8", "--verbose", "0", *extra]
+    return [
+        "--dataset",
+        str(dataset),
+        "--run-dir",
+        str(run_dir),
+        "--batch-size",
+        "8",
+        "--verbose",
+        "0",
+        *extra,
+    ]
 
 
 def train_steps(dataset: Path, batch_size: int = 8) -> int:
@@ -108,9 +148,9 @@ def read_csv_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Bad input: one clear error, exit status 2, before any model is trained
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def run_main(argv, capsys):
     status = train.main(argv)
     return status, capsys.readouterr().err
@@ -123,7 +163,9 @@ def test_labels_without_side_vector_are_listed(tmp_path, capsys):
     missing = sorted(set(split["seen"]) & {"g00", "g01", "g02"})
     assert status == 2 and err.startswith("error: ") and err.count("\n") == 1
     assert f"{len(missing)} label(s) have no side-information vector" in err
-    assert str(dsio.side_info_path(data, "instrument-count")) in err and all(label in err for label in missing)
+    assert str(dsio.side_info_path(data, "instrument-count")) in err and all(
+        label in err for label in missing
+    )
     assert not (tmp_path / "run").exists()  # nothing written
 
 
@@ -144,15 +186,23 @@ def write_record(dataset: Path, run_dir: Path, **config) -> dict:
 
 def test_other_side_information_on_resume_is_refused(tmp_path, capsys, dataset_dir):
     record = write_record(dataset_dir, tmp_path / "run")
-    record["checksums"]["side_info"] = "0" * 64  # trained with another side_info file (e.g. 40-d, not 12-d)
+    # trained with another side_info file (e.g. 40-d, not 12-d)
+    record["checksums"]["side_info"] = "0" * 64
     (tmp_path / "run" / cfg.CONFIG_FILE).write_text(json.dumps(record))
-    status, err = run_main(flags(dataset_dir, tmp_path / "run", "--epochs", "2", "--lr", "0.01"), capsys)
-    assert status == 2 and "holds a run with another configuration or other data (checksum of side_info)" in err
+    status, err = run_main(
+        flags(dataset_dir, tmp_path / "run", "--epochs", "2", "--lr", "0.01"), capsys
+    )
+    assert (
+        status == 2
+        and "holds a run with another configuration or other data (checksum of side_info)" in err
+    )
 
 
 def test_resume_with_other_flags_is_refused(tmp_path, capsys, dataset_dir):
     write_record(dataset_dir, tmp_path / "run")
-    status, err = run_main(flags(dataset_dir, tmp_path / "run", "--epochs", "2", "--lr", "0.5"), capsys)
+    status, err = run_main(
+        flags(dataset_dir, tmp_path / "run", "--epochs", "2", "--lr", "0.5"), capsys
+    )
     assert status == 2 and "lr: 0.01 -> 0.5" in err and "pass a new --run-dir" in err
     (tmp_path / "run" / cfg.CONFIG_FILE).write_text("{not json")
     status, err = run_main(flags(dataset_dir, tmp_path / "run"), capsys)
@@ -167,16 +217,21 @@ def test_empty_training_setup(tmp_path, capsys):
     split["B"], split["train"]["B"], split["valid"]["B"] = [], [], []
     split["train"]["A+B"], split["valid"]["A+B"] = split["train"]["A"], split["valid"]["A"]
     splits.save_split(split, tmp_path / "noB.json")
-    status, err = run_main(flags(data, tmp_path / "run", "--split", str(tmp_path / "noB.json"),
-                                 "--train-setup", "B"), capsys)
+    status, err = run_main(
+        flags(data, tmp_path / "run", "--split", str(tmp_path / "noB.json"), "--train-setup", "B"),
+        capsys,
+    )
     assert status == 2 and "training setup B-X" in err and "no training tracks" in err
 
 
 def test_unknown_names_and_bad_numbers(tmp_path, capsys, dataset_dir):
-    with pytest.raises(SystemExit) as exc:  # argparse: --train-setup is parsed by config.canonical_setup
+    # argparse: --train-setup is parsed by config.canonical_setup
+    with pytest.raises(SystemExit) as exc:
         train.main(flags(dataset_dir, tmp_path / "run", "--train-setup", "Z-X"))
     assert exc.value.code == 2 and "--train-setup" in capsys.readouterr().err
-    with pytest.raises(cfg.ConfigError, match=r"--train-setup 'Z-X' is not one of A-X, B-X, \(A\+B\)-X"):
+    with pytest.raises(
+        cfg.ConfigError, match=r"--train-setup 'Z-X' is not one of A-X, B-X, \(A\+B\)-X"
+    ):
         train.run(tiny_config(dataset_dir, tmp_path / "run", train_setup="Z-X"))
     status, err = run_main(flags(dataset_dir, tmp_path / "run", "--side-info", "glove"), capsys)
     assert status == 2 and "--side-info 'glove'" in err and "instrument-count" in err
@@ -189,7 +244,9 @@ def test_unknown_names_and_bad_numbers(tmp_path, capsys, dataset_dir):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("flag", ["--lr", "--lr-decay", "--margin", "--momentum", "--min-lr", "--plateau-factor"])
+@pytest.mark.parametrize(
+    "flag", ["--lr", "--lr-decay", "--margin", "--momentum", "--min-lr", "--plateau-factor"]
+)
 @pytest.mark.parametrize("value", ["inf", "nan"])
 def test_float_flags_must_be_finite(tmp_path, capsys, dataset_dir, flag, value):
     status, err = run_main(flags(dataset_dir, tmp_path / "run", flag, value), capsys)
@@ -212,7 +269,8 @@ def test_side_information_beyond_float32_is_refused(tmp_path, capsys):
     data = make_dataset(tmp_path / "d")
     path = dsio.side_info_path(data, "instrument-count")
     lines = path.read_text().splitlines()
-    lines[1] = ",".join([lines[1].split(",")[0], "1e300", *lines[1].split(",")[2:]])  # v0 of the first label
+    # v0 of the first label
+    lines[1] = ",".join([lines[1].split(",")[0], "1e300", *lines[1].split(",")[2:]])
     path.write_text("\n".join(lines) + "\n")
     status, err = run_main(flags(data, tmp_path / "run"), capsys)
     assert status == 2 and str(path) in err and "too large for float32" in err
@@ -223,7 +281,8 @@ def test_explicit_split_is_checked_against_the_annotations(tmp_path, capsys):
     split_copy = tmp_path / "split.json"
     split_copy.write_text(splits.default_split_path(data).read_text())
     with open(dsio.annotations_path(data), "a") as handle:
-        handle.write("999,g00\n")  # one more annotated track: the split was made from other annotations
+        # one more annotated track: the split was made from other annotations
+        handle.write("999,g00\n")
     status, err = run_main(flags(data, tmp_path / "run", "--split", str(split_copy)), capsys)
     assert status == 2 and str(split_copy) in err and "splits.make" in err
 
@@ -239,15 +298,25 @@ def test_damaged_backup_state_names_the_file(tmp_path, capsys, dataset_dir):
     write_record(dataset_dir, tmp_path / "run")
     (tmp_path / "run" / cfg.BACKUP_DIR).mkdir()
     state = tmp_path / "run" / cfg.BACKUP_DIR / STATE_FILE
-    for text in ("{torn", json.dumps({"epoch": "three", "weights": "x.npz", "stopped": False, "callbacks": {}})):
+    for text in (
+        "{torn",
+        json.dumps({"epoch": "three", "weights": "x.npz", "stopped": False, "callbacks": {}}),
+    ):
         state.write_text(text)
-        status, err = run_main(flags(dataset_dir, tmp_path / "run", "--epochs", "2", "--lr", "0.01"), capsys)
-        assert status == 2 and f"the training backup {state} is damaged" in err and "delete the folder" in err
+        status, err = run_main(
+            flags(dataset_dir, tmp_path / "run", "--epochs", "2", "--lr", "0.01"), capsys
+        )
+        assert (
+            status == 2
+            and f"the training backup {state} is damaged" in err
+            and "delete the folder" in err
+        )
 
 
 def test_default_dataset_is_the_demo_built_on_demand(tmp_path, monkeypatch):
-    """`python train.py` with no flags: data/demo, built by demo.build.ensure_demo(dir, seed=0) when missing;
-    (A+B)-X, embedding model, instrument-count side information, config.DEFAULT_EPOCHS["demo"] epochs."""
+    """`python train.py` with no flags: data/demo, built by demo.build.ensure_demo(dir, seed=0) when
+    missing; (A+B)-X, embedding model, instrument-count side information,
+    config.DEFAULT_EPOCHS["demo"] epochs."""
     import demo.build
 
     calls = []
@@ -259,12 +328,16 @@ def test_default_dataset_is_the_demo_built_on_demand(tmp_path, monkeypatch):
 
     monkeypatch.setattr(dsio, "DATA_ROOT", tmp_path / "data")
     monkeypatch.setattr(demo.build, "ensure_demo", fake_ensure_demo)
-    data = train.prepare(cfg.TrainConfig(batch_size=8))  # the 39 training tracks here fill no batch of 64
+    # the 39 training tracks here fill no batch of 64
+    data = train.prepare(cfg.TrainConfig(batch_size=8))
     demo_dir = (tmp_path / "data" / "demo").resolve()
     assert calls == [(demo_dir, 0)]
     assert data.dataset == "demo" and data.dataset_dir == demo_dir
     assert data.config.train_setup == "(A+B)-X" and data.config.model == "embedding"
-    assert data.config.side_info == "instrument-count" and data.config.epochs == cfg.DEFAULT_EPOCHS["demo"]
+    assert (
+        data.config.side_info == "instrument-count"
+        and data.config.epochs == cfg.DEFAULT_EPOCHS["demo"]
+    )
     assert data.split_path == splits.default_split_path(demo_dir, 0)
     assert data.label_vectors.shape == (len(data.seen_labels), 12)
 
@@ -283,9 +356,13 @@ def test_tracks_missing_from_store(tmp_path, capsys):
 
 def test_help_does_not_import_tensorflow():
     code = "import sys, train; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
-    out = subprocess.run([PYTHON, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [PYTHON, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "False False"
-    out = subprocess.run([PYTHON, "train.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [PYTHON, "train.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
     assert "--loss-reduction" in out.stdout and "(default: 0.4)" in out.stdout
 
 
@@ -297,43 +374,62 @@ def test_log_truncation_drops_epochs_to_redo_and_repairs_a_torn_log(tmp_path):
     truncate_log(log, 0)
     assert log.read_text() == ""
     # Two writers (before the lock existed): two headers, interleaved and torn rows.
-    log.write_text("epoch,loss,val_loss\n0,3.0,2.0\nepoch,loss,val_loss\n0,3.1,2.1\n1,2.5,1.9\n1,2.6\nx,1,2\n")
+    log.write_text(
+        "epoch,loss,val_loss\n0,3.0,2.0\nepoch,loss,val_loss\n0,3.1,2.1\n1,2.5,1.9\n1,2.6\nx,1,2\n"
+    )
     truncate_log(log, 5)
     assert log.read_text() == "epoch,loss,val_loss\n0,3.1,2.1\n1,2.5,1.9\n"
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Training (slow)
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_short_training_run_lowers_the_loss_and_fills_the_run_dir(tmp_path, dataset_dir):
     import keras
 
     import models
 
-    run_dir = train.run(tiny_config(dataset_dir, tmp_path / "run", epochs=4, lr=0.02, checkpoint_every=2))
+    run_dir = train.run(
+        tiny_config(dataset_dir, tmp_path / "run", epochs=4, lr=0.02, checkpoint_every=2)
+    )
     rows = read_csv_rows(run_dir / cfg.LOG_FILE)
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
     assert list(rows[0]) == ["epoch", "learning_rate", "loss", "lr", "val_loss"]
     losses = [float(r["loss"]) for r in rows]
     assert losses[-1] < losses[0]
     assert (run_dir / cfg.CURVE_FILE).stat().st_size > 1000
-    assert sorted(p.name for p in (run_dir / cfg.CHECKPOINT_DIR).iterdir()) == ["epoch_002.keras", "epoch_004.keras"]
+    assert sorted(p.name for p in (run_dir / cfg.CHECKPOINT_DIR).iterdir()) == [
+        "epoch_002.keras",
+        "epoch_004.keras",
+    ]
     assert not (run_dir / cfg.BACKUP_DIR).exists()
 
     record = json.loads((run_dir / cfg.CONFIG_FILE).read_text())
     split_path = splits.default_split_path(dataset_dir)
     split = splits.load_split(split_path)
-    assert record["config"]["train_setup"] == "(A+B)-X" and record["config"]["side_info"] == "instrument-count"
+    assert (
+        record["config"]["train_setup"] == "(A+B)-X"
+        and record["config"]["side_info"] == "instrument-count"
+    )
     assert record["config"]["epochs"] == 4 and record["config"]["run_dir"] == str(run_dir)
-    assert record["dataset"] == dataset_dir.name and record["dataset_dir"] == str(dataset_dir.resolve())
-    assert record["split_path"] == str(split_path.resolve()) and record["seen_labels"] == split["seen"]
+    assert record["dataset"] == dataset_dir.name and record["dataset_dir"] == str(
+        dataset_dir.resolve()
+    )
+    assert (
+        record["split_path"] == str(split_path.resolve()) and record["seen_labels"] == split["seen"]
+    )
     assert record["checksums"]["split"] == sha256_file(split_path)
     assert record["checksums"]["annotations"] == sha256_file(dsio.annotations_path(dataset_dir))
     assert record["checksums"]["mels"] == {"mean": 0.0, "std": 1.0, "n_tracks": 48}
     assert {"tensorflow", "keras", "numpy", "keras_backend"} <= set(record["versions"])
-    assert record["train"] == {"tracks": len(split["train"]["A+B"]), "valid_tracks": len(split["valid"]["A+B"]),
-                               "side_dim": 12, "n_labels": len(split["seen"]), "input_pipeline": "numpy-in-memory"}
+    assert record["train"] == {
+        "tracks": len(split["train"]["A+B"]),
+        "valid_tracks": len(split["valid"]["A+B"]),
+        "side_dim": 12,
+        "n_labels": len(split["seen"]),
+        "input_pipeline": "numpy-in-memory",
+    }
 
     summary = json.loads((run_dir / cfg.SUMMARY_FILE).read_text())
     assert summary["input_pipeline"] == "numpy-in-memory" and summary["replicas"] == 1
@@ -346,75 +442,107 @@ def test_short_training_run_lowers_the_loss_and_fills_the_run_dir(tmp_path, data
     # model.keras is the best-val_loss model and loads without custom_objects.
     model = keras.saving.load_model(run_dir / cfg.MODEL_FILE)
     assert models.get_semantic_module(model).input_shape == (None, 12)
-    assert int(model.optimizer.iterations.numpy()) == train_steps(dataset_dir) * (summary["best_epoch"] + 1)
+    assert int(model.optimizer.iterations.numpy()) == train_steps(dataset_dir) * (
+        summary["best_epoch"] + 1
+    )
 
     # Rerunning a finished run directory does nothing.
-    assert train.run(tiny_config(dataset_dir, run_dir, epochs=4, lr=0.02, checkpoint_every=2)) == run_dir
+    assert (
+        train.run(tiny_config(dataset_dir, run_dir, epochs=4, lr=0.02, checkpoint_every=2))
+        == run_dir
+    )
     assert len(read_csv_rows(run_dir / cfg.LOG_FILE)) == 4
 
 
 @pytest.mark.slow
 def test_classification_run_from_a_lazily_read_store(tmp_path, dataset_dir, monkeypatch, capsys):
-    """A store too large for the memory available is read lazily; the same pipeline says and records it."""
+    """A store too large for the memory available is read lazily; the same pipeline says and records
+    it."""
     import keras
 
     import preprocess.melstore
 
     monkeypatch.setattr(preprocess.melstore, "available_memory", lambda: 0)
-    run_dir = train.run(tiny_config(dataset_dir, tmp_path / "run", epochs=1, model="classification"))
+    run_dir = train.run(
+        tiny_config(dataset_dir, tmp_path / "run", epochs=1, model="classification")
+    )
     assert "numpy-lazy input pipeline" in capsys.readouterr().out
     assert json.loads((run_dir / cfg.SUMMARY_FILE).read_text())["input_pipeline"] == "numpy-lazy"
     record = json.loads((run_dir / cfg.CONFIG_FILE).read_text())
     assert record["train"]["input_pipeline"] == "numpy-lazy" and record["train"]["side_dim"] is None
     model = keras.saving.load_model(run_dir / cfg.MODEL_FILE)
-    assert model.output_shape == (None, len(record["seen_labels"])) == (None, record["train"]["n_labels"])
+    assert (
+        model.output_shape
+        == (None, len(record["seen_labels"]))
+        == (None, record["train"]["n_labels"])
+    )
     assert model.get_layer("classifier").activation.__name__ == "sigmoid"
     # --in-memory yes forces RAM (and says so); the batches, hence the losses, are the same
-    forced = train.run(tiny_config(dataset_dir, tmp_path / "forced", epochs=1, model="classification", in_memory="yes"))
+    forced = train.run(
+        tiny_config(
+            dataset_dir, tmp_path / "forced", epochs=1, model="classification", in_memory="yes"
+        )
+    )
     out = capsys.readouterr().out
-    assert "numpy-in-memory input pipeline (0.00 GB store, 0.0 GB memory available: as asked)" in out
-    lazy_loss, ram_loss = (float(read_csv_rows(folder / cfg.LOG_FILE)[0]["loss"]) for folder in (run_dir, forced))
+    assert (
+        "numpy-in-memory input pipeline (0.00 GB store, 0.0 GB memory available: as asked)" in out
+    )
+    lazy_loss, ram_loss = (
+        float(read_csv_rows(folder / cfg.LOG_FILE)[0]["loss"]) for folder in (run_dir, forced)
+    )
     assert ram_loss == pytest.approx(lazy_loss, rel=1e-5)
 
 
 @pytest.mark.slow
 def test_non_finite_loss_stops_training_with_its_likely_cause(tmp_path, capsys, dataset_dir):
-    status, err = run_main(flags(dataset_dir, tmp_path / "run", "--epochs", "2", "--lr", "1e30",
-                                 "--workers", "1"), capsys)
+    status, err = run_main(
+        flags(dataset_dir, tmp_path / "run", "--epochs", "2", "--lr", "1e30", "--workers", "1"),
+        capsys,
+    )
     assert status == 2 and "first non-finite loss" in err and "--lr 1e+30" in err
     assert not (tmp_path / "run" / cfg.SUMMARY_FILE).exists()
 
 
 @pytest.mark.slow
 def test_damaged_store_met_while_training_is_one_clear_error(tmp_path, capsys):
-    """NaN frames in a track that MelStore's check on open does not sample, first read by batch 3 of epoch 1
-    (inside TensorFlow's input pipeline): train.py names the store in one line."""
+    """NaN frames in a track that MelStore's check on open does not sample, first read by batch 3 of
+    epoch 1 (inside TensorFlow's input pipeline): train.py names the store in one line."""
     data = make_dataset(tmp_path / "d")
     prepared = train.prepare(tiny_config(data, tmp_path / "run"))
     with MelStore(dsio.mels_path(data)) as store:
         rows = prepared.rows["train"]
         order = Sampler(prepared.positives["train"], store.lengths[rows], 1, 8, 0, "train").order(0)
-    checked_on_open = set(np.linspace(0, 47, 8).astype(int).tolist())  # MelStore's sample of 8 tracks
+    # MelStore's sample of 8 tracks
+    checked_on_open = set(np.linspace(0, 47, 8).astype(int).tolist())
     row = next(int(rows[i]) for i in order[16:] if int(rows[i]) not in checked_on_open)
     with h5py.File(dsio.mels_path(data), "r+") as handle:
-        start, stop = handle["offsets"][row:row + 2]
+        start, stop = handle["offsets"][row : row + 2]
         handle["mel"][start:stop] = np.nan
     status = train.main(flags(data, tmp_path / "run", "--epochs", "1", "--lr", "0.01"))
     out, err = capsys.readouterr()
     assert "steps per epoch" in out  # training had started
     assert status == 2 and err.count("\n") == 1
-    assert err.startswith(f"error: {dsio.mels_path(data)}: non-finite values in track(s) ['{100 + row}']")
+    assert err.startswith(
+        f"error: {dsio.mels_path(data)}: non-finite values in track(s) ['{100 + row}']"
+    )
 
 
-def kill_after_two_epochs(command: list[str], env: dict, run_dir: Path, timeout: float = 120) -> int:
-    """Start a training command, kill -9 it once its backup holds epoch >= 1; returns the last backed-up epoch."""
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def kill_after_two_epochs(
+    command: list[str], env: dict, run_dir: Path, timeout: float = 120
+) -> int:
+    """Start a training command, kill -9 it once its backup holds epoch >= 1; returns the last
+    backed-up epoch."""
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     state_file, deadline = run_dir / cfg.BACKUP_DIR / STATE_FILE, time.time() + timeout
     while time.time() < deadline and process.poll() is None:
         if state_file.is_file() and json.loads(state_file.read_text())["epoch"] >= 1:
             break
         time.sleep(0.05)
-    assert process.poll() is None, f"training ended before it could be killed: {process.stderr.read()[-2000:]}"
+    assert process.poll() is None, (
+        f"training ended before it could be killed: {process.stderr.read()[-2000:]}"
+    )
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     return json.loads(state_file.read_text())["epoch"]
@@ -422,26 +550,47 @@ def kill_after_two_epochs(command: list[str], env: dict, run_dir: Path, timeout:
 
 @pytest.mark.slow
 def test_resume_after_kill_9(tmp_path, dataset_dir):
-    """kill -9 in the middle of training, rerun the same command: it continues after the last finished epoch,
-    with the optimizer's iteration counter (hence the decayed learning rate) and the plateau counters restored, and
-    validates on the draws of each epoch (--valid-draws every-epoch) as the uninterrupted run does."""
+    """kill -9 in the middle of training, rerun the same command: it continues after the last
+    finished epoch, with the optimizer's iteration counter (hence the decayed learning rate) and the
+    plateau counters restored, and validates on the draws of each epoch (--valid-draws every-epoch)
+    as the uninterrupted run does."""
     run_dir = tmp_path / "run"
     epochs, decay, lr0, patience = 12, 0.01, 0.05, 2
-    command = [PYTHON, "train.py", *flags(dataset_dir, run_dir, "--epochs", str(epochs), "--lr-decay", str(decay),
-                                          "--lr", str(lr0), "--plateau-patience", str(patience), "--workers", "1",
-                                          "--valid-draws", "every-epoch")]
+    command = [
+        PYTHON,
+        "train.py",
+        *flags(
+            dataset_dir,
+            run_dir,
+            "--epochs",
+            str(epochs),
+            "--lr-decay",
+            str(decay),
+            "--lr",
+            str(lr0),
+            "--plateau-patience",
+            str(patience),
+            "--workers",
+            "1",
+            "--valid-draws",
+            "every-epoch",
+        ),
+    ]
     finished = kill_after_two_epochs(command, ENV, run_dir)
     assert finished < epochs - 1 and not (run_dir / cfg.SUMMARY_FILE).exists()
-    before = read_csv_rows(run_dir / cfg.LOG_FILE)[:finished + 1]
+    before = read_csv_rows(run_dir / cfg.LOG_FILE)[: finished + 1]
 
-    rerun = subprocess.run(command, cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    rerun = subprocess.run(
+        command, cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=120
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resuming after epoch {finished + 1}" in rerun.stdout
     rows = read_csv_rows(run_dir / cfg.LOG_FILE)
     assert [int(r["epoch"]) for r in rows] == list(range(epochs))
-    assert rows[:finished + 1] == before  # finished epochs were not trained again
-    # The base rate follows ReduceLROnPlateau's rule (factor 0.2; an improvement is val_loss + min_delta 1e-4 < best)
-    # replayed over the whole val_loss column, so the plateau counters crossed the kill intact.
+    assert rows[: finished + 1] == before  # finished epochs were not trained again
+    # The base rate follows ReduceLROnPlateau's rule (factor 0.2; an improvement is val_loss +
+    # min_delta 1e-4 < best) replayed over the whole val_loss column, so the plateau counters
+    # crossed the kill intact.
     base, best, wait, expected_base = lr0, np.inf, 0, []
     for val in (float(r["val_loss"]) for r in rows):
         expected_base.append(base)
@@ -453,18 +602,36 @@ def test_resume_after_kill_9(tmp_path, dataset_dir):
                 base, wait = max(base * 0.2, 1.6e-7), 0
     base_logged = np.array([float(r["learning_rate"]) for r in rows])
     np.testing.assert_allclose(base_logged, expected_base, rtol=1e-6)
-    # The decayed rate at the end of epoch e is base / (1 + decay * iterations): the iteration counter continued.
+    # The decayed rate at the end of epoch e is base / (1 + decay * iterations): the iteration
+    # counter continued.
     steps = train_steps(dataset_dir)
     lr = np.array([float(r["lr"]) for r in rows])
-    np.testing.assert_allclose(lr, base_logged / (1 + decay * steps * (np.arange(epochs) + 1)), rtol=1e-5)
+    np.testing.assert_allclose(
+        lr, base_logged / (1 + decay * steps * (np.arange(epochs) + 1)), rtol=1e-5
+    )
     summary = json.loads((run_dir / cfg.SUMMARY_FILE).read_text())
-    assert summary["finished"] is True and summary["model_sha256"] == sha256_file(run_dir / cfg.MODEL_FILE)
-    # The resumed run drew the batches of the uninterrupted one: an uninterrupted run logs the same losses.
-    whole = train.run(tiny_config(dataset_dir, tmp_path / "whole", epochs=epochs, lr_decay=decay, lr=lr0,
-                                  plateau_patience=patience, valid_draws="every-epoch"))
+    assert summary["finished"] is True and summary["model_sha256"] == sha256_file(
+        run_dir / cfg.MODEL_FILE
+    )
+    # The resumed run drew the batches of the uninterrupted one: an uninterrupted run logs the same
+    # losses.
+    whole = train.run(
+        tiny_config(
+            dataset_dir,
+            tmp_path / "whole",
+            epochs=epochs,
+            lr_decay=decay,
+            lr=lr0,
+            plateau_patience=patience,
+            valid_draws="every-epoch",
+        )
+    )
     for column in ("loss", "val_loss"):
-        np.testing.assert_allclose([float(r[column]) for r in read_csv_rows(whole / cfg.LOG_FILE)],
-                                   [float(r[column]) for r in rows], rtol=1e-4)
+        np.testing.assert_allclose(
+            [float(r[column]) for r in read_csv_rows(whole / cfg.LOG_FILE)],
+            [float(r[column]) for r in rows],
+            rtol=1e-4,
+        )
 
 
 MIRRORED_SCRIPT = textwrap.dedent("""
@@ -478,7 +645,8 @@ MIRRORED_SCRIPT = textwrap.dedent("""
 
     # One SGD step on the same global batch: one device vs two replicas (sum and mean reductions).
     rng = np.random.default_rng(0)
-    x = {"mel": rng.normal(size=(8, 130, 128)).astype("f4"), "positive": rng.normal(size=(8, 12)).astype("f4"),
+    x = {"mel": rng.normal(size=(8, 130, 128)).astype("f4"),
+         "positive": rng.normal(size=(8, 12)).astype("f4"),
          "negatives": rng.normal(size=(8, 1, 12)).astype("f4")}
     y = np.tile(np.array([[1.0, 0.0]], "f4"), (8, 1))
     differences, moved = {}, {}
@@ -496,23 +664,32 @@ MIRRORED_SCRIPT = textwrap.dedent("""
         differences[reduction] = max(float(np.abs(a - b).max()) for a, b in zip(*weights))
         moved[reduction] = max(float(np.abs(a - b).max()) for a, b in zip(initial, weights[0]))
     replicas = distribute.replicas(distribute.make_strategy("mirrored"))
-    run_dir = train.run(cfg.TrainConfig(dataset=sys.argv[1], run_dir=sys.argv[2], batch_size=8, epochs=1,
-                                        verbose=0, strategy="mirrored"))
+    run_dir = train.run(cfg.TrainConfig(dataset=sys.argv[1], run_dir=sys.argv[2], batch_size=8,
+                                        epochs=1, verbose=0, strategy="mirrored"))
     summary = json.loads((run_dir / "train_summary.json").read_text())
-    print(json.dumps({"replicas": replicas, "differences": differences, "moved": moved, "summary": summary}))
+    print(json.dumps({"replicas": replicas, "differences": differences, "moved": moved,
+                      "summary": summary}))
 """)
 
 
 @pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path, dataset_dir):
-    out = subprocess.run([PYTHON, "-c", MIRRORED_SCRIPT, str(dataset_dir), str(tmp_path / "run")], cwd=REPO_ROOT,
-                         env=ENV, capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [PYTHON, "-c", MIRRORED_SCRIPT, str(dataset_dir), str(tmp_path / "run")],
+        cwd=REPO_ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2
-    # Same update with the global batch split over two replicas: the summed hinge loss is not divided.
+    # Same update with the global batch split over two replicas: the summed hinge loss is not
+    # divided.
     assert result["differences"]["sum"] < 1e-5 and result["differences"]["mean"] < 1e-5
-    assert result["moved"]["sum"] > 1e-3 and result["moved"]["mean"] > 1e-4  # the step did change the weights
+    # the step did change the weights
+    assert result["moved"]["sum"] > 1e-3 and result["moved"]["mean"] > 1e-4
     assert result["summary"]["replicas"] == 2 and result["summary"]["epochs_completed"] == 1
     assert result["summary"]["input_pipeline"] == "numpy-in-memory"
     assert (tmp_path / "run" / cfg.MODEL_FILE).is_file()
@@ -532,20 +709,34 @@ def free_ports(n: int) -> list[int]:
 
 @pytest.mark.slow
 def test_multi_worker_strategy_with_two_local_workers(tmp_path, dataset_dir):
-    """Two worker processes on this machine (TF_CONFIG): one model trained on both, the chief writes the run."""
+    """Two worker processes on this machine (TF_CONFIG): one model trained on both, the chief writes
+    the run."""
     run_dir = tmp_path / "run"
     cluster = [f"localhost:{port}" for port in free_ports(2)]
-    command = [PYTHON, "train.py", *flags(dataset_dir, run_dir, "--epochs", "1", "--strategy", "multi-worker")]
+    command = [
+        PYTHON,
+        "train.py",
+        *flags(dataset_dir, run_dir, "--epochs", "1", "--strategy", "multi-worker"),
+    ]
     processes = []
     for index in range(2):
         tf_config = {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
-        processes.append(subprocess.Popen(command, cwd=REPO_ROOT, env=dict(ENV, TF_CONFIG=json.dumps(tf_config)),
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        processes.append(
+            subprocess.Popen(
+                command,
+                cwd=REPO_ROOT,
+                env=dict(ENV, TF_CONFIG=json.dumps(tf_config)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=150) for p in processes]
-    for process, (out, err) in zip(processes, outputs):
+    for process, (_, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, err[-3000:]
     summary = json.loads((run_dir / cfg.SUMMARY_FILE).read_text())
     assert summary["replicas"] == 2 and summary["epochs_completed"] == 1
     assert (run_dir / cfg.MODEL_FILE).is_file()
-    assert (run_dir / ".worker1" / cfg.SUMMARY_FILE).is_file()  # the other worker wrote a scratch copy
+    # the other worker wrote a scratch copy
+    assert (run_dir / ".worker1" / cfg.SUMMARY_FILE).is_file()
     assert "2 replica(s)" in outputs[0][0]

@@ -33,12 +33,19 @@ AUDIO_EXTENSIONS = (".mp3", ".ogg", ".flac", ".wav")
 # the file.
 MIN_RATE = 1_000
 MAX_RATE = 1_000_000
+# Largest |sample| accepted after decoding. Full scale is 1.0: lossy decoders overshoot it by a few
+# dB and float masters keep at most tens of dB of headroom, so 1,000 (+60 dBFS) is beyond anything
+# recorded at a plausible level. Larger values are a corrupt or wrongly scaled file (e.g. float WAV
+# samples written in 16-bit scale, up to 32,768): their log-mel would sit >= 3 above every other
+# track's and move the store's mean and std for all of them.
+MAX_ABS_SAMPLE = 1000.0
 # longest audio decoded at once (about 1.3 GB at 22,050 Hz); use max_seconds beyond it
 MAX_DURATION_S = 4 * 3600
 # Where the max_seconds excerpt of a longer file is taken: its first seconds (the default, as
 # librosa.load with a duration) or its middle, from frame (frames - wanted) // 2 on (full songs:
 # MTG-Jamendo, preprocess/jamendo.py).
 EXCERPTS = ("start", "middle")
+_PIPE_GUESS = "File does not exist or is not a regular file (possibly a pipe?)."
 
 # Written into every store and checked when one is opened (the first four are required).
 FRONT_END = {
@@ -132,9 +139,22 @@ def load_audio(path, max_seconds: float | None = None, excerpt: str = "start") -
         raise
     except Exception as exc:  # libsndfile and mpg123 raise several types for broken files
         message = " ".join(str(exc).split()).replace(f"Error opening {str(path)!r}: ", "")
-        raise file_error(path, f"cannot decode ({type(exc).__name__}: {message})") from None
+        # libsndfile's MP3 reader guesses "possibly a pipe" for any bytes it cannot parse; the path
+        # is a regular file (checked above)
+        message = message.replace(_PIPE_GUESS, "Format not recognised.")
+        raise file_error(
+            path, f"cannot decode: not readable audio ({type(exc).__name__}: {message})"
+        ) from None
     if y.shape[1] == 0:
         raise file_error(path, "no audio samples")
+    peak = float(np.abs(y).max())  # of every channel before the downmix; NaN if any sample is
+    if not peak <= MAX_ABS_SAMPLE:
+        size = (
+            f"reach {peak:.3g}, over {MAX_ABS_SAMPLE:g} times full scale (1.0)"
+            if math.isfinite(peak)
+            else "are not finite"
+        )
+        raise file_error(path, f"decoded samples {size}: a corrupt or wrongly scaled file")
     if wanted - y.shape[1] > rate // 10:
         warnings.warn(
             AudioWarning(
@@ -146,8 +166,6 @@ def load_audio(path, max_seconds: float | None = None, excerpt: str = "start") -
     # librosa.to_mono is np.mean(y, axis=0); for two channels (y[0] + y[1]) / 2 is bit-identical,
     # 15x faster
     y = (y[0] + y[1]) / np.float32(2) if len(y) == 2 else np.mean(y, axis=0)
-    if not np.isfinite(y).all():
-        raise file_error(path, "decoded samples are not finite")
     return _resample(y, rate)
 
 

@@ -991,6 +991,13 @@ def test_annotate_an_audio_file(trained, tmp_path, capsys):
         ["--run-dir", str(trained["run_dir"]), "--annotate", str(tmp_path / "none.wav")], capsys
     )
     assert_clean_error(code, err, "none.wav")
+    # issue 21: 1e30 samples printed a table of nan
+    soundfile.write(tmp_path / "loud.wav", np.full(22050, 1e30, np.float32), 22050, "FLOAT")
+    code, out, err = run_main(
+        ["--run-dir", str(trained["run_dir"]), "--annotate", str(tmp_path / "loud.wav")], capsys
+    )
+    assert_clean_error(code, err, "loud.wav: decoded samples reach 1e+30")
+    assert out == ""
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ one-time cost is not this test's runtime.
 
 from __future__ import annotations
 
+import re
 import warnings
 import wave
 
@@ -186,6 +187,38 @@ def test_load_audio_errors_name_the_file(tmp_path):
     with pytest.raises(AudioError, match=r"text\.wav: cannot decode") as info:
         load_audio(tmp_path / "text.wav")
     assert info.value.reason.startswith("cannot decode") and info.value.path.endswith("text.wav")
+
+
+def test_a_text_file_named_mp3_is_not_called_a_pipe(tmp_path):
+    """Issue 21: libsndfile's MP3 reader said "not a regular file (possibly a pipe?)" of a text
+    file."""
+    (tmp_path / "notes.mp3").write_text("my notes, not audio\n" * 20)
+    with pytest.raises(AudioError) as info:
+        load_audio(tmp_path / "notes.mp3")
+    assert str(info.value) == (
+        f"{tmp_path / 'notes.mp3'}: cannot decode: not readable audio (LibsndfileError: Format not "
+        "recognised.)"
+    )
+
+
+@pytest.mark.parametrize("value", [1e30, -1001.0, np.inf, np.nan])
+def test_absurd_sample_values_are_refused(tmp_path, value):
+    """Issue 21: a float WAV holding 1e30 decoded without a word (and moved a store's mean/std);
+    NaN or 1e30 in one channel of two must not hide in the downmix either."""
+    signal = make_signal(22050, 0.5, 2, seed=4)  # (n, 2)
+    signal[100:110, 1] = value
+    path = tmp_path / "loud.wav"
+    sf.write(str(path), signal, 22050, subtype="FLOAT")
+    finite = f"reach {abs(value):.3g}, over 1000 times full scale (1.0)"
+    size = finite if np.isfinite(value) else "are not finite"
+    with pytest.raises(AudioError, match=re.escape(f"loud.wav: decoded samples {size}:")) as info:
+        load_audio(path)
+    assert info.value.reason.endswith(": a corrupt or wrongly scaled file")
+    with pytest.raises(AudioError, match=r"loud\.wav: decoded samples"):  # --annotate's path
+        file_frames(path, 0.0, 1.0)
+    signal[100:110, 1] = 999.0  # loud, but below the bound: decoded as it is
+    sf.write(str(path), signal, 22050, subtype="FLOAT")
+    assert load_audio(path).max() == pytest.approx((999.0 + signal[100:110, 0].max()) / 2, rel=1e-3)
 
 
 @pytest.mark.parametrize("seconds", [-5.0, 0.0, float("inf"), float("nan")])

@@ -11,19 +11,28 @@ its reader.
                                  combine them
     /failures     (f, 3)         [track_id, path, reason] of the files not stored (also
                                  failures_path(store))
+    /sources      scalar         JSON {absolute path: [size, mtime_ns, ctime_ns, inode, sha256]} of
+                                 the listed files: what a rerun compares with
     /warnings     (w, 3)         [track_id, path, warning]: stored, but decoded shorter than their
                                  header says
     attributes    the front end (frontend.FRONT_END), mean, std, dtype and provenance (build_digest,
                   versions...)
 
 float16 keeps ~5e-4 relative precision near 0 and halves disk and RAM; reads return float32.
-Crash-safe and
-idempotent: each chunk of tracks becomes a part file ``<out>.work/<digest>.h5`` named by a digest of
-    its tracks (id, path, size) and the options, renamed into place when complete; a rerun reuses
-        the
-    parts that exist; the merge combines the per-track statistics in track order and renames the
-    finished store over ``out``. So kill -9 and a rerun give the bit-identical store, whatever
-    --jobs; a finished store is "already done".
+
+Crash-safe and idempotent: each chunk of tracks becomes a part file ``<out>.work/<digest>.h5`` named
+by a digest of its tracks (id, listed path, sha256 of the file's bytes) and the options, renamed
+into place when complete; a rerun reuses the parts that exist; the merge combines the per-track
+statistics in track order and renames the finished store over ``out``. So kill -9 and a rerun give
+the bit-identical store, whatever --jobs; a finished store of the same digest is "already done". A
+file replaced by another (same size or not) changes the digest and is decoded again. A file's
+sha256 is read again only when its size, mtime, ctime or inode differ from those /sources recorded
+(every write or replacement sets ctime, which no tool can set back).
+
+The builder writes only its own files: the store (over a store of its own, never over another
+file), its failure list ``<name>.failures.csv`` (over an existing list only when it is the one the
+store at ``out`` holds: a user's file of that name is refused) and the ``<out>.work`` folder, which
+it removes; a refused build creates nothing.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from stat import S_ISREG
 
 import h5py
 import numpy as np
@@ -55,7 +65,7 @@ import soundfile
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from fileio import OutputError, atomic_write, atomic_write_text, output_lock
+from fileio import OutputError, atomic_write, atomic_write_text, output_lock, sha256_file
 from preprocess.frontend import (
     AUDIO_EXTENSIONS,
     EXCERPTS,
@@ -140,14 +150,31 @@ def select_tracks(audio_dir, tracks_csv=None) -> list[tuple[str, str, str]]:
     ]
 
 
-def _digest(tracks, options: dict) -> str:
-    """SHA-256 of the front end, the options and every (track_id, listed path, file size)."""
+def _fingerprints(tracks, known: dict) -> dict[str, list]:
+    """{absolute path: [size, mtime_ns, ctime_ns, inode, sha256]} of the listed regular files. The
+    sha256 is taken from `known` (an earlier store's /sources) when the rest is equal, else read."""
+    found = {}
+    for _, _, absolute in tracks:
+        # files that are not there, not regular or not readable fail in the decoder, with a reason
+        with contextlib.suppress(OSError):
+            stat = os.stat(absolute)
+            if not S_ISREG(stat.st_mode):
+                continue
+            key = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+            old = known.get(absolute, [])
+            found[absolute] = key + [old[-1] if old[:-1] == key else sha256_file(absolute)]
+    return found
+
+
+def _digest(tracks, sources: dict, options: dict) -> str:
+    """SHA-256 of the front end, the options and every (track_id, listed path, sha256 of the file's
+    bytes or None for a file that is not there)."""
     digest = hashlib.sha256(
         json.dumps([STORE_FORMAT, FRONT_END, RESAMPLER, options], sort_keys=True).encode()
     )
     for track_id, listed, absolute in tracks:
-        size = os.stat(absolute).st_size if os.path.isfile(absolute) else -1
-        digest.update(json.dumps([track_id, listed, size]).encode() + b"\n")
+        content = sources.get(absolute, [None])[-1]
+        digest.update(json.dumps([track_id, listed, content]).encode() + b"\n")
     return digest.hexdigest()
 
 
@@ -257,10 +284,10 @@ def _run_parts(tasks: list[tuple], jobs: int):
 
 
 # --- Merging the parts into the store -------------------------------------------------------------
-def _write_failures(path: Path, failures) -> None:
+def _failures_text(failures) -> str:
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows([("track_id", "path", "reason"), *failures])
-    atomic_write_text(path, text.getvalue())
+    return text.getvalue()
 
 
 def _rows(dataset) -> list[tuple]:
@@ -278,12 +305,11 @@ def _merge(out: Path, parts: list[Path], info: dict, progress: bool) -> dict:
     ids = index["track_ids"]
     failures = index["failures"]
     notes = [tuple(row) for row in index["warnings"]]
-    # before the store: a finished store always has its list
-    _write_failures(failures_path(out), failures)
-    if not ids:
+    if not ids:  # no store, so no failure list: the first reasons are in the message
+        examples = "; ".join(f"{listed}: {reason}" for _, listed, reason in failures[:3])
         raise AudioError(
-            f"no track could be stored in {out}: all {len(failures)} failed (see "
-            f"{failures_path(out)})."
+            f"no track could be stored in {out}: all {len(failures)} failed ({examples}"
+            f"{'; ...' if len(failures) > 3 else ''})."
         )
     stats = np.asarray(index["stats"], dtype=np.float64)
     mean, std = _mean_std(stats)
@@ -322,6 +348,7 @@ def _merge(out: Path, parts: list[Path], info: dict, progress: bool) -> dict:
             store.create_dataset(
                 "warnings", data=np.array(notes, dtype=object).reshape(-1, 3), dtype=strings
             )
+            store["sources"] = json.dumps(info["sources"], sort_keys=True)
             store["offsets"], store["track_stats"] = offsets, stats
             # contiguous
             mel = store.create_dataset("mel", shape=(offsets[-1], N_MELS), dtype=dtype)
@@ -356,8 +383,11 @@ def _merge(out: Path, parts: list[Path], info: dict, progress: bool) -> dict:
                 }
             )
         _fsync(tmp)
+        # the old list goes before the new store comes: a list beside a store is always its own
+        failures_path(out).unlink(missing_ok=True)
 
     atomic_write(out, write)
+    atomic_write_text(failures_path(out), _failures_text(failures))
     return {
         "stored": len(ids),
         "failed": len(failures),
@@ -393,31 +423,48 @@ def _check_options(jobs, max_seconds, min_seconds, dtype, chunk_tracks) -> int:
     )
 
 
-def _finished(out: Path, digest: str) -> dict | None:
-    """The summary of a finished store at `out` built with this digest (its failure list restored),
-    else None. OutputError for a file at `out` that is not one of our stores: it is the user's,
-    never replaced."""
+def _previous(out: Path) -> dict:
+    """What our store at `out` records: its failure rows, and for stores with /sources the digest,
+    the fingerprints and the summary; {} when there is none. OutputError for a file at `out` that is
+    not one of our stores: it is the user's, never replaced."""
     if not out.exists():
-        return None
+        return {}
     with contextlib.suppress(OSError), h5py.File(out, "r") as store:
         attrs = store.attrs
-        if attrs.get("build_digest") == digest and "warnings" in store:
-            if not failures_path(out).is_file():  # deleted since: restore it from the store
-                _write_failures(failures_path(out), _rows(store["failures"]))
-            return {
-                "stored": int(attrs["n_tracks"]),
-                "failed": int(attrs["n_failed"]),
-                "mean": float(attrs["mean"]),
-                "std": float(attrs["std"]),
-                "frames": int(attrs["total_frames"]),
-                "warnings": _rows(store["warnings"]),
-            }
         if str(attrs.get("format", "")).startswith("zsl-music log-mel store"):
-            return None  # ours, from another selection, options or version: rebuilt
+            found = {"failures": _rows(store["failures"]) if "failures" in store else []}
+            if "sources" in store:  # else built before content digests: rebuilt
+                found["digest"] = attrs["build_digest"]
+                found["sources"] = json.loads(store["sources"][()])
+                found["summary"] = {
+                    "stored": int(attrs["n_tracks"]),
+                    "failed": int(attrs["n_failed"]),
+                    "mean": float(attrs["mean"]),
+                    "std": float(attrs["std"]),
+                    "frames": int(attrs["total_frames"]),
+                    "warnings": _rows(store["warnings"]),
+                }
+            return found
     raise OutputError(
         f"--out {out}: exists and is not a log-mel store made by this project: refusing to replace "
         "it; choose another path."
     )
+
+
+def _check_failure_list(out: Path, previous: dict) -> None:
+    """OutputError when <name>.failures.csv exists but is not the list of our store at `out` (a
+    user's file, or one edited since): a build would replace it, so it is refused, untouched."""
+    path = failures_path(out)
+    ours = (
+        previous
+        and path.is_file()
+        and path.read_bytes() == _failures_text(previous["failures"]).encode("utf-8")
+    )
+    if path.exists() and not ours:
+        raise OutputError(
+            f"{path}: exists and is not the failure list of a store built here (another file, or "
+            "edited since): refusing to replace it; move it away or choose another --out."
+        )
 
 
 def _remove_work_dir(work: Path, out: Path) -> None:
@@ -473,7 +520,11 @@ def build_store(
         if excerpt not in EXCERPTS:
             raise AudioError(f"excerpt {excerpt!r}: choose one of {', '.join(EXCERPTS)}.")
         options["excerpt"] = excerpt
-    digest = _digest(tracks, options)
+    previous = _previous(out)  # refusals come before anything is created
+    sources = _fingerprints(tracks, previous.get("sources", {}))
+    digest = _digest(tracks, sources, options)
+    if previous.get("digest") != digest:
+        _check_failure_list(out, previous)
     work = out.with_name(out.name + ".work")
     summary = {
         "out": str(out),
@@ -486,18 +537,19 @@ def build_store(
         "already_done": True,
     }
     with output_lock(work, "build of this store"):
-        if done := _finished(out, digest):
-            summary.update(done)
+        if previous.get("digest") == digest:
+            summary.update(previous["summary"])
+            if not failures_path(out).exists():  # deleted since: restored from the store
+                atomic_write_text(failures_path(out), _failures_text(previous["failures"]))
         else:
             if progress and out.is_file():
                 print(
-                    f"{out} was built from another selection or other options: rebuilding it (the "
-                    "old file "
-                    "stays in place until the new one is complete)."
+                    f"{out} was built from other files, another selection or other options: "
+                    "rebuilding it (the old file stays in place until the new one is complete)."
                 )
             size = chunk_tracks or max(1, min(MAX_CHUNK_TRACKS, math.ceil(len(tracks) / 64)))
             chunks = [tracks[i : i + size] for i in range(0, len(tracks), size)]
-            parts = [work / f"{_digest(chunk, options)}.h5" for chunk in chunks]
+            parts = [work / f"{_digest(chunk, sources, options)}.h5" for chunk in chunks]
             tasks = [
                 (part, chunk, options)
                 for part, chunk in zip(parts, chunks, strict=True)
@@ -518,6 +570,7 @@ def build_store(
             info = {
                 "options": options,
                 "digest": digest,
+                "sources": sources,
                 "source_dir": str(Path(audio_dir).absolute()),
                 "tracks_csv": "" if tracks_csv is None else str(Path(tracks_csv).absolute()),
             }

@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import soundfile
 from test_frontend import (
     ATOL,
     FLOAT16_ATOL,
@@ -320,14 +321,19 @@ def test_tracks_csv_relative_and_absolute_paths_and_errors(tmp_path):
         select_tracks(tmp_path, tmp_path / "missing.csv")
 
 
-def test_nothing_stored_is_an_error_with_a_failure_list(tmp_path):
+def test_nothing_stored_is_an_error_naming_the_first_reasons(tmp_path):
+    """No store, so no failure list beside it (a list is written only with its store)."""
     (tmp_path / "audio").mkdir()
-    (tmp_path / "audio" / "e.mp3").write_bytes(b"")
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / "audio" / f"{name}.mp3").write_bytes(b"")
     out = tmp_path / "out" / "mels.h5"
-    with pytest.raises(AudioError, match=r"no track could be stored .* all 1 failed"):
+    with pytest.raises(
+        AudioError,
+        match=r"no track could be stored .* all 4 failed \(a\.mp3: empty file \(0 bytes\); b\.mp3: "
+        r"empty file \(0 bytes\); c\.mp3: empty file \(0 bytes\); \.\.\.\)\.$",
+    ):
         build_store(tmp_path / "audio", out, progress=False)
-    assert not out.exists() and leftovers(out) == []
-    assert list(read_failures(out.with_name("mels.failures.csv"))) == ["e"]
+    assert not out.exists() and leftovers(out) == [] and not failures_path(out).exists()
 
 
 # --- Idempotency and crash safety -----------------------------------------------------------------
@@ -372,6 +378,36 @@ def test_a_file_that_is_not_our_store_is_never_replaced(corpus, tmp_path):
         ):
             build_corpus_again(corpus, target)
         assert target.read_bytes() == before and not failures_path(target).exists()
+        assert not work_dir(target).exists()  # issue 21: a refusal creates nothing
+
+
+def test_a_users_failure_list_is_never_overwritten(corpus, tmp_path):
+    """Issue 21: a new store replaced the user's own mels.failures.csv beside it. The list is
+    replaced only when it is the one of our store at --out; a refusal creates nothing."""
+    out = tmp_path / "mels.h5"
+    users = failures_path(out)
+    users.write_text("my notes on broken files\n")
+    with pytest.raises(OutputError, match=r"mels\.failures\.csv: exists and is not the failure"):
+        build_corpus_again(corpus, out)
+    assert users.read_text() == "my notes on broken files\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mels.failures.csv"]
+    users.unlink()
+    build_corpus_again(corpus, out)
+    write_tracks_csv(tmp_path / "two.csv", [("tiny", "bad/tiny.wav"), ("t_ogg", GOOD["t_ogg"][0])])
+
+    def build_two(**options) -> dict:
+        return build_store(
+            corpus["audio_dir"], out, tmp_path / "two.csv", progress=False, **options
+        )
+
+    # the normal rebuild: our list is replaced
+    assert build_two(min_seconds=1)["already_done"] is False
+    assert sorted(read_failures(users)) == ["tiny"]
+    users.write_text(users.read_text() + "t_wav,a/t_wav.wav,too quiet (my note)\n")
+    assert build_two(min_seconds=1)["already_done"]  # nothing to write: the edited list is kept
+    with pytest.raises(OutputError, match=r"not the failure list .*edited since"):
+        build_two()  # a rebuild would replace it
+    assert "my note" in users.read_text() and not work_dir(out).exists()
 
 
 def test_changed_selection_rebuilds_the_store(corpus, tmp_path):
@@ -383,6 +419,94 @@ def test_changed_selection_rebuilds_the_store(corpus, tmp_path):
     summary = build_store(corpus["audio_dir"], out, tracks_csv=tmp_path / "t.csv", progress=False)
     assert summary["already_done"] is False and summary["stored"] == 2
     assert read_store(out)["track_ids"] == [r[0] for r in rows[:2]]
+
+
+@pytest.fixture()
+def same_size(tmp_path) -> dict:
+    """Three WAVs of one length (so of one size), their store, and a fourth WAV of that size."""
+    audio_dir = tmp_path / "audio"
+    for seed, name in enumerate(["a", "b", "c"]):
+        write_audio(audio_dir / f"{name}.wav", 22050, 1.0, 1, seed)
+    other = write_audio(tmp_path / "other.wav", 22050, 1.0, 1, seed=7)
+    assert other.stat().st_size == (audio_dir / "b.wav").stat().st_size
+    out = tmp_path / "store" / "mels.h5"
+    build_store(audio_dir, out, chunk_tracks=1, progress=False)
+    return {"audio_dir": audio_dir, "other": other, "out": out}
+
+
+def _replace_keeping_mtime(path: Path, source: Path) -> None:
+    times = path.stat()
+    path.write_bytes(source.read_bytes())
+    os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))  # as `cp -p` or `touch -r` would
+
+
+def test_a_file_replaced_by_one_of_the_same_size_is_decoded_again(same_size, tmp_path):
+    """Issue 21: the rerun compared file sizes only, so the store kept the old file's mel."""
+    _replace_keeping_mtime(same_size["audio_dir"] / "b.wav", same_size["other"])
+    summary = build_store(same_size["audio_dir"], same_size["out"], progress=False)
+    assert summary["already_done"] is False
+    with MelStore(same_size["out"]) as store:
+        expected = log_mel(load_audio(same_size["other"]))
+        np.testing.assert_allclose(
+            store.frames("b") * store.std + store.mean, expected, rtol=0, atol=FLOAT16_ATOL
+        )
+
+
+def test_unchanged_files_are_not_read_again(same_size, monkeypatch):
+    """The sha256 of a file is read again only when its size, times or inode changed; a touched
+    file of the same bytes keeps the store "already done"."""
+    hashed = []
+    real = store_module.sha256_file
+    monkeypatch.setattr(store_module, "sha256_file", lambda path: hashed.append(path) or real(path))
+    assert build_store(same_size["audio_dir"], same_size["out"], progress=False)["already_done"]
+    assert hashed == []
+    os.utime(same_size["audio_dir"] / "c.wav")
+    assert build_store(same_size["audio_dir"], same_size["out"], progress=False)["already_done"]
+    assert [Path(p).name for p in hashed] == ["c.wav"]
+
+
+def test_a_resumed_build_decodes_only_the_files_that_changed(same_size, tmp_path, monkeypatch):
+    """After a crash, the parts of unchanged files are kept and the part of a replaced file (same
+    size, same mtime) is decoded again; the result is the store of a fresh build."""
+    out = tmp_path / "resumed" / "mels.h5"
+
+    def crash(*args):
+        raise KeyboardInterrupt  # stands in for kill -9 after every part was written
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "_merge", crash)
+        with pytest.raises(KeyboardInterrupt):
+            build_store(same_size["audio_dir"], out, chunk_tracks=1, progress=False)
+    assert len(list(work_dir(out).glob("[0-9a-f]*.h5"))) == 3
+    _replace_keeping_mtime(same_size["audio_dir"] / "b.wav", same_size["other"])
+    summary = build_store(same_size["audio_dir"], out, chunk_tracks=1, progress=False)
+    assert (summary["computed"], summary["skipped"]) == (1, 2)
+    fresh = tmp_path / "fresh" / "mels.h5"
+    build_store(same_size["audio_dir"], fresh, chunk_tracks=1, progress=False)
+    resumed, reference = read_store(out), read_store(fresh)
+    assert np.array_equal(resumed["mel"], reference["mel"])
+    assert (resumed["mean"], resumed["std"]) == (reference["mean"], reference["std"])
+    assert leftovers(out) == []  # the stale part of the old b.wav is gone too
+
+
+def test_a_file_of_absurd_samples_fails_alone(tmp_path):
+    """Issue 21: a float WAV holding 1e30 was stored and moved mean/std so far that every normal
+    track was squashed. It goes to the failure list; the others are stored as without it."""
+    audio_dir = tmp_path / "audio"
+    write_audio(audio_dir / "good.wav", 22050, 1.0, 1, seed=0)
+    write_audio(audio_dir / "fine.ogg", 22050, 1.0, 1, seed=1)
+    build_store(audio_dir, tmp_path / "clean.h5", progress=False)
+    loud = np.full((22050, 1), 1e30, np.float32)
+    soundfile.write(str(audio_dir / "loud.wav"), loud, 22050, subtype="FLOAT")
+    summary = build_store(audio_dir, tmp_path / "mels.h5", progress=False)
+    assert (summary["stored"], summary["failed"]) == (2, 1)
+    reason = read_failures(tmp_path / "mels.failures.csv")["loud"]["reason"]
+    assert reason == (
+        "decoded samples reach 1e+30, over 1000 times full scale (1.0): a corrupt or wrongly "
+        "scaled file"
+    )
+    clean = read_store(tmp_path / "clean.h5")
+    assert (summary["mean"], summary["std"]) == (clean["mean"], clean["std"])
 
 
 KILLED_BUILD = textwrap.dedent("""

@@ -451,19 +451,30 @@ def _previous(out: Path) -> dict:
     )
 
 
-def _check_failure_list(out: Path, previous: dict) -> None:
-    """OutputError when <name>.failures.csv exists but is not the list of our store at `out` (a
-    user's file, or one edited since): a build would replace it, so it is refused, untouched."""
+def _written_here(path: Path, previous: dict, tracks) -> bool:
+    """Whether the failure list at `path` is one this builder wrote: the list of our store at --out,
+    or, with no store there (deleted to be rebuilt), a list in its format naming tracks of this
+    build only."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if previous:
+        return text == _failures_text(previous["failures"])
+    selection = {(track_id, listed) for track_id, listed, _ in tracks}
+    with contextlib.suppress(csv.Error):
+        rows = list(csv.reader(io.StringIO(text)))
+        return rows[:1] == [["track_id", "path", "reason"]] and all(
+            len(row) == 3 and tuple(row[:2]) in selection for row in rows[1:]
+        )
+    return False
+
+
+def _check_failure_list(out: Path, previous: dict, tracks) -> None:
+    """OutputError when <name>.failures.csv exists and is not one this builder wrote (a user's file,
+    or one edited since): a build would replace it, so it is refused, untouched."""
     path = failures_path(out)
-    ours = (
-        previous
-        and path.is_file()
-        and path.read_bytes() == _failures_text(previous["failures"]).encode("utf-8")
-    )
-    if path.exists() and not ours:
+    if path.exists() and not (path.is_file() and _written_here(path, previous, tracks)):
         raise OutputError(
-            f"{path}: exists and is not the failure list of a store built here (another file, or "
-            "edited since): refusing to replace it; move it away or choose another --out."
+            f"{path}: exists and is not a failure list this builder wrote for {out.name} (another "
+            "file, or edited since): refusing to replace it; move it away or choose another --out."
         )
 
 
@@ -524,7 +535,7 @@ def build_store(
     sources = _fingerprints(tracks, previous.get("sources", {}))
     digest = _digest(tracks, sources, options)
     if previous.get("digest") != digest:
-        _check_failure_list(out, previous)
+        _check_failure_list(out, previous, tracks)
     work = out.with_name(out.name + ".work")
     summary = {
         "out": str(out),

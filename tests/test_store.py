@@ -387,12 +387,18 @@ def test_a_users_failure_list_is_never_overwritten(corpus, tmp_path):
     out = tmp_path / "mels.h5"
     users = failures_path(out)
     users.write_text("my notes on broken files\n")
-    with pytest.raises(OutputError, match=r"mels\.failures\.csv: exists and is not the failure"):
-        build_corpus_again(corpus, out)
-    assert users.read_text() == "my notes on broken files\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mels.failures.csv"]
+    # in our format, but naming a track this build does not have
+    users_csv = "track_id,path,reason\nt_wav,a/t_wav.wav,too quiet (my note)\nx,x.wav,my note\n"
+    for text in ("my notes on broken files\n", users_csv):
+        users.write_text(text)
+        with pytest.raises(OutputError, match=r"mels\.failures\.csv: exists and is not a failure"):
+            build_corpus_again(corpus, out)
+        assert users.read_text() == text
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["mels.failures.csv"]
     users.unlink()
     build_corpus_again(corpus, out)
+    out.unlink()  # a store deleted to be rebuilt: its list is still ours
+    assert build_corpus_again(corpus, out)["failed"] == 4
     write_tracks_csv(tmp_path / "two.csv", [("tiny", "bad/tiny.wav"), ("t_ogg", GOOD["t_ogg"][0])])
 
     def build_two(**options) -> dict:
@@ -405,7 +411,7 @@ def test_a_users_failure_list_is_never_overwritten(corpus, tmp_path):
     assert sorted(read_failures(users)) == ["tiny"]
     users.write_text(users.read_text() + "t_wav,a/t_wav.wav,too quiet (my note)\n")
     assert build_two(min_seconds=1)["already_done"]  # nothing to write: the edited list is kept
-    with pytest.raises(OutputError, match=r"not the failure list .*edited since"):
+    with pytest.raises(OutputError, match=r"not a failure list this builder wrote .*edited since"):
         build_two()  # a rebuild would replace it
     assert "my note" in users.read_text() and not work_dir(out).exists()
 

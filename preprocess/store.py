@@ -30,9 +30,10 @@ sha256 is read again only when its size, mtime, ctime or inode differ from those
 (every write or replacement sets ctime, which no tool can set back).
 
 The builder writes only its own files: the store (over a store of its own, never over another
-file), its failure list ``<name>.failures.csv`` (over an existing list only when it is the one the
-store at ``out`` holds: a user's file of that name is refused) and the ``<out>.work`` folder, which
-it removes; a refused build creates nothing.
+file), its failure list ``<name>.failures.csv`` (written after the store; over an existing list only
+when it is the one the store at ``out`` holds, or, with the store deleted, one in its format naming
+only tracks of this build: a user's file of that name is refused) and the ``<out>.work`` folder,
+which it removes; a refused build creates nothing.
 """
 
 from __future__ import annotations

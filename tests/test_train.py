@@ -287,7 +287,8 @@ USER_FOLDERS = {
         "checkpoints/epoch_002.keras": "x",
     },
     "home": {".bashrc": "alias ll='ls -l'", "Documents/cv.txt": "me"},
-    "git checkout": {".git/HEAD": "ref: refs/heads/main", "config.json": '{"name": "mine"}'},
+    "git checkout": {".git/HEAD": "ref: refs/heads/main", "README.md": "# mine", "src/a.py": ""},
+    "a project": {"config.json": '{"name": "mine"}', "data.csv": "a,b\n"},  # not a run's config
 }
 
 

@@ -207,8 +207,8 @@ class TrainConfig:
     run_dir: str | None = field(
         default=None,
         metadata=_flag(
-            "run directory (created; default: a new folder under runs/). An existing one resumes "
-            "its interrupted run."
+            "run directory: a new or empty folder (created; default: a new folder under runs/), or "
+            "one train.py made, which resumes its interrupted run; other folders are refused."
         ),
     )
     strategy: str = field(

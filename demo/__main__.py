@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         "instruments) with audio, "
         "annotations, side information and the mel store. Reuses a finished corpus with the same "
         "parameters, resumes an interrupted one, and refuses a non-empty folder that it did not "
-        "make.",
+        "make; a corpus of other parameters is replaced only with --force.",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="dataset directory to write.")
     parser.add_argument(

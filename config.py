@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ LOG_FILE = "log.csv"
 CURVE_FILE = "training_curve.png"
 CHECKPOINT_DIR = "checkpoints"
 BACKUP_DIR = "backup"
+RUN_OWNER = "train.py"  # the fileio marker of a run directory
 
 MODELS = ("embedding", "classification")
 STRATEGIES = ("default", "mirrored", "multi-worker")
@@ -41,6 +44,11 @@ VALID_DRAWS = ("once", "every-epoch")  # validation crops and labels
 NO_EFFECT_FIELDS = ("run_dir", "verbose", "workers", "keep_checkpoints", "in_memory")
 # where training reads the mel store from (MelStore in_memory)
 IN_MEMORY = {"auto": None, "yes": True, "no": False}
+# the Keras backends we train with, and the packages each needs (the first is its module)
+BACKEND_PACKAGES = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding and Keras take seeds in 0..2^32-1
+# the flags that set the size of a training step (a non-finite loss names those changed)
+STEP_FIELDS = ("lr", "lr_decay", "margin", "momentum", "loss_reduction", "batch_size")
 # Side information picked when --side-info is not given: the first kind the dataset has, in this
 # order.
 DEFAULT_SIDE_INFO_ORDER = ("instrument-count", "glove")
@@ -199,8 +207,8 @@ class TrainConfig:
     run_dir: str | None = field(
         default=None,
         metadata=_flag(
-            "run directory (created; default: a new folder under runs/). An existing one resumes "
-            "its interrupted run."
+            "run directory: a new or empty folder (created; default: a new folder under runs/), or "
+            "one train.py made, which resumes its interrupted run; other folders are refused."
         ),
     )
     strategy: str = field(
@@ -269,8 +277,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
         ("min_lr", config.min_lr >= 0, ">= 0"),
         ("checkpoint_every", config.checkpoint_every >= 0, ">= 0 (0 = no periodic checkpoints)"),
         ("keep_checkpoints", config.keep_checkpoints >= 0, ">= 0 (0 = keep all)"),
-        ("seed", config.seed >= 0, ">= 0 (numpy and Keras take non-negative seeds)"),
-        ("split_seed", config.split_seed >= 0, ">= 0 (numpy takes non-negative seeds)"),
+        ("seed", 0 <= config.seed <= MAX_SEED, f"in 0..{MAX_SEED} (numpy's and Keras' seeds)"),
+        ("split_seed", 0 <= config.split_seed <= MAX_SEED, f"in 0..{MAX_SEED}"),
         ("workers", config.workers >= 1, "at least 1"),
     ]
     for name, ok, rule in rules:
@@ -297,6 +305,25 @@ def check_config(config: TrainConfig) -> TrainConfig:
         return dataclasses.replace(config, train_setup=canonical_setup(config.train_setup))
     except SetupError as exc:
         raise ConfigError(f"--train-setup {exc}") from None
+
+
+def check_backend() -> None:
+    """ConfigError when KERAS_BACKEND names a backend that does not exist or is not installed;
+    call it before Keras is imported (Keras then fails with a traceback)."""
+    name = os.environ.get("KERAS_BACKEND")
+    installed = [
+        b for b, packages in BACKEND_PACKAGES.items() if importlib.util.find_spec(packages[0])
+    ]
+    if name is not None and name not in installed:
+        raise ConfigError(
+            f"KERAS_BACKEND={name!r} "
+            + (
+                "is not installed"
+                if name in BACKEND_PACKAGES
+                else "is not a Keras backend we run on"
+            )
+            + f": set it to one of {', '.join(installed)} (installed), or unset it for tensorflow."
+        )
 
 
 def build_parser(skip: tuple[str, ...] = (), **parser_kwargs) -> argparse.ArgumentParser:

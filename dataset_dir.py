@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fileio import atomic_write_text, write_json
+from fileio import atomic_write_text, resolved, write_json
 
 REPO_ROOT = Path(__file__).resolve().parent
 DATA_ROOT = REPO_ROOT / "data"
@@ -52,7 +52,7 @@ def resolve_dataset_dir(name_or_path: str | os.PathLike, must_exist: bool = Fals
                 "directory. Give a dataset name or the path of a dataset directory "
                 "(data/README.md)."
             )
-    path = path.resolve()
+    path = resolved(path, "--dataset")
     if must_exist and not path.is_dir():
         raise DatasetError(
             f"dataset directory {path} does not exist; build it first (see data/README.md)."

@@ -35,7 +35,7 @@ import external
 import protocol
 import splits
 import tables
-from fileio import OutputError
+from fileio import OutputError, resolved
 from preprocess.frontend import AudioError
 from protocol import EvaluationError
 
@@ -188,6 +188,15 @@ def check_flags(args) -> None:
     """EvaluationError for flags that cannot work or do not go together."""
     if args.batch_size < 1:
         raise EvaluationError(f"--batch-size must be >= 1, got {args.batch_size}.")
+    if not 0 <= args.bootstrap_seed <= config.MAX_SEED:
+        raise EvaluationError(
+            f"--bootstrap-seed must be in 0..{config.MAX_SEED}, got {args.bootstrap_seed}."
+        )
+    paths = {"--run-dir": [args.run_dir], "--collect": args.collect, "--compare": args.compare}
+    paths |= {"--external": [args.external], "--out": [args.out], "--split": [args.split]}
+    for flag, values in {**paths, "--export-embeddings": [args.export_embeddings]}.items():
+        for value in filter(None, values or []):
+            resolved(value, flag)  # a symbolic link loop: one line naming the flag
     if args.top is not None and args.top < 1:
         raise EvaluationError(f"--top must be >= 1, got {args.top}.")
     if args.max_seconds is not None and not (
@@ -308,6 +317,7 @@ def results(args) -> tuple[str, list[str]]:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        config.check_backend()  # before Keras is imported
         check_flags(args)
         if args.export_embeddings:
             sys.stdout.write(export_embeddings(args))
@@ -320,6 +330,7 @@ def main(argv=None) -> int:
         return 0
     except (
         EvaluationError,
+        config.ConfigError,
         ds.DatasetError,
         splits.SplitError,
         AudioError,

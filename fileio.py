@@ -17,24 +17,58 @@ Every command of the project writes through these helpers:
       command
   created the folder, or when it found it missing or empty). A non-empty folder without the marker
       belongs to
-  the user: the command refuses it and names it.
+  the user: the command refuses it and names it. `remove_temporaries` deletes, in such a folder,
+  only the temporaries that `atomic_write` left behind when a process was killed.
+* A write the system refuses (a read-only folder, a full disk) is one OutputError naming the folder
+  or file (`cannot_write`); `resolved(path, flag)` turns a symbolic link loop into one naming the
+  flag.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
 MARKER_FILE = ".zsl-music.json"
 LOCK_FILE = ".lock"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# atomic_write's temporaries: .<stem>.<random>.tmp<suffix>
+TEMPORARY = re.compile(r"\..+\.[a-z0-9_]+\.tmp(\.[^.]+)?")
 
 
 class OutputError(ValueError):
-    """An output folder that this command may not use (not ours, or in use by another process)."""
+    """An output folder that this command may not use (not ours, in use by another process, not
+    writable, on a full disk), or a path that does not resolve (a symbolic link loop)."""
+
+
+def cannot_write(path, exc: OSError) -> OutputError:
+    """The one line for a write the system refused: a full disk, else a folder not writable."""
+    if exc.errno in DISK_FULL:
+        return OutputError(
+            f"no space left on the device writing {path}: free some space and rerun; what was "
+            "finished is kept and the rerun goes on from it."
+        )
+    return OutputError(
+        f"cannot write into {path} ({exc.strerror or exc}): the folder is read-only or not a "
+        "folder. Choose a writable location."
+    )
+
+
+def resolved(path, flag: str) -> Path:
+    """`path` absolute, with its symbolic links resolved; OutputError naming `flag` for a loop."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as exc:  # Python 3.11: RuntimeError("Symlink loop from ...")
+        raise OutputError(
+            f"{flag} {path}: cannot be resolved ({exc}): a symbolic link loop? Fix the link or "
+            "pass another path."
+        ) from None
 
 
 def _current_umask() -> int:
@@ -52,18 +86,23 @@ def atomic_write(path, write) -> Path:
     temporary file is removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
-    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
+        )
+    except OSError as exc:
+        raise cannot_write(path.parent, exc) from None
     os.close(fd)
     try:
         write(Path(tmp))
         # mkstemp creates 0600; give the file ordinary permissions
         os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            raise cannot_write(path, exc) from None
         raise
     return path
 
@@ -102,8 +141,11 @@ def output_lock(folder, what: str = "this folder"):
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{folder} is a file, not a folder: choose another path.")
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / LOCK_FILE, "a+")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / LOCK_FILE, "a+")
+    except OSError as exc:
+        raise cannot_write(folder, exc) from None
     try:
         try:
             import fcntl
@@ -143,17 +185,30 @@ def claim_folder(folder, owner: str, hint: str = "") -> Path:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{folder} is a file, not a folder. {hint}".strip())
-    others = (
-        [p for p in folder.iterdir() if p.name not in (MARKER_FILE, LOCK_FILE)]
-        if folder.is_dir()
-        else []
-    )
-    if others and not is_ours(folder, owner):
+    if contents(folder) and not is_ours(folder, owner):
         raise OutputError(
             f"{folder} is not empty and was not made by `{owner}` (no {MARKER_FILE} marker): "
             f"refusing to write into it. Choose a new or empty folder. {hint}".strip()
         )
-    folder.mkdir(parents=True, exist_ok=True)
-    if not is_ours(folder, owner):
+    if not is_ours(folder, owner):  # atomic_write makes the folder
         write_json(folder / MARKER_FILE, {"owner": owner})
     return folder
+
+
+def contents(folder) -> list[Path]:
+    """What `folder` holds besides our marker and lock ([] when it does not exist)."""
+    folder = Path(folder)
+    return (
+        [p for p in folder.iterdir() if p.name not in (MARKER_FILE, LOCK_FILE)]
+        if folder.is_dir()
+        else []
+    )
+
+
+def remove_temporaries(*folders) -> None:
+    """Delete the temporaries that `atomic_write` left in `folders` (a killed process); call it in
+    folders of ours only, while holding their lock."""
+    for folder in folders:
+        for path in Path(folder).glob(".*.tmp*"):
+            if TEMPORARY.fullmatch(path.name) and path.is_file():
+                path.unlink(missing_ok=True)

@@ -33,7 +33,7 @@ import dataset_dir as dsio
 import splits
 import tables
 import train
-from fileio import OutputError
+from fileio import OutputError, resolved
 from preprocess.frontend import AudioError
 from protocol import EvaluationError
 
@@ -156,17 +156,19 @@ def build_parser():
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        cfg.check_backend()  # before Keras is imported
+        if (
+            len(set(args.seeds)) != len(args.seeds)
+            or not 0 <= min(args.seeds) <= max(args.seeds) <= cfg.MAX_SEED
+        ):
             raise ReproduceError(
-                f"--seeds {' '.join(map(str, args.seeds))}: give distinct seeds >= 0."
+                f"--seeds {' '.join(map(str, args.seeds))}: give distinct seeds in "
+                f"0..{cfg.MAX_SEED}."
             )
+        if (out := resolved(args.out, "--out")).exists() and not out.is_dir():
+            raise ReproduceError(f"--out {out} is a file: pass a folder for the runs.")
         base = cfg.check_config(cfg.config_from_args(args))
-        configs = plan(
-            base,
-            side_info_kinds(base, args.side_info_kinds),
-            args.seeds,
-            Path(args.out).expanduser(),
-        )
+        configs = plan(base, side_info_kinds(base, args.side_info_kinds), args.seeds, out)
         check_plan(configs)
         run_dirs = train_all(configs)
     except (

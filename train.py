@@ -41,14 +41,23 @@ from config import (
     ConfigError,
     RunDirError,
 )
-from fileio import OutputError, output_lock, sha256_file, write_json
+from fileio import (
+    DISK_FULL,
+    OutputError,
+    cannot_write,
+    claim_folder,
+    output_lock,
+    remove_temporaries,
+    resolved,
+    sha256_file,
+    write_json,
+)
 from preprocess.frontend import AudioError
 from preprocess.melstore import MelStore
 
 PARTS = ("train", "valid")
 # the versions the tests pass with
 LOCK_FILE = Path(__file__).resolve().parent / "requirements-lock.txt"
-BACKEND_PACKAGES = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
 
 
 class TrainError(ValueError):
@@ -107,7 +116,9 @@ def prepare(config: cfg.TrainConfig) -> TrainingData:
             vectors = dsio.side_vectors(
                 dsio.read_side_info(side_path), seen, f"side information {side_path}"
             )
-    facts, rows = store_rows(mels_path := dsio.mels_path(dataset_dir).resolve(), tracks)
+    facts, rows = store_rows(
+        mels_path := resolved(dsio.mels_path(dataset_dir), "mel store"), tracks
+    )
     dataset = dsio.dataset_name(dataset_dir)
     config = dataclasses.replace(
         config,
@@ -134,14 +145,14 @@ def prepare(config: cfg.TrainConfig) -> TrainingData:
 
 def resolve_dataset(config: cfg.TrainConfig) -> Path:
     """The dataset directory; the demo corpus is built (demo.build.ensure_demo, seed 0) when
-    missing."""
+    missing or empty, and used as it is when complete (whatever its seed)."""
     dataset_dir = dsio.resolve_dataset_dir(config.dataset)
     if config.dataset == "demo":
         from demo.build import ensure_demo
 
         if not dsio.mels_path(dataset_dir).is_file():
             print(f"building the demo corpus in {dataset_dir} (once) ...", flush=True)
-        ensure_demo(dataset_dir, seed=0)  # returns at once when the corpus is complete
+        ensure_demo(dataset_dir)  # returns at once when the corpus is complete
     if not dataset_dir.is_dir():
         raise TrainError(
             f"dataset directory {dataset_dir} does not exist; build it first (data/README.md)."
@@ -154,7 +165,7 @@ def resolve_split(config: cfg.TrainConfig, dataset_dir: Path) -> Path:
     when missing)."""
     if not config.split:
         return Path(splits.ensure_split(dataset_dir, seed=config.split_seed)).resolve()
-    if not (path := Path(config.split).expanduser().resolve()).is_file():
+    if not (path := resolved(config.split, "--split")).is_file():
         raise TrainError(f"--split {config.split}: no such file.")
     return path
 
@@ -264,7 +275,7 @@ def versions() -> dict:
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[package] = metadata.version(package)
     # the module's own version: tensorflow-cpu installs tensorflow
-    for module in BACKEND_PACKAGES.get(backend, ()):
+    for module in cfg.BACKEND_PACKAGES.get(backend, ()):
         with contextlib.suppress(ImportError, AttributeError):
             found[module] = importlib.import_module(module).__version__
     return found
@@ -334,7 +345,7 @@ def run_record(data: TrainingData) -> dict:
 def choose_run_dir(data: TrainingData) -> Path:
     config = data.config
     run_dir = (
-        Path(config.run_dir).expanduser().resolve()
+        resolved(config.run_dir, "--run-dir")
         if config.run_dir
         else cfg.new_run_dir(
             data.dataset, config.model, config.side_info or "none", config.train_setup
@@ -354,7 +365,8 @@ def check_same_run(run_dir: Path, record: dict) -> None:
         old, old_sums = dict(existing["config"]), dict(existing["checksums"])
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise RunDirError(
-            f"{run_dir / CONFIG_FILE} is damaged ({exc}): restore it, or pass a new --run-dir."
+            f"{run_dir / CONFIG_FILE} is damaged or not a run's ({exc}): restore it, or pass a new "
+            "--run-dir."
         ) from None
     # other side information: its kind or checksum differs
     new, new_sums = record["config"], record["checksums"]
@@ -384,16 +396,20 @@ def run(config: cfg.TrainConfig) -> Path:
     record = run_record(data)
     run_dir = choose_run_dir(data)
     if (run_dir / CONFIG_FILE).is_file():
+        # this very run (marked, or made before the markers); any other config.json is refused
         check_same_run(run_dir, record)
         if (run_dir / SUMMARY_FILE).is_file():
             print(f"run {run_dir} has already finished (see {SUMMARY_FILE}); nothing to do.")
             return run_dir
+    else:  # a folder of the user's is refused untouched
+        claim_folder(run_dir, cfg.RUN_OWNER, hint="--run-dir takes a run directory of train.py.")
     from models import distribute, pipeline
     from models.callbacks import training_callbacks
 
     # the other workers of a multi-worker run: a copy
     run_dir = distribute.output_dir(run_dir, config.strategy)
     with output_lock(run_dir, "training run"):
+        remove_temporaries(run_dir, run_dir / cfg.BACKUP_DIR, run_dir / cfg.CHECKPOINT_DIR)
         # the first TensorFlow call (multi-worker needs that)
         strategy = distribute.make_strategy(config.strategy)
         replicas = distribute.replicas(strategy)
@@ -499,10 +515,25 @@ def fit(model, batches: dict, callbacks: list, first_epoch: int, config: cfg.Tra
     except RuntimeError as exc:  # from keras.callbacks.TerminateOnNaN(raise_error=True)
         if "NaN or Inf loss" not in str(exc):
             raise
+        default = cfg.TrainConfig()
+        changed = [
+            f"--{name.replace('_', '-')} {getattr(config, name)!r} "
+            f"(default {getattr(default, name)!r})"
+            for name in cfg.STEP_FIELDS
+            if getattr(config, name) != getattr(default, name)
+        ]
+        cause = (
+            f"the flags that set the step and differ from their defaults: {', '.join(changed)}; "
+            "retrain closer to the defaults"
+            if changed
+            else "none of the flags that set the step (--"
+            + ", --".join(cfg.STEP_FIELDS).replace("_", "-")
+            + ") differ from their defaults; check the data (mel store, side information) and "
+            "retrain"
+        )
         raise TrainError(
-            f"training stopped at the first non-finite loss ({exc}) Likely cause: --lr {config.lr} "
-            "is "
-            "too high for this data; retrain with a lower --lr and a new --run-dir."
+            f"training stopped at the first non-finite loss ({exc}) Likely cause: {cause}, in a "
+            "new --run-dir."
         ) from None
     # TensorFlow wraps a loader's error: MelStore refuses a track's non-finite frames
     except Exception as exc:
@@ -547,8 +578,10 @@ def main(argv=None) -> int:
     parser = cfg.build_parser(
         description=__doc__.split("\n\n")[0], epilog="Defaults: the paper's recipe."
     )
+    args = parser.parse_args(argv)
     try:
-        run(cfg.config_from_args(parser.parse_args(argv)))
+        cfg.check_backend()  # before Keras is imported
+        run(cfg.config_from_args(args))
     except (
         TrainError,
         ConfigError,
@@ -559,6 +592,11 @@ def main(argv=None) -> int:
         OutputError,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file Keras writes itself (model.keras, log.csv) on a full disk
+        if exc.errno not in DISK_FULL:
+            raise
+        print(f"error: {cannot_write(exc.filename or 'the run directory', exc)}", file=sys.stderr)
         return 2
     return 0
 

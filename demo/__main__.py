@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         "instruments) with audio, "
         "annotations, side information and the mel store. Reuses a finished corpus with the same "
         "parameters, resumes an interrupted one, and refuses a non-empty folder that it did not "
-        "make.",
+        "make; a corpus of other parameters is replaced only with --force.",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="dataset directory to write.")
     parser.add_argument(
@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes for synthesis and the mel store.",
     )
     parser.add_argument(
-        "--force", action="store_true", help="rebuild even when a finished corpus exists."
+        "--force",
+        action="store_true",
+        help="replace a corpus of other parameters, or rebuild a finished one; deletes only the "
+        "demo's own files (splits/ and other files stay).",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars.")
     return parser

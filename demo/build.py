@@ -11,16 +11,17 @@ loudness, key, chords and mix levels never depend on it.
 Writes the dataset layout of docs/formats.md plus audio/, genres.csv (FMA's columns), demo_truth.csv
 (what was synthesized) and openmic/. The same seed gives byte-identical files. The folder is claimed
 with fileio's marker (a non-empty folder without it is refused, untouched) and locked while
-building; a finished corpus is reused, a killed build resumes, other parameters rebuild it, deleting
-only what the demo wrote.
+building; a finished corpus is reused, a killed build resumes, and a corpus of other parameters is
+replaced only with --force, which deletes only the files the demo wrote (splits/ and anything else
+stay).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -34,12 +35,12 @@ from tqdm import tqdm
 
 from dataset_dir import (
     DATA_ROOT,
+    DatasetError,
     annotations_path,
     mels_path,
     read_annotations,
     side_info_dir,
     side_info_path,
-    splits_dir,
     summarize,
     summary_path,
     tracks_path,
@@ -48,8 +49,23 @@ from dataset_dir import (
     write_tracks,
 )
 from demo import synth
-from fileio import atomic_write, atomic_write_text, claim_folder, output_lock, write_json
-from preprocess.openmic import load_openmic, track_id_from_sample_key, write_openmic
+from fileio import (
+    atomic_write,
+    atomic_write_text,
+    claim_folder,
+    contents,
+    output_lock,
+    remove_temporaries,
+    resolved,
+    write_json,
+)
+from preprocess.openmic import (
+    CLASS_MAP_FILE,
+    NPZ_FILE,
+    load_openmic,
+    track_id_from_sample_key,
+    write_openmic,
+)
 from preprocess.side_info import (
     INSTRUMENT_KINDS,
     RANDOM_KIND,
@@ -70,6 +86,7 @@ TRUTH_FILE = "demo_truth.csv"
 OPENMIC_DIR = "openmic"
 AUDIO_DIR = "audio"
 INSTRUMENTS = synth.INSTRUMENTS
+SIDE_INFO_KINDS = (*INSTRUMENT_KINDS, RANDOM_KIND)
 
 # Presence probability of an instrument in a track of a genre: the genre's core instruments, its
 # optional ones, and any other instrument now and then (every instrument is heard in every genre's
@@ -94,8 +111,9 @@ RATERS = (3, 5)
 RATER_ACCURACY = (0.85, 0.97)
 
 
-class DemoError(ValueError):
-    """Bad demo parameters; the message names the flag."""
+class DemoError(DatasetError):
+    """Bad demo parameters, or a folder whose corpus cannot be used or built as asked; the message
+    names the flag or folder and what to do."""
 
 
 class GenreSpec(NamedTuple):
@@ -491,7 +509,7 @@ def _existing_params(out: Path) -> dict | None:
 
 def _is_finished(out: Path, params: dict) -> bool:
     needed = [tracks_path(out), annotations_path(out), mels_path(out), out / GENRES_FILE]
-    needed += [side_info_path(out, kind) for kind in (*INSTRUMENT_KINDS, RANDOM_KIND)]
+    needed += [side_info_path(out, kind) for kind in SIDE_INFO_KINDS]
     summary = _read_json(summary_path(out)) or {}
     return (
         summary.get("demo") == params
@@ -501,29 +519,25 @@ def _is_finished(out: Path, params: dict) -> bool:
 
 
 def _clean(out: Path) -> None:
-    """Delete an earlier demo corpus in `out` (a folder marked as ours): what this module writes,
-    the mel store and the splits made from the old annotations. Anything else in the folder is left
-    alone."""
-    for folder in (out / AUDIO_DIR, out / OPENMIC_DIR, side_info_dir(out), splits_dir(out)):
-        shutil.rmtree(folder, ignore_errors=True)
-    for path in (
-        tracks_path(out),
-        annotations_path(out),
-        out / GENRES_FILE,
-        out / TRUTH_FILE,
-        mels_path(out),
-        failures_path(mels_path(out)),
-        summary_path(out),
-    ):
+    """Delete an earlier demo corpus in `out` (a folder marked as ours): the files this module
+    writes (audio named as `audio_relpath` names it), then their folders when empty. Splits (made
+    from the old annotations, maybe by the user) and anything else are left alone."""
+    audio = list(out.glob(f"{AUDIO_DIR}/[0-9][0-9][0-9]/[0-9][0-9][0-9][0-9][0-9][0-9]*.flac"))
+    files = [tracks_path(out), annotations_path(out), out / GENRES_FILE, out / TRUTH_FILE]
+    files += [out / OPENMIC_DIR / NPZ_FILE, out / OPENMIC_DIR / CLASS_MAP_FILE]
+    files += [side_info_path(out, kind) for kind in SIDE_INFO_KINDS]
+    files += [mels_path(out), failures_path(mels_path(out)), summary_path(out)]
+    for path in audio + files:
         path.unlink(missing_ok=True)
+    folders = [*sorted({p.parent for p in audio}), out / AUDIO_DIR, out / OPENMIC_DIR]
+    for folder in [*folders, side_info_dir(out)]:
+        with contextlib.suppress(OSError):  # not empty: it holds someone else's files
+            folder.rmdir()
 
 
-def _remove_temporaries(out: Path) -> None:
-    """Temporary files that a killed build left behind (fileio.atomic_write names them
-    .<stem>.<random>.tmp.<ext>)."""
-    for pattern in (f"{AUDIO_DIR}/*/.*.tmp.*", ".*.tmp.*", f"{side_info_dir(out).name}/.*.tmp.*"):
-        for path in out.glob(pattern):
-            path.unlink(missing_ok=True)
+def _describe(params: dict | None) -> str:
+    keys = ("version", "seed", "tracks", "seconds")
+    return ", ".join(f"{k} {params.get(k)}" for k in keys) if params else "unknown parameters"
 
 
 def _check_sizes(seed, tracks, seconds) -> dict:
@@ -557,7 +571,7 @@ def build_demo(
 
     mels=False skips the mel store (tests of the corpus alone); the corpus then stays unfinished.
     """
-    out, params = Path(out).resolve(), _check_sizes(seed, tracks, seconds)
+    out, params = resolved(out, "--out"), _check_sizes(seed, tracks, seconds)
     jobs = max(1, int(jobs or os.cpu_count() or 1))
     if not force and _is_finished(out, params):
         if progress:
@@ -573,10 +587,16 @@ def build_demo(
     )
     with output_lock(out, "demo build"):
         started = time.perf_counter()
-        state = "resume" if not force and _existing_params(out) == params else "fresh"
-        if state == "resume":
-            _remove_temporaries(out)
-        else:
+        if (old := _existing_params(out)) != params and contents(out) and not force:
+            raise DemoError(
+                f"{out} holds a demo corpus of {_describe(old)}, not {_describe(params)}: rebuild "
+                f"it with `python -m demo --out {out} --force ...` (deletes only the demo's own "
+                "files; splits/ and other files stay), or choose another folder."
+            )
+        # what a killed build left: fileio.atomic_write's temporaries
+        remove_temporaries(out, *out.glob(f"{AUDIO_DIR}/*"), side_info_dir(out), out / OPENMIC_DIR)
+        state = "resume" if not force and old == params else "fresh"
+        if state == "fresh":
             _clean(out)
         write_json(out / BUILD_MARKER, params)
         plans = make_plans(tracks, seconds, seed)
@@ -612,21 +632,23 @@ def build_demo(
 
 
 def ensure_demo(dataset_dir, seed: int = 0, **size_options) -> Path:
-    """The demo corpus folder, built first when it is not complete (train.py calls this).
+    """The demo corpus folder for train.py, which never builds over existing data.
 
-    A complete corpus of this seed is returned as it is; an unfinished one is completed with its own
-    size (a deleted mels.h5 is rebuilt, the audio kept); otherwise size_options (tracks, seconds,
-    jobs) or the defaults.
+    A complete corpus is returned as it is, whatever its seed or size; an unfinished one is
+    completed with its own parameters (a deleted mels.h5 is rebuilt, the audio kept); a missing or
+    empty folder is built with `seed` and size_options (tracks, seconds, jobs) or the defaults.
+    Anything else is refused untouched: DemoError (another corpus), OutputError (not ours).
     """
     dataset_dir = Path(dataset_dir).resolve()
-    existing = _existing_params(dataset_dir) or {}
-    if existing.get("seed") == seed and existing.get("version") == DEMO_VERSION:
-        if _is_finished(dataset_dir, existing):
-            return dataset_dir
+    existing = _existing_params(dataset_dir)
+    if existing and _is_finished(dataset_dir, existing):
+        return dataset_dir
+    if existing and existing.get("version") == DEMO_VERSION:
+        seed = existing["seed"]
         size_options = {
+            **size_options,
             "tracks": existing["tracks"],
             "seconds": existing["seconds"],
-            **size_options,
         }
     build_demo(dataset_dir, seed=seed, **size_options)
     return dataset_dir

@@ -13,11 +13,11 @@ saves them with the variables after every epoch and restores them on resume.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from config import BACKUP_DIR, CHECKPOINT_DIR, LOG_FILE, MODEL_FILE, RunDirError
 from fileio import atomic_write, atomic_write_text, write_json
 
 STATE_FILE = "state.json"
+WEIGHTS_FILE = "epoch_{:04d}.npz"  # the backup of an epoch's variables
 
 
 class TrainingBackup(keras.callbacks.Callback):
@@ -115,7 +116,7 @@ class TrainingBackup(keras.callbacks.Callback):
                 setattr(callback, attr, value)
 
     def on_epoch_end(self, epoch, logs=None):
-        name = f"epoch_{epoch:04d}.npz"
+        name = WEIGHTS_FILE.format(epoch)
         arrays = [keras.ops.convert_to_numpy(v) for v in self._variables()]
         atomic_write(self.folder / name, lambda tmp: np.savez(tmp, *arrays))
         counters = {
@@ -129,13 +130,19 @@ class TrainingBackup(keras.callbacks.Callback):
             "callbacks": counters,
         }
         write_json(self.folder / STATE_FILE, self.state)
-        for old in self.folder.glob("epoch_*.npz"):
-            if old.name != name:
-                old.unlink()
+        self._remove_weights(epoch)
+
+    def _remove_weights(self, stop: int) -> None:
+        """Delete the weights this backup wrote for the epochs before `stop` (none other)."""
+        for old in range(stop):
+            (self.folder / WEIGHTS_FILE.format(old)).unlink(missing_ok=True)
 
     def remove(self) -> None:
-        """Delete the backup (the run has finished)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Delete the backup (the run has finished): its own files, then the folder if empty."""
+        self._remove_weights(self.initial_epoch)
+        (self.folder / STATE_FILE).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()
 
 
 def _plain(value):
@@ -168,15 +175,15 @@ def training_callbacks(model, config, run_dir: Path) -> tuple[list, TrainingBack
         on_epoch_end=lambda epoch, logs: logs.update(lr=model.optimizer.current_learning_rate())
     )
 
-    # checkpoints/epoch_NNN.keras (1-based) every N epochs, the last `keep` kept
+    # checkpoints/epoch_NNN.keras (1-based) every N epochs, the last `keep` of those kept
     def checkpoint(epoch, logs):
-        if config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0:
+        every = config.checkpoint_every
+        keep = config.keep_checkpoints
+        if every and (epoch + 1) % every == 0:
             atomic_write(run_dir / CHECKPOINT_DIR / f"epoch_{epoch + 1:03d}.keras", model.save)
-            if config.keep_checkpoints:
-                for old in sorted((run_dir / CHECKPOINT_DIR).glob("epoch_*.keras"))[
-                    : -config.keep_checkpoints
-                ]:
-                    old.unlink()
+            # the checkpoints this run wrote, oldest first: only those are pruned
+            for old in range(every, epoch + 2, every)[:-keep] if keep else ():
+                (run_dir / CHECKPOINT_DIR / f"epoch_{old:03d}.keras").unlink(missing_ok=True)
 
     callbacks = [
         keras.callbacks.TerminateOnNaN(raise_error=True),

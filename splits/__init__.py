@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from dataset_dir import annotations_path, read_annotations, resolve_dataset_dir, splits_dir
-from fileio import atomic_write_text, write_json
+from fileio import OutputError, atomic_write_text, write_json
 
 TRAIN_SETUPS = ("A-X", "B-X", "(A+B)-X")
 ANNOTATION_TESTS = ("B-Y", "C-Y", "(B+C)-Y", "B-(X+Y)", "C-(X+Y)", "(B+C)-(X+Y)")
@@ -504,8 +504,15 @@ def ensure_split(dataset_dir, seed: int = 0) -> Path:
     annotations = read_annotations(source)
     if not path.is_file():
         split, stats = make_split_with_statistics(annotations, seed, source=source)
-        save_split(split, path)
-        save_statistics(stats, stats_path(path))
+        try:
+            save_split(split, path)
+            save_statistics(stats, stats_path(path))
+        except OutputError as exc:  # a read-only dataset (an archive, a shared folder)
+            raise SplitError(
+                f"no split of seed {seed} in the dataset yet, and none can be made there: {exc} "
+                f"For example: python -m splits.make --dataset {dataset_dir} --seed {seed} --out "
+                "FILE.json, then pass --split FILE.json."
+            ) from None
         return path
     split = load_split(path)
     if split["seed"] != seed:

@@ -96,11 +96,38 @@ def run(args) -> dict:
         )
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
+    refuse_other_split(Path(out), split)
     splits.save_split(split, out)
     stats_file = splits.save_statistics(stats, splits.stats_path(out))
     print(splits.format_statistics(stats, splits.paper_statistics(name)))
     print(f"wrote {out} and {stats_file} ({time.perf_counter() - start:.1f} s)")
     return stats
+
+
+def refuse_other_split(path: Path, split: dict) -> None:
+    """SplitError when `path` exists and holds anything but this very split (the same split may be
+    written again): runs trained on a split refuse it once it has changed."""
+    if not path.exists() or (
+        path.is_file() and path.read_bytes() == splits.format_split(split).encode()
+    ):
+        return
+    try:
+        old = splits.load_split(path)
+    except splits.SplitError:
+        raise splits.SplitError(
+            f"{path} exists and is not a split file: refusing to overwrite it. Pass another --out."
+        ) from None
+    differ = [
+        f"--{key.replace('_', '-')} {old[key]} (asked: {split[key]})"
+        for key in ("seed", "unseen_fraction", "valid_fraction")
+        if old[key] != split[key]
+    ]
+    if old["annotations_sha256"] != split["annotations_sha256"]:
+        differ.append("the annotations it was made from (if they are gone, delete the file first)")
+    raise splits.SplitError(
+        f"{path} holds another split ({'; '.join(differ) or 'other content'}): refusing to "
+        "overwrite it, since the runs trained on it would no longer load. Pass --out NEW.json."
+    )
 
 
 def main(argv=None) -> int:

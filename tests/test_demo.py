@@ -7,6 +7,7 @@ configuration is checked through its plans and tables (cheap) rather than by ren
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -587,20 +588,44 @@ def test_resume_renders_only_the_missing_audio(tmp_path):
     assert (summary["build"]["rendered"], summary["build"]["reused"]) == (1, 5)
 
 
-def test_other_parameters_rebuild_only_what_the_demo_wrote(tmp_path):
+def test_other_parameters_need_force_which_deletes_only_what_the_demo_wrote(tmp_path, capsys):
+    """Another seed replaced a corpus without --force, and --force deleted splits/ (a user's split
+    file in it), side_info/ and audio/ whole."""
     out = tmp_path / "rebuild"
     demo.build_demo(out, seed=0, tracks=12, seconds=1.0, jobs=1, progress=False, mels=False)
-    (out / "splits").mkdir()
-    (out / "splits" / "split_seed0.json").write_text("{}")  # derived from the old annotations
-    (out / "notes.txt").write_text("mine")  # a user's file in the demo's folder
+    mine = {
+        "splits/split_seed0.json": "{}",  # made from the old annotations, maybe by the user
+        "splits/mine.json": "{}",
+        "notes.txt": "mine",
+        "side_info/glove.csv": "label,v0\n",
+        "audio/000/my_song.flac": "x",
+        "openmic/README.txt": "x",
+    }
+    for rel, text in mine.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(text)
+    before = _snapshot(out)
+    for options in ({"seed": 1, "tracks": 12}, {"seed": 0, "tracks": 8}):
+        with pytest.raises(
+            demo.DemoError, match=r"seed 0, tracks 12, seconds 1\.0, not .* --force"
+        ):
+            demo.build_demo(out, seconds=1.0, jobs=1, progress=False, mels=False, **options)
+        assert _snapshot(out) == before
+    assert demo_main(["--out", str(out), "--seed", "1", "--tracks", "12", "--seconds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out} holds a demo corpus of version") and err.count("\n") == 1
+    assert _snapshot(out) == before
     summary = demo.build_demo(
-        out, seed=0, tracks=8, seconds=1.0, jobs=1, progress=False, mels=False
+        out, seed=1, tracks=8, seconds=1.0, jobs=1, progress=False, mels=False, force=True
     )
     assert summary["build"]["state"] == "fresh"
-    assert sorted(p.name for p in out.rglob("*.flac")) == [f"{i:06d}.flac" for i in range(1, 9)]
-    assert not (out / "splits").exists()
+    assert sorted(p.name for p in out.rglob("*.flac")) == [
+        *(f"{i:06d}.flac" for i in range(1, 9)),
+        "my_song.flac",
+    ]
+    assert all((out / rel).read_text() == text for rel, text in mine.items())
     assert len(read_tracks(out / "tracks.csv")) == 8
-    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / demo.BUILD_MARKER).read_text())["seed"] == 1
 
 
 def test_refuses_a_folder_it_did_not_make_and_touches_nothing(tmp_path):
@@ -659,6 +684,61 @@ def test_ensure_demo_completes_a_corpus_with_its_own_size(tmp_path):
     # audio kept, store rebuilt
     assert (out / "mels.h5").is_file() and flac.stat().st_mtime_ns == stamp
     assert json.loads((out / "summary.json").read_text())["demo"]["tracks"] == 6
+
+
+def test_ensure_demo_never_builds_over_an_existing_corpus(tmp_path):
+    """Plain train.py rebuilt data/demo with seed 0 over a corpus the user built with another seed,
+    deleting it and splits/: a complete corpus is used as it is, an interrupted one is finished
+    with its own parameters, and one it cannot finish so is refused untouched."""
+    out = tmp_path / "seed3"
+    demo.build_demo(out, seed=3, tracks=6, seconds=1.0, jobs=1, progress=False)
+    (out / "splits").mkdir()
+    (out / "splits" / "split_seed0.json").write_text("{}")
+    before = _snapshot(out)
+    assert demo.ensure_demo(out, tracks=6, seconds=1.0, jobs=1, progress=False) == out.resolve()
+    assert _snapshot(out) == before
+    # interrupted (no mel store yet): finished with its own seed
+    unfinished = tmp_path / "unfinished"
+    demo.build_demo(unfinished, seed=3, tracks=6, seconds=1.0, jobs=1, progress=False, mels=False)
+    demo.ensure_demo(unfinished, tracks=6, seconds=1.0, jobs=1, progress=False)
+    summary = json.loads((unfinished / "summary.json").read_text())
+    assert summary["demo"]["seed"] == 3 and (unfinished / "mels.h5").is_file()
+    for rel in ("demo_truth.csv", "annotations.csv", "audio/000/000004.flac"):
+        assert (unfinished / rel).read_bytes() == (out / rel).read_bytes()
+    # an interrupted build of an older version cannot be finished: refused, untouched
+    old = tmp_path / "old"
+    demo.build_demo(old, seed=0, tracks=6, seconds=1.0, jobs=1, progress=False, mels=False)
+    marker = json.loads((old / demo.BUILD_MARKER).read_text())
+    (old / demo.BUILD_MARKER).write_text(json.dumps({**marker, "version": demo.DEMO_VERSION - 1}))
+    before = _snapshot(old)
+    with pytest.raises(demo.DemoError, match=f"python -m demo --out {re.escape(str(old))} --force"):
+        demo.ensure_demo(old, tracks=6, seconds=1.0, jobs=1, progress=False, mels=False)
+    assert _snapshot(old) == before
+
+
+def test_disk_full_during_the_build_is_one_line_and_the_rerun_goes_on(
+    tmp_path, capsys, monkeypatch
+):
+    """ENOSPC while writing the audio was a traceback; the finished tracks stay and are reused."""
+    real_write = sf.write
+    writes = []
+
+    def write(*args, **kwargs):
+        writes.append(args[0])
+        if len(writes) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(sf, "write", write)
+    out = tmp_path / "full"
+    argv = ["--out", str(out), "--tracks", "6", "--seconds", "1", "--jobs", "1", "--no-progress"]
+    assert demo_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no space left on the device writing ") and err.count("\n") == 1
+    assert len(list(out.rglob("*.flac"))) == 3 and not list(out.rglob(".*.tmp*"))
+    monkeypatch.setattr(sf, "write", real_write)
+    assert demo_main(argv) == 0
+    assert "3 rendered, 3 reused" in capsys.readouterr().out
 
 
 def test_bad_sizes_raise_clear_errors(tmp_path):

@@ -53,7 +53,7 @@ def test_split_seed_picks_the_split_and_an_explicit_split_wins(dataset, tmp_path
 
 def test_protocol_flags_are_checked_before_training(dataset, tmp_path, capsys):
     status, err = run_main(flags(dataset, tmp_path / "run", "--split-seed", "-2"), capsys)
-    assert status == 2 and "error: --split-seed -2 must be >= 0" in err
+    assert status == 2 and "error: --split-seed -2 must be in 0..4294967295" in err
     status, err = run_main(flags(dataset, tmp_path / "run", "--batch-size", "64"), capsys)
     assert (
         status == 2
@@ -122,7 +122,7 @@ def test_versions_record_the_backend_in_use_and_its_version():
 
     found = train.versions()
     assert found["keras_backend"] == keras.backend.backend() and found["keras"] == keras.__version__
-    for module in train.BACKEND_PACKAGES[found["keras_backend"]]:
+    for module in cfg.BACKEND_PACKAGES[found["keras_backend"]]:
         assert found[module] == __import__(module).__version__
 
 
@@ -183,7 +183,19 @@ def test_reproduce_refuses_bad_flags_before_training(dataset, tmp_path, capsys):
     out = tmp_path / "runs"
     common = ["--dataset", str(dataset), "--out", str(out), "--batch-size", "8"]
     assert reproduce.main([*common, "--seeds", "1", "1"]) == 2
-    assert "error: --seeds 1 1: give distinct seeds >= 0." in capsys.readouterr().err
+    assert "error: --seeds 1 1: give distinct seeds in 0..4294967295." in capsys.readouterr().err
+    for seeds in (["-1"], ["0", str(2**32)]):  # numpy and Keras take seeds in 0..2^32-1
+        assert reproduce.main([*common, "--seeds", *seeds]) == 2
+        assert capsys.readouterr().err == (
+            f"error: --seeds {' '.join(seeds)}: give distinct seeds in 0..4294967295.\n"
+        )
+    (tmp_path / "file").write_text("mine")
+    assert reproduce.main([*common[:2], "--out", str(tmp_path / "file"), "--seeds", "0"]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: --out {tmp_path / 'file'} is a file: pass a folder for the runs.\n"
+    )
+    assert (tmp_path / "file").read_text() == "mine"
     assert (
         reproduce.main([*common, "--seeds", "0", "1", "--side-info", "instrument-count", "glove"])
         == 2

@@ -674,6 +674,44 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert (dataset_dir / "splits" / "split_seed2.stats.json").is_file()
 
 
+def test_cli_refuses_to_overwrite_another_split(tmp_path, capsys):
+    """splits.make overwrote a split file (and its statistics) made with other parameters: the runs
+    trained on it could no longer load it. Another split is refused (naming what differs); the same
+    split may be written again. The file records every parameter that made it."""
+    csv_path = tmp_path / "ann.csv"
+    frame(HAND_PAIRS).to_csv(csv_path, index=False)
+    out = tmp_path / "split.json"
+    base = ["--annotations", str(csv_path), "--out", str(out), "--valid-fraction", "0.5"]
+    assert make_cli.main(base) == 0
+    capsys.readouterr()
+    written = {path: path.read_bytes() for path in (out, splits.stats_path(out))}
+    split = splits.load_split(out)
+    assert (split["seed"], split["unseen_fraction"], split["valid_fraction"]) == (0, 0.2, 0.5)
+    for extra, differ in (
+        (["--seed", "2"], "--seed 0 (asked: 2)"),
+        (["--unseen-fraction", "0.3"], "--unseen-fraction 0.2 (asked: 0.3)"),
+        (
+            ["--valid-fraction", "0.25", "--seed", "2"],
+            "--seed 0 (asked: 2); --valid-fraction 0.5 (asked: 0.25)",
+        ),
+    ):
+        assert make_cli.main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            f"error: {out} holds another split ({differ}): refusing to overwrite it, since the "
+            "runs trained on it would no longer load. Pass --out NEW.json.\n"
+        )
+        assert {path: path.read_bytes() for path in written} == written
+    frame(HAND_PAIRS[:-1]).to_csv(csv_path, index=False)  # other annotations
+    assert make_cli.main(base) == 2
+    assert "the annotations it was made from" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in written} == written
+    (tmp_path / "notes.json").write_text("my notes")
+    assert make_cli.main([*base[:2], "--out", str(tmp_path / "notes.json")]) == 2
+    assert "exists and is not a split file" in capsys.readouterr().err
+    assert (tmp_path / "notes.json").read_text() == "my notes"
+
+
 def test_cli_bad_input_exits_2(tmp_path, capsys):
     cases = {
         "cols.csv": ("track_id,tag\n1,a\n", "lacks column"),

@@ -11,6 +11,7 @@ training runs are marked slow.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -29,7 +31,7 @@ import config as cfg
 import dataset_dir as dsio
 import splits
 import train
-from fileio import output_lock, sha256_file
+from fileio import MARKER_FILE, output_lock, sha256_file
 from models.callbacks import STATE_FILE, truncate_log
 from models.pipeline import Sampler
 from preprocess.frontend import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE
@@ -253,9 +255,21 @@ def test_float_flags_must_be_finite(tmp_path, capsys, dataset_dir, flag, value):
     assert status == 2 and f"error: {flag} {float(value)!r} must be a finite number" in err
 
 
-def test_negative_seed_is_refused(tmp_path, capsys, dataset_dir):
-    status, err = run_main(flags(dataset_dir, tmp_path / "run", "--seed", "-1"), capsys)
-    assert status == 2 and "error: --seed -1 must be >= 0" in err
+@pytest.mark.parametrize("flag", ["--seed", "--split-seed"])
+@pytest.mark.parametrize("value", ["-1", str(2**32)])
+def test_seeds_outside_numpys_range_are_refused_before_anything_is_made(
+    tmp_path, capsys, dataset_dir, flag, value
+):
+    """numpy's and Keras' seeds are 0..2^32-1: a seed of 2^32 was a traceback from inside Keras,
+    after the run folder had been made."""
+    status, err = run_main(
+        flags(dataset_dir, tmp_path / "run", flag, value, "--epochs", "1"), capsys
+    )
+    assert status == 2 and err == f"error: {flag} {value} must be in 0..4294967295" + (
+        " (numpy's and Keras' seeds).\n" if flag == "--seed" else ".\n"
+    )
+    assert not (tmp_path / "run").exists()
+    assert not splits.default_split_path(dataset_dir, int(value)).exists()
 
 
 def test_run_dir_that_is_a_file_is_refused(tmp_path, capsys, dataset_dir):
@@ -263,6 +277,139 @@ def test_run_dir_that_is_a_file_is_refused(tmp_path, capsys, dataset_dir):
     status, err = run_main(flags(dataset_dir, tmp_path / "run"), capsys)
     assert status == 2 and f"error: --run-dir {tmp_path / 'run'} is a file, not a folder" in err
     assert (tmp_path / "run").read_text() == "mine"
+
+
+USER_FOLDERS = {
+    "notes": {"notes.txt": "my notes", "backup/thesis.tex": "my backup"},
+    "run-like": {
+        "log.csv": "my log",
+        "model.keras": "my model",
+        "checkpoints/epoch_002.keras": "x",
+    },
+    "home": {".bashrc": "alias ll='ls -l'", "Documents/cv.txt": "me"},
+    "git checkout": {".git/HEAD": "ref: refs/heads/main", "README.md": "# mine", "src/a.py": ""},
+    "a project": {"config.json": '{"name": "mine"}', "data.csv": "a,b\n"},  # not a run's config
+}
+
+
+@pytest.mark.parametrize("kind", USER_FOLDERS)
+def test_a_folder_of_the_users_is_refused_as_run_dir_untouched(tmp_path, capsys, dataset_dir, kind):
+    """Training ran in a user's folder, then deleted its backup/ and overwrote log.csv and
+    model.keras: --run-dir takes a new or empty folder, or one train.py made (its marker)."""
+    folder = tmp_path / "mine"
+    for rel, text in USER_FOLDERS[kind].items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text)
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+    status, err = run_main(flags(dataset_dir, folder, "--epochs", "1"), capsys)
+    assert status == 2 and err.count("\n") == 1 and str(folder) in err
+    assert "was not made by `train.py`" in err or "is damaged or not a run's" in err
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_backup_removal_deletes_only_the_backups_own_files(tmp_path):
+    """The finished run removed backup/ whole, with whatever else was in it."""
+    from models.callbacks import TrainingBackup
+
+    folder = tmp_path / cfg.BACKUP_DIR
+    folder.mkdir()
+    state = {"epoch": 3, "weights": "epoch_0003.npz", "stopped": False, "callbacks": {}}
+    (folder / STATE_FILE).write_text(json.dumps(state))
+    # epoch 2's weights: a kill came between the new state and their removal
+    for name in ("epoch_0002.npz", "epoch_0003.npz", "thesis.tex", "epoch_final.npz"):
+        (folder / name).write_text("x")
+    TrainingBackup(folder, []).remove()
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch_final.npz", "thesis.tex"]
+    (folder / "thesis.tex").unlink()
+    (folder / "epoch_final.npz").unlink()
+    (folder / STATE_FILE).write_text(json.dumps(state))
+    (folder / "epoch_0003.npz").write_text("x")
+    TrainingBackup(folder, []).remove()
+    assert not folder.exists()  # empty: removed
+
+
+def test_keep_checkpoints_prunes_only_this_runs_checkpoints(tmp_path, dataset_dir):
+    """--keep-checkpoints deleted every checkpoints/epoch_*.keras but the last N, a user's too."""
+    from models.callbacks import training_callbacks
+
+    class Model:  # what the checkpoint callback uses of a Keras model
+        def save(self, path):
+            Path(path).write_bytes(b"weights")
+
+    run_dir = tmp_path / "run"
+    (run_dir / cfg.CHECKPOINT_DIR).mkdir(parents=True)
+    mine = ["epoch_final.keras", "epoch_best_of_mine.keras", "mine.keras"]
+    for name in mine:
+        (run_dir / cfg.CHECKPOINT_DIR / name).write_text("my model")
+    config = tiny_config(dataset_dir, run_dir, checkpoint_every=2, keep_checkpoints=2)
+    callbacks, _ = training_callbacks(Model(), config, run_dir)
+    (checkpoint,) = [
+        c for c in callbacks if getattr(c.on_epoch_end, "__name__", "") == "checkpoint"
+    ]
+    for epoch in range(8):
+        checkpoint.on_epoch_end(epoch, {})
+    assert sorted(p.name for p in (run_dir / cfg.CHECKPOINT_DIR).iterdir()) == sorted(
+        ["epoch_006.keras", "epoch_008.keras", *mine]
+    )
+
+
+def test_a_rerun_removes_stale_temporaries_of_its_own_only(
+    tmp_path, capsys, dataset_dir, monkeypatch
+):
+    """A kill leaves atomic_write's temporaries (0 bytes when it came early); the rerun removes them
+    from the run directory, its backup/ and checkpoints/, and nothing else."""
+    run_dir = tmp_path / "run"
+    write_record(dataset_dir, run_dir, epochs=1)
+    stale = [
+        ".model.k2x_9ab1.tmp.keras",
+        "backup/.state.a1b2c3d4.tmp.json",
+        "checkpoints/.epoch_002.zz99aa11.tmp.keras",
+        ".log.q1w2e3r4.tmp.csv",
+    ]
+    kept = ["notes.tmp", ".hidden.tmp.txt.bak", "backup/.cache.tmp"]
+    for rel in stale + kept:
+        (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / rel).write_bytes(b"")
+
+    def stop(*args):  # the run stops right after the cleaning
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(train, "build_model", stop)
+    with pytest.raises(RuntimeError, match="stop here"):
+        train.run(tiny_config(dataset_dir, run_dir, epochs=1))
+    assert [rel for rel in stale + kept if (run_dir / rel).exists()] == kept
+
+
+def test_non_finite_loss_names_the_step_flags_that_differ_from_their_defaults(dataset_dir):
+    """The message blamed --lr even when --margin (or --lr-decay) had made the loss overflow."""
+
+    class Model:  # model.fit meets a non-finite loss (keras.callbacks.TerminateOnNaN)
+        def test_on_batch(self, *batch):
+            pass
+
+        def fit(self, *args, **kwargs):
+            raise RuntimeError("NaN or Inf loss encountered at batch 0.")
+
+    batches = {"valid": [((), ())], "train": SimpleNamespace(sampler=SimpleNamespace(steps=1))}
+    cases = {
+        "margin": (
+            {"margin": 1e38, "lr_decay": 0.5},
+            "the flags that set the step and differ from their defaults: --lr-decay 0.5 (default "
+            "1e-06), --margin 1e+38 (default 0.4); retrain closer to the defaults, in a new "
+            "--run-dir.",
+        ),
+        "none": (
+            {},
+            "none of the flags that set the step (--lr, --lr-decay, --margin, --momentum, "
+            "--loss-reduction, --batch-size) differ from their defaults; check the data",
+        ),
+    }
+    for overrides, message in cases.values():
+        config = cfg.TrainConfig(dataset=str(dataset_dir), **overrides)
+        with pytest.raises(train.TrainError) as caught:
+            train.fit(Model(), batches, [], 0, config)
+        assert message in str(caught.value) and "--lr 0.001" not in str(caught.value)
 
 
 def test_side_information_beyond_float32_is_refused(tmp_path, capsys):
@@ -291,7 +438,8 @@ def test_second_training_on_one_run_dir_is_refused_at_once(tmp_path, capsys, dat
     with output_lock(tmp_path / "run", "training run"):  # another train.py holds the run directory
         status, err = run_main(flags(dataset_dir, tmp_path / "run"), capsys)
     assert status == 2 and f"another training run is writing {tmp_path / 'run'}" in err
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]
+    # nothing but the lock and the marker of a run directory
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", MARKER_FILE]
 
 
 def test_damaged_backup_state_names_the_file(tmp_path, capsys, dataset_dir):
@@ -314,15 +462,15 @@ def test_damaged_backup_state_names_the_file(tmp_path, capsys, dataset_dir):
 
 
 def test_default_dataset_is_the_demo_built_on_demand(tmp_path, monkeypatch):
-    """`python train.py` with no flags: data/demo, built by demo.build.ensure_demo(dir, seed=0) when
-    missing; (A+B)-X, embedding model, instrument-count side information,
-    config.DEFAULT_EPOCHS["demo"] epochs."""
+    """`python train.py` with no flags: data/demo, built by demo.build.ensure_demo(dir) when
+    missing (seed 0; a complete corpus of any seed is used as it is: test_demo.py); (A+B)-X,
+    embedding model, instrument-count side information, config.DEFAULT_EPOCHS["demo"] epochs."""
     import demo.build
 
     calls = []
 
-    def fake_ensure_demo(dataset_dir, seed=0):
-        calls.append((Path(dataset_dir), seed))
+    def fake_ensure_demo(dataset_dir):
+        calls.append(Path(dataset_dir))
         make_dataset(Path(dataset_dir))
         return Path(dataset_dir)
 
@@ -331,7 +479,7 @@ def test_default_dataset_is_the_demo_built_on_demand(tmp_path, monkeypatch):
     # the 39 training tracks here fill no batch of 64
     data = train.prepare(cfg.TrainConfig(batch_size=8))
     demo_dir = (tmp_path / "data" / "demo").resolve()
-    assert calls == [(demo_dir, 0)]
+    assert calls == [demo_dir]
     assert data.dataset == "demo" and data.dataset_dir == demo_dir
     assert data.config.train_setup == "(A+B)-X" and data.config.model == "embedding"
     assert (
@@ -404,6 +552,7 @@ def test_short_training_run_lowers_the_loss_and_fills_the_run_dir(tmp_path, data
         "epoch_004.keras",
     ]
     assert not (run_dir / cfg.BACKUP_DIR).exists()
+    assert not [p for p in run_dir.rglob("*") if ".tmp" in p.name]  # no temporaries left
 
     record = json.loads((run_dir / cfg.CONFIG_FILE).read_text())
     split_path = splits.default_split_path(dataset_dir)
@@ -501,6 +650,39 @@ def test_non_finite_loss_stops_training_with_its_likely_cause(tmp_path, capsys, 
     )
     assert status == 2 and "first non-finite loss" in err and "--lr 1e+30" in err
     assert not (tmp_path / "run" / cfg.SUMMARY_FILE).exists()
+
+
+@pytest.mark.slow
+def test_disk_full_while_training_is_one_line_and_the_rerun_resumes(
+    tmp_path, capsys, dataset_dir, monkeypatch
+):
+    """ENOSPC from a file Keras writes itself (model.keras, every epoch with --weights last) in
+    epoch 2 was a traceback: now one line, and the rerun goes on after epoch 1 (backed up)."""
+    import keras
+
+    real_save = keras.Model.save
+    saves = []
+
+    def save(model, *args, **kwargs):
+        saves.append(args)
+        if len(saves) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(model, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save", save)
+    run_dir = tmp_path / "run"
+    argv = flags(dataset_dir, run_dir, "--epochs", "3", "--lr", "0.01", "--weights", "last")
+    argv += ["--checkpoint-every", "0"]
+    status, err = run_main(argv, capsys)
+    assert status == 2 and err == (
+        "error: no space left on the device writing the run directory: free some space and "
+        "rerun; what was finished is kept and the rerun goes on from it.\n"
+    )
+    monkeypatch.setattr(keras.Model, "save", real_save)
+    assert train.main(argv) == 0
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    assert [int(r["epoch"]) for r in read_csv_rows(run_dir / cfg.LOG_FILE)] == [0, 1, 2]
+    assert not [p for p in run_dir.rglob("*") if ".tmp" in p.name]
 
 
 @pytest.mark.slow

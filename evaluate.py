@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="--collect: one row per run, no aggregation over seeds.",
     )
     add(
+        "--include-unfinished",
+        action="store_true",
+        help="--collect: also show runs whose training has not finished (no train_summary.json), "
+        "apart from the finished ones (variant training=unfinished); by default they are left out.",
+    )
+    add(
         "--resamples",
         type=int,
         default=aggregate.DEFAULT_RESAMPLES,
@@ -196,6 +202,8 @@ def check_flags(args) -> None:
         raise EvaluationError(
             f"--max-seconds must be a positive number of seconds, got {args.max_seconds}."
         )
+    if args.include_unfinished and not args.collect:
+        raise EvaluationError("--include-unfinished: used with --collect only.")
     if case_study_asked(args) and (args.collect or args.compare):
         raise EvaluationError(
             "--query/--annotate/--neighbors work on one run: use --run-dir, not --collect."
@@ -287,7 +295,7 @@ def results(args) -> tuple[str, list[str]]:
         return tables.render_comparison(rows, fmt=args.format), notes
     if args.collect:
         records, notes = aggregate.collect(
-            args.collect, force=args.force, aggregated=not args.per_run, **kwargs
+            args.collect, args.force, not args.per_run, args.include_unfinished, **kwargs
         )
     elif args.external:
         records, notes = external.evaluate_external(
@@ -302,6 +310,7 @@ def results(args) -> tuple[str, list[str]]:
     else:
         run_dir = args.run_dir or config.latest_run_dir()
         records, notes = protocol.evaluate_run(run_dir, force=args.force, **kwargs)
+        records = [{**r, **aggregate.unfinished_mark(run_dir)} for r in records]
     return tables.render_tables(records, fmt=args.format), notes
 
 

@@ -338,12 +338,10 @@ def embed(
     force: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
-    write_cache: bool = True,
 ) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Track embeddings of `track_ids`, label embeddings of run.labels (None: classification model)
-    and the cache
-    info: from embeddings.h5 when it was made from this model and data, so after _load_model's
-        checks."""
+    and the cache info: from embeddings.h5 when it was made from this model and data, so after
+    _load_model's checks. A read-only run directory gets no cache written."""
 
     def compute_tracks(ids: list[str]) -> np.ndarray:
         predict = lambda segments: run.predict(segments, batch_size)  # noqa: E731
@@ -366,7 +364,7 @@ def embed(
         run.labels if run.is_embedding else None,
         lambda: label_embeddings(run, run.labels),
         force=force,
-        write=write_cache,
+        write=os.access(run.run_dir, os.W_OK),  # a read-only (archived, shared) run: no cache
     )
 
 
@@ -520,9 +518,7 @@ def evaluate_run(
             raise EvaluationError(
                 f"no test track has a mel spectrogram in {run.mels_path}; rebuild the store."
             )
-        track_emb, label_emb, info = embed(
-            run, store, needed, force, batch_size, progress, write_cache=writable
-        )
+        track_emb, label_emb, info = embed(run, store, needed, force, batch_size, progress)
     if not run.finished:
         notes.append(
             f"training has not finished (no {config.SUMMARY_FILE}: still running, or interrupted):"

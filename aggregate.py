@@ -14,6 +14,11 @@ their records stay apart, told apart by a short "variant" label naming the setti
         [low, high];
     std and ci95 null for n = 1), evaluated / skipped (one count per run).
 
+Only finished runs (with train_summary.json) are collected: unfinished ones are left out with a
+note, or with --include-unfinished kept apart (variant "training=unfinished"). Each run's records
+come from protocol.gather_runs, which refuses a run whose data changed since training (a dataset
+rebuilt in place), so runs on different data never meet here.
+
 Paired comparison (evaluate.py --compare RUN_A RUN_B). Two systems scored on the same test setup and
 split differ, per metric, by mean(A's values) - mean(B's values) over the rows (test tracks for
 annotation, test labels for retrieval) defined in both; its 95% interval is the 2.5th and 97.5th

@@ -68,9 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--collect",
         nargs="+",
         metavar="RUN_DIR",
-        help="several run directories merged into one "
-        "set of tables; runs with a results.json are reused unless --force. Runs that differ "
-        "only in their seeds are aggregated: mean +- 95%% t-interval (aggregate.py).",
+        help="several run directories merged into one set of tables; a run's results.json is "
+        "reused when it was computed from the run's model.keras, config.json and data as they are "
+        "now (else, or with --force, the run is evaluated again). Finished runs that differ only "
+        "in their seeds are aggregated: mean +- 95%% t-interval (aggregate.py).",
     )
     where.add_argument(
         "--compare",

@@ -328,11 +328,17 @@ def compare(
     **evaluate_kwargs,
 ) -> tuple[list[dict], list[str]]:
     """evaluate.py --compare: compare_runs of two run directories, evaluated first where they have
-    no scores/."""
+    no scores/ or their results.json is not current; a note names a run whose training has not
+    finished."""
     _check_resamples(resamples)  # before any evaluation
     per_run, notes = gather_runs([run_a, run_b], force, **{**evaluate_kwargs, "save": True})
     rows, more = compare_runs(per_run, resamples, seed)
-    return rows, notes + more
+    unfinished = [
+        f"{run}: training has not finished (no {config.SUMMARY_FILE}): compared as it is so far."
+        for run in per_run
+        if is_unfinished(run)
+    ]
+    return rows, notes + unfinished + more
 
 
 def compare_runs(

@@ -21,7 +21,7 @@ import tempfile
 import h5py
 import numpy as np
 import pytest
-from test_aggregate import result, write_external
+from test_aggregate import compare_world, result, write_external
 from test_aggregate import write_run as write_finished_run
 from test_evaluate import (
     SIDE,
@@ -252,6 +252,16 @@ def test_collect_leaves_unfinished_runs_out_or_keeps_them_apart(tmp_path):
     ]
     per_run, _ = aggregate.collect([*finished, running], include_unfinished=True)
     assert [r.get("variant") for r in per_run] == [None, None, "training=unfinished"]
+
+
+def test_compare_names_an_unfinished_run(tmp_path):
+    run_a, run_b, _ = compare_world(tmp_path, np.random.default_rng(2))
+    (run_b / config.SUMMARY_FILE).unlink()
+    write_results(run_b, json.loads((run_b / "results.json").read_text()))
+    rows, notes = aggregate.compare(run_a, run_b, resamples=20)
+    assert rows and [n for n in notes if "training has not finished" in n] == [
+        f"{run_b}: training has not finished (no train_summary.json): compared as it is so far."
+    ]
 
 
 def test_runs_on_a_dataset_rebuilt_in_place_are_never_averaged(world, tmp_path):

@@ -296,7 +296,11 @@ def results(args) -> tuple[str, list[str]]:
         return tables.render_comparison(rows, fmt=args.format), notes
     if args.collect:
         records, notes = aggregate.collect(
-            args.collect, args.force, not args.per_run, args.include_unfinished, **kwargs
+            args.collect,
+            force=args.force,
+            aggregated=not args.per_run,
+            include_unfinished=args.include_unfinished,
+            **kwargs,
         )
     elif args.external:
         records, notes = external.evaluate_external(

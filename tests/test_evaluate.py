@@ -687,6 +687,7 @@ def test_error_word_without_a_vector(world, capsys):
         (["--query", "jazz", "--collect", "RUN"], "use --run-dir, not --collect"),
         (["--query", "jazz", "--top", "0"], "--top must be >= 1"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--include-unfinished"], "--include-unfinished: used with --collect only"),
         (["--annotate", "AUDIO", "--max-seconds", "-5"], "--max-seconds must be a positive number"),
         (["--annotate", "AUDIO", "--max-seconds", "0"], "--max-seconds must be a positive number"),
         (

@@ -14,6 +14,11 @@ their records stay apart, told apart by a short "variant" label naming the setti
         [low, high];
     std and ci95 null for n = 1), evaluated / skipped (one count per run).
 
+Only finished runs (with train_summary.json) are collected: unfinished ones are left out with a
+note, or with --include-unfinished kept apart (variant "training=unfinished"). Each run's records
+come from protocol.gather_runs, which refuses a run whose data changed since training (a dataset
+rebuilt in place), so runs on different data never meet here.
+
 Paired comparison (evaluate.py --compare RUN_A RUN_B). Two systems scored on the same test setup and
 split differ, per metric, by mean(A's values) - mean(B's values) over the rows (test tracks for
 annotation, test labels for retrieval) defined in both; its 95% interval is the 2.5th and 97.5th
@@ -58,9 +63,11 @@ COUNT_FIELDS = ("evaluated", "skipped")
 def run_identity(run_dir) -> tuple[dict, tuple]:
     """(settings, seeds) of a run directory. settings: what makes it another experiment, i.e.
     config.json's training choices except the seeds and the fields that change nothing in the model,
-    plus the dataset directory (config's "dataset" may spell it as a name or a path). seeds: (init
-    seed, the split file's sha256). An external model's folder: settings (its name, dataset
-    directory, --allow-missing), seeds (None, its split)."""
+    plus the dataset directory (config's "dataset" may spell it as a name or a path) and whether
+    training has finished ("training": finished / unfinished). seeds: (init seed, the split file's
+    sha256). An external model's folder: settings (its name, dataset directory, the annotations it
+    was scored on, --allow-missing), seeds (None, its split). Runs on other data than their dataset
+    directory holds now never get here: protocol.gather_runs refuses them."""
     run_dir = Path(run_dir)
     if is_external(run_dir):
         meta = _read_json(run_dir / EXTERNAL_FILE)
@@ -68,6 +75,7 @@ def run_identity(run_dir) -> tuple[dict, tuple]:
         settings = {
             "external": meta.get("name"),
             "dataset_dir": meta.get("dataset_dir"),
+            "annotations": meta.get("annotations_sha256"),
             "allow_missing": meta.get("allow_missing"),
         }
         # no split recorded: never a repeat
@@ -76,10 +84,17 @@ def run_identity(run_dir) -> tuple[dict, tuple]:
     dropped = set(SEED_FIELDS + config.NO_EFFECT_FIELDS + ("dataset",))
     settings = {key: value for key, value in meta["config"].items() if key not in dropped}
     settings["dataset_dir"] = str(Path(meta["dataset_dir"]).resolve())
+    settings["training"] = "unfinished" if is_unfinished(run_dir) else "finished"
     return settings, (
         meta["config"].get("seed"),
         meta["checksums"].get("split") or meta["split_path"],
     )
+
+
+def is_unfinished(run_dir) -> bool:
+    """A training run without train_summary.json: still training, or interrupted (an external
+    model's result folder is never unfinished)."""
+    return not is_external(run_dir) and not (Path(run_dir) / config.SUMMARY_FILE).is_file()
 
 
 def variant_labels(settings: dict[Path, dict]) -> dict[Path, str]:
@@ -202,7 +217,7 @@ def aggregate_runs(per_run: dict[Path, list[dict]]) -> tuple[list[dict], list[st
 def label_runs(per_run: dict[Path, list[dict]]) -> tuple[list[dict], list[str]]:
     """Each run's records as they are (evaluate.py --collect --per-run); those of runs that share a
     setup (e.g. two seeds of one setup) get a "run" field, the run directory's name, so that the
-    tables show them side by side."""
+    tables show them side by side; those of an unfinished run its mark (unfinished_mark)."""
     key = lambda record: tuple(record.get(k) for k in KEY_FIELDS)  # noqa: E731
     runs_of = Counter(k for records in per_run.values() for k in {key(r) for r in records})
     shared = {run for run, records in per_run.items() if any(runs_of[key(r)] > 1 for r in records)}
@@ -216,18 +231,38 @@ def label_runs(per_run: dict[Path, list[dict]]) -> tuple[list[dict], list[str]]:
         else []
     )
     return [
-        {**r, "run": run.name} if run in shared else dict(r)
+        {**r, **({"run": run.name} if run in shared else {}), **unfinished_mark(run)}
         for run, records in per_run.items()
         for r in records
     ], notes
 
 
-def collect(run_dirs, force: bool = False, aggregated: bool = False, **evaluate_kwargs):
+def unfinished_mark(run_dir) -> dict:
+    """The "variant" that marks the records of an unfinished run in the tables."""
+    return {"variant": "training=unfinished"} if is_unfinished(run_dir) else {}
+
+
+def collect(
+    run_dirs,
+    force: bool = False,
+    aggregated: bool = False,
+    include_unfinished: bool = False,
+    **evaluate_kwargs,
+):
     """Records of several runs (protocol.gather_runs): with `aggregated`, runs that differ only in
     their seeds become one record of each metric's mean, std and 95% interval (aggregate_runs);
     otherwise each run's records, those of runs that share a setup told apart by a "run" field
-    (label_runs). Returns (records, notes)."""
+    (label_runs). Unfinished runs (is_unfinished) are left out with a note, or with
+    `include_unfinished` kept apart: their own rows, variant "training=unfinished". Returns
+    (records, notes)."""
     per_run, notes = gather_runs(run_dirs, force, **evaluate_kwargs)
+    if not include_unfinished and (unfinished := [run for run in per_run if is_unfinished(run)]):
+        notes.append(
+            f"left out {len(unfinished)} unfinished run(s) (no {config.SUMMARY_FILE}: still "
+            f"training, or interrupted): {', '.join(map(str, unfinished))}. Let them finish "
+            "(train.py --run-dir resumes one), or pass --include-unfinished to see them apart."
+        )
+        per_run = {run: records for run, records in per_run.items() if run not in unfinished}
     records, more = (aggregate_runs if aggregated else label_runs)(per_run)
     return records, notes + more
 
@@ -293,11 +328,17 @@ def compare(
     **evaluate_kwargs,
 ) -> tuple[list[dict], list[str]]:
     """evaluate.py --compare: compare_runs of two run directories, evaluated first where they have
-    no scores/."""
+    no scores/ or their results.json is not current; a note names a run whose training has not
+    finished."""
     _check_resamples(resamples)  # before any evaluation
     per_run, notes = gather_runs([run_a, run_b], force, **{**evaluate_kwargs, "save": True})
     rows, more = compare_runs(per_run, resamples, seed)
-    return rows, notes + more
+    unfinished = [
+        f"{run}: training has not finished (no {config.SUMMARY_FILE}): compared as it is so far."
+        for run in per_run
+        if is_unfinished(run)
+    ]
+    return rows, notes + unfinished + more
 
 
 def compare_runs(

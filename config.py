@@ -26,6 +26,8 @@ RUNS_ROOT = REPO_ROOT / "runs"
 # The files of a run directory
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
+# a member train.py adds to model.keras (a zip archive): the run's config.json hash
+MODEL_STAMP = "zsl-music-run.json"
 SUMMARY_FILE = "train_summary.json"
 LOG_FILE = "log.csv"
 CURVE_FILE = "training_curve.png"

@@ -10,7 +10,9 @@ no TensorFlow.
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fileio import atomic_write_text, resolved, write_json
+from fileio import atomic_write_text, resolved, sha256_file, write_json
 
 REPO_ROOT = Path(__file__).resolve().parent
 DATA_ROOT = REPO_ROOT / "data"
@@ -314,6 +316,24 @@ def read_side_info(path) -> SideInfo:
     # (n_labels, dim) float32
     vectors = check_finite(frame.iloc[:, 1:].to_numpy(), f"{what} file {path}")
     return SideInfo(labels=frame["label"].tolist(), vectors=vectors, source=str(path))
+
+
+def side_info_sha256(info: SideInfo) -> str:
+    """Order-independent fingerprint of side information: SHA-256 of its label -> vector rows sorted
+    by label (the labels as JSON, then the float32 vectors, little-endian). Rows reordered, or the
+    same float32 values spelled otherwise, give the same digest; any other change gives another."""
+    order = sorted(range(len(info.labels)), key=info.labels.__getitem__)
+    digest = hashlib.sha256(json.dumps([info.labels[i] for i in order]).encode("utf-8"))
+    digest.update(np.ascontiguousarray(info.vectors[order], dtype="<f4").tobytes())  # (n, dim)
+    return digest.hexdigest()
+
+
+def same_content(recorded: str | None, path, content_sha256: str | None) -> bool:
+    """Whether a dataset file still holds what a run recorded of it (config.json "checksums"): its
+    content digest (annotations: splits.annotations_sha256; side information: side_info_sha256),
+    or, as runs trained before content digests recorded, the SHA-256 of the file's bytes. Nothing
+    recorded: nothing to compare."""
+    return not recorded or recorded == content_sha256 or recorded == sha256_file(path)
 
 
 def write_side_info(path, labels, vectors) -> None:

@@ -51,8 +51,11 @@ def track_embedding(predict, segments: np.ndarray) -> np.ndarray:
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Each row of (n, d) `x` divided by its L2 norm (float64; a zero row stays zero)."""
+    """Each row of (n, d) `x` divided by its L2 norm (float64; a zero row stays zero). Each row is
+    first divided by its largest |value|, which changes no direction: the norm of finite rows with
+    huge values (1e200) would otherwise overflow to inf and make them zero."""
     x = np.asarray(x, dtype=np.float64)
+    x = x / np.maximum(np.abs(x).max(axis=1, keepdims=True), np.finfo(np.float64).tiny)  # (n, d)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
@@ -188,6 +191,7 @@ def cached_embeddings(
     label_names=None,
     compute_labels=None,
     force: bool = False,
+    write: bool = True,
 ) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Track embeddings of `track_ids` (and label embeddings of `label_names`), computing only what
     the cache lacks.
@@ -199,6 +203,7 @@ def cached_embeddings(
         label_names, compute_labels: when given, () -> (len(label_names), d), called unless a valid
         cache holds
             exactly these labels.
+        write: False leaves the cache file as it is (a read-only run directory).
 
     Returns:
         ((len(track_ids), d) in the order of `track_ids`, label embeddings or None,
@@ -224,7 +229,7 @@ def cached_embeddings(
         tracks = new if tracks is None else np.concatenate([tracks, new])
     if label_names is not None and not labels_cached:
         labels = np.asarray(compute_labels(), dtype=np.float32)  # (len(label_names), d)
-    if missing or (label_names is not None and not labels_cached):
+    if write and (missing or (label_names is not None and not labels_cached)):
         write_cache(path, fingerprint, list(known), tracks, label_names, labels)
     info = {
         "cached_tracks": len(set(track_ids)) - len(missing),

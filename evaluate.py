@@ -68,9 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--collect",
         nargs="+",
         metavar="RUN_DIR",
-        help="several run directories merged into one "
-        "set of tables; runs with a results.json are reused unless --force. Runs that differ "
-        "only in their seeds are aggregated: mean +- 95%% t-interval (aggregate.py).",
+        help="several run directories merged into one set of tables; a run's results.json is "
+        "reused when it was computed from the run's model.keras, config.json and data as they are "
+        "now (else, or with --force, the run is evaluated again). Finished runs that differ only "
+        "in their seeds are aggregated: mean +- 95%% t-interval (aggregate.py).",
     )
     where.add_argument(
         "--compare",
@@ -90,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--per-run",
         action="store_true",
         help="--collect: one row per run, no aggregation over seeds.",
+    )
+    add(
+        "--include-unfinished",
+        action="store_true",
+        help="--collect: also show runs whose training has not finished (no train_summary.json), "
+        "apart from the finished ones (variant training=unfinished); by default they are left out.",
     )
     add(
         "--resamples",
@@ -205,6 +212,8 @@ def check_flags(args) -> None:
         raise EvaluationError(
             f"--max-seconds must be a positive number of seconds, got {args.max_seconds}."
         )
+    if args.include_unfinished and not args.collect:
+        raise EvaluationError("--include-unfinished: used with --collect only.")
     if case_study_asked(args) and (args.collect or args.compare):
         raise EvaluationError(
             "--query/--annotate/--neighbors work on one run: use --run-dir, not --collect."
@@ -296,7 +305,11 @@ def results(args) -> tuple[str, list[str]]:
         return tables.render_comparison(rows, fmt=args.format), notes
     if args.collect:
         records, notes = aggregate.collect(
-            args.collect, force=args.force, aggregated=not args.per_run, **kwargs
+            args.collect,
+            force=args.force,
+            aggregated=not args.per_run,
+            include_unfinished=args.include_unfinished,
+            **kwargs,
         )
     elif args.external:
         records, notes = external.evaluate_external(
@@ -311,6 +324,7 @@ def results(args) -> tuple[str, list[str]]:
     else:
         run_dir = args.run_dir or config.latest_run_dir()
         records, notes = protocol.evaluate_run(run_dir, force=args.force, **kwargs)
+        records = [{**r, **aggregate.unfinished_mark(run_dir)} for r in records]
     return tables.render_tables(records, fmt=args.format), notes
 
 

@@ -389,7 +389,8 @@ def evaluate_external(
                 "dataset_dir": str(dataset_dir),
                 "source": {"path": str(path), "sha256": sha256_file(path)},
                 "split": {"path": str(split_path), "sha256": sha256_file(split_path)},
-                "annotations_sha256": sha256_file(ds.annotations_path(dataset_dir)),
+                # by content, as config.json's (protocol.external_changes compares it)
+                "annotations_sha256": splits.annotations_sha256(annotations),
                 "file": {
                     "tracks": len(exchange.track_ids),
                     "labels": len(exchange.label_names),

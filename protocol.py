@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -67,7 +68,12 @@ class Run:
     split: dict
     annotations: pd.DataFrame  # track_id,label
     side_info: ds.SideInfo | None  # None: a classification run trained without side information
-    model_sha256: str
+    # what results computed now come from (stale_results): sha256 of model.keras and config.json,
+    # content digests of the data, the mel store's fingerprint
+    provenance: dict
+    finished: bool  # train_summary.json exists: training has ended
+
+    model_sha256 = property(lambda self: self.provenance["model_sha256"])
 
     # "embedding" | "classification"
     model_kind = property(lambda self: self.meta["config"]["model"])
@@ -166,13 +172,13 @@ def read_config(run_dir: Path) -> dict:
     return meta
 
 
-def changes_since_training(run_dir: Path, meta: dict, model_sha256: str) -> list[str]:
-    """What differs from training: files whose sha256 differs from config.json's checksums, a mel
-    store with other statistics, a model.keras that is not the one train_summary.json records (once
-    the run has finished)."""
+def changes_since_training(run_dir: Path, meta: dict, provenance: dict) -> list[str]:
+    """What differs from training, given the run's provenance now (load_run): data whose content
+    differs from config.json's checksums (dataset_dir.same_content), a mel store with other
+    statistics, and (once the run has finished) a model.keras or config.json other than those
+    train_summary.json records."""
     problems = []
     checksums = meta["checksums"]
-    mels = Path(meta["mels_path"])
     summary = run_dir / config.SUMMARY_FILE
     files = {
         "annotations": ds.annotations_path(meta["dataset_dir"]),
@@ -182,37 +188,39 @@ def changes_since_training(run_dir: Path, meta: dict, model_sha256: str) -> list
     for name, path in ((name, Path(path)) for name, path in files.items() if path):
         if not path.is_file():
             problems.append(f"{name} file {path} does not exist")
-        elif checksums.get(name) and sha256_file(path) != checksums[name]:
+        elif not ds.same_content(checksums.get(name), path, provenance[f"{name}_sha256"]):
             problems.append(
-                f"{name} file {path} changed since training (sha256 differs from config.json)"
+                f"{name} file {path} changed since training (its content differs from config.json)"
             )
     try:
-        recorded = (
-            json.loads(summary.read_text(encoding="utf-8")).get("model_sha256")
-            if summary.is_file()
-            else None
-        )
+        recorded = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else {}
+        recorded = {key: recorded.get(key) for key in ("model_sha256", "config_sha256")}
     except (ValueError, UnicodeDecodeError, AttributeError):
-        recorded, problems = None, problems + [f"{summary} is damaged"]
-    if recorded and recorded != model_sha256:
+        recorded, problems = {}, problems + [f"{summary} is damaged"]
+    if recorded.get("model_sha256") not in (None, provenance["model_sha256"]):
         problems.append(
             f"{config.MODEL_FILE} is not the model this run trained (model_sha256 of {summary})"
         )
-    # AudioError naming it when it is missing or damaged
-    with MelStore(mels, in_memory=False) as store:
-        found = {"mean": store.mean, "std": store.std, "n_tracks": len(store)}
-        recorded = checksums.get("mels") or {}
+    elif recorded.get("config_sha256") not in (None, provenance["config_sha256"]):
+        problems.append(
+            f"{config.MODEL_FILE} and {summary.name} belong to another {config.CONFIG_FILE} "
+            f"(config_sha256 of {summary}): copied from another run, or {config.CONFIG_FILE} "
+            "edited after training"
+        )
+    found = provenance["mels"]
+    recorded = checksums.get("mels") or {}
     return problems + [
-        f"mel store {mels}: {key} is {value}, config.json recorded {recorded[key]} (store rebuilt)"
-        for key, value in found.items()
-        if key in recorded and not math.isclose(float(recorded[key]), value, rel_tol=1e-6)
+        f"mel store {meta['mels_path']}: {key} is {found[key]}, config.json recorded "
+        f"{recorded[key]} (store rebuilt)"
+        for key in ("mean", "std", "n_tracks")
+        if key in recorded and not math.isclose(float(recorded[key]), found[key], rel_tol=1e-6)
     ]
 
 
 def load_run(run_dir) -> Run:
     """A run directory (config.json, model.keras) and its data, which must be what the run was
-    trained on (changes_since_training): scores on other data or from another model would be
-    silently wrong."""
+    trained on (changes_since_training), with a model made for this config.json (model_stamp):
+    scores on other data or from another run's model would be silently wrong."""
     run_dir = Path(run_dir).expanduser().resolve()
     meta = read_config(run_dir)
     model_path = run_dir / config.MODEL_FILE
@@ -221,24 +229,64 @@ def load_run(run_dir) -> Run:
             f"{run_dir} has no {config.MODEL_FILE}: training has not saved a model yet "
             f"(let it finish, or resume it with train.py --run-dir {run_dir})."
         )
-    model_sha256 = sha256_file(model_path)
-    if problems := changes_since_training(run_dir, meta, model_sha256):
+    stamp = model_stamp(model_path)
+    annotations = ds.read_annotations(ds.annotations_path(meta["dataset_dir"]))
+    side_info = ds.read_side_info(meta["side_info_path"]) if meta["side_info_path"] else None
+    split_path = Path(meta["split_path"])
+    # AudioError naming it when it is missing or damaged
+    with MelStore(Path(meta["mels_path"]), in_memory=False) as store:
+        mels = embeddings.store_fingerprint(store, meta["mels_path"])
+    provenance = {
+        "model_sha256": sha256_file(model_path),
+        "config_sha256": sha256_file(run_dir / config.CONFIG_FILE),
+        "annotations_sha256": splits.annotations_sha256(annotations),
+        "split_sha256": sha256_file(split_path) if split_path.is_file() else None,
+        "side_info_sha256": side_info and ds.side_info_sha256(side_info),
+        "mels": mels,
+    }
+    problems = changes_since_training(run_dir, meta, provenance)
+    if stamp.get("config_sha256") not in (None, provenance["config_sha256"]):
+        problems.append(
+            f"{config.MODEL_FILE} was trained for another {config.CONFIG_FILE} (its "
+            f"{config.MODEL_STAMP}): copied from another run, or {config.CONFIG_FILE} edited"
+        )
+    if problems:
         raise EvaluationError(
             f"run {run_dir} no longer matches its data: "
             + "; ".join(problems)
             + ". Restore what the run was trained on, or re-train."
         )
-    annotations = ds.read_annotations(ds.annotations_path(meta["dataset_dir"]))
     # the split must be made from these annotations
-    split = splits.load_split(meta["split_path"], annotations)
+    split = splits.load_split(split_path, annotations)
     if meta["config"]["model"] == "classification" and sorted(meta["seen_labels"]) != sorted(
         split["seen"]
     ):
         raise EvaluationError(
             f"{run_dir / config.CONFIG_FILE}: seen_labels differ from the split's seen labels."
         )
-    side_info = ds.read_side_info(meta["side_info_path"]) if meta["side_info_path"] else None
-    return Run(run_dir, meta, split, annotations, side_info, model_sha256)
+    finished = (run_dir / config.SUMMARY_FILE).is_file()
+    return Run(run_dir, meta, split, annotations, side_info, provenance, finished)
+
+
+def model_stamp(path: Path) -> dict:
+    """The stamp train.py adds to a finished run's model.keras ({"config_sha256"}; {} for a model
+    saved during training or before stamps), after checking the zip archive whole: a torn or
+    damaged file is an EvaluationError saying so (Keras would call it "not found")."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if (member := archive.testzip()) is not None:
+                raise zipfile.BadZipFile(f"member {member} fails its CRC check")
+            names = archive.namelist()
+            stamp = (
+                json.loads(archive.read(config.MODEL_STAMP)) if config.MODEL_STAMP in names else {}
+            )
+    except Exception as exc:  # zipfile raises many types for a truncated or damaged archive
+        raise EvaluationError(
+            f"{path} is damaged or unreadable ({exc}): not a complete .keras archive (a torn copy, "
+            "or a crash while it was written). Restore it from a copy of the run; an unfinished "
+            f"run rewrites it when resumed (train.py --run-dir {path.parent}); else re-train."
+        ) from None
+    return stamp if isinstance(stamp, dict) else {}
 
 
 def _load_model(run: Run):
@@ -292,9 +340,8 @@ def embed(
     progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Track embeddings of `track_ids`, label embeddings of run.labels (None: classification model)
-    and the cache
-    info: from embeddings.h5 when it was made from this model and data, so after _load_model's
-        checks."""
+    and the cache info: from embeddings.h5 when it was made from this model and data, so after
+    _load_model's checks. A read-only run directory gets no cache written."""
 
     def compute_tracks(ids: list[str]) -> np.ndarray:
         predict = lambda segments: run.predict(segments, batch_size)  # noqa: E731
@@ -304,10 +351,10 @@ def embed(
 
     made_from = {
         "model_sha256": run.model_sha256,
-        "side_info_sha256": run.meta["checksums"].get("side_info"),
+        "side_info_sha256": run.provenance["side_info_sha256"],
         # as _load_model checks
         "shapes": [run.meta["train"].get(k) for k in ("side_dim", "n_labels")],
-        "store": embeddings.store_fingerprint(store, run.mels_path),
+        "store": run.provenance["mels"],
     }
     return embeddings.cached_embeddings(
         run.run_dir / embeddings.CACHE_FILE,
@@ -317,6 +364,7 @@ def embed(
         run.labels if run.is_embedding else None,
         lambda: label_embeddings(run, run.labels),
         force=force,
+        write=os.access(run.run_dir, os.W_OK),  # a read-only (archived, shared) run: no cache
     )
 
 
@@ -445,11 +493,18 @@ def evaluate_run(
     progress: bool = True,
     label_map: bool = True,
 ) -> tuple[list[dict], list[str]]:
-    """Evaluate one run on every test setup that applies; write results.json (and scores/*.npz with
-    `save`).
-    Returns (records, notes): per (test, task) part "all" (the paper's numbers), plus the (X+Y) GZSL
-        parts."""
-    run = load_run(run_dir)
+    """Evaluate one run (a directory, or the Run load_run made of it) on every test setup that
+    applies; write results.json (and scores/*.npz with `save`) unless the run directory is read-only
+    (an archived or shared run: then nothing is written into it). Returns (records, notes): per
+    (test, task) part "all" (the paper's numbers), plus the (X+Y) GZSL parts; every record says
+    whether training had finished and what it was computed from (Run.provenance)."""
+    run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
+    writable = os.access(run.run_dir, os.W_OK)
+    if save and not writable:
+        raise EvaluationError(
+            f"run directory {run.run_dir} is read-only: --save-scores cannot write {SCORES_DIR}/ "
+            "into it. Evaluate a writable copy of the run."
+        )
     plan, notes = setup_plan(run.model_kind, run.train_setup)
     if not plan:
         raise EvaluationError(
@@ -464,6 +519,12 @@ def evaluate_run(
                 f"no test track has a mel spectrogram in {run.mels_path}; rebuild the store."
             )
         track_emb, label_emb, info = embed(run, store, needed, force, batch_size, progress)
+    if not run.finished:
+        notes.append(
+            f"training has not finished (no {config.SUMMARY_FILE}: still running, or interrupted):"
+            f" these are the results of the {config.MODEL_FILE} saved so far (records: "
+            '"finished": false).'
+        )
     if left_out := ", ".join(f"{test}: {n}" for test, (_, _, n) in members.items() if n):
         notes.append(
             f"tracks without a mel spectrogram in {run.mels_path} (failed decodes?) are left out: "
@@ -475,6 +536,7 @@ def evaluate_run(
         f" computed{' (the cache did not match this run: replaced)' if info['rejected'] else ''}."
     )
     row = {t: i for i, t in enumerate(needed)}
+    identity = {"finished": run.finished, "provenance": run.provenance}
     records = []
     for test, (tracks, labels, _) in members.items():
         scores = setup_scores(run, track_emb[[row[t] for t in tracks]], label_emb, labels)  # (n, m)
@@ -483,11 +545,17 @@ def evaluate_run(
             notes.append(f"wrote {save_scores(run.run_dir, test, scores, truth, tracks, labels)}")
         for task in [task for t, task in plan if t == test]:
             records += [
-                make_record(run, test, task, part, values)
+                {**make_record(run, test, task, part, values), **identity}
                 for part, values in setup_values(
                     test, task, scores, truth, np.isin(labels, run.seen)
                 ).items()
             ]
+    if not writable:
+        return records, notes + [
+            f"run directory {run.run_dir} is read-only (an archived or shared run): "
+            f"{RESULTS_FILE}, {embeddings.CACHE_FILE} and {LABEL_MAP_FILE} are not written; the "
+            "results are only printed."
+        ]
     if label_map and run.is_embedding:
         notes.append(f"wrote {write_label_map(run, label_emb, run.run_dir / LABEL_MAP_FILE)}")
     write_json(run.run_dir / RESULTS_FILE, records)
@@ -562,37 +630,88 @@ def read_results(path: Path) -> list[dict]:
     raise EvaluationError(f"{path} is not a list of result records; rerun with --force.")
 
 
+def stale_results(run: Run, records: list[dict] | None) -> str | None:
+    """Why `records` (the run's results.json; None: there is none) do not describe the run as it is
+    now, or None when every record was computed from this model.keras, config.json and data
+    (Run.provenance: sha256 and content digests, not file times) at this stage of training
+    ("finished")."""
+    if records is None:
+        return f"no {RESULTS_FILE} yet"
+    if not records or not all(isinstance(r.get("provenance"), dict) for r in records):
+        return f"{RESULTS_FILE} does not record what it was computed from (an older version)"
+    differ = {
+        key
+        for r in records
+        for key, value in run.provenance.items()
+        if r["provenance"].get(key) != value
+    }
+    differ.update({"finished"} if any(r.get("finished") != run.finished for r in records) else ())
+    return (
+        f"{RESULTS_FILE} is out of date (its {', '.join(sorted(differ))} differ from the run's now)"
+        if differ
+        else None
+    )
+
+
+def external_changes(run_dir: Path) -> list[str]:
+    """Notes on an external model's result folder whose split or annotations changed since it was
+    scored (external.json); it is never re-evaluated here (its embeddings file may be gone)."""
+    try:
+        meta = json.loads((run_dir / EXTERNAL_FILE).read_text(encoding="utf-8"))
+        files = {
+            "split": (Path(meta["split"]["path"]), meta["split"]["sha256"]),
+            "annotations": (ds.annotations_path(meta["dataset_dir"]), meta["annotations_sha256"]),
+        }
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        return [f"{run_dir}: {EXTERNAL_FILE} is damaged: whether its data is current is unknown."]
+    changed = [
+        f"{name} file {path}"
+        for name, (path, recorded) in files.items()
+        if not path.is_file()
+        or not ds.same_content(
+            recorded,
+            path,
+            splits.annotations_sha256(ds.read_annotations(path)) if name == "annotations" else None,
+        )
+    ]
+    return [
+        f"{run_dir}: the {' and '.join(changed)} changed (or went) since this external model was "
+        "scored: its results describe the old data; score it again (evaluate.py --external)."
+    ] * bool(changed)
+
+
 def gather_runs(
     run_dirs, force: bool = False, **evaluate_kwargs
 ) -> tuple[dict[Path, list[dict]], list[str]]:
-    """{run directory: its records}: a run's results.json when it is newer than model.keras (a
-    resumed training writes a newer model) and has scores/ if asked for, unless `force`; a fresh
-    evaluation otherwise. An external model's result folder (evaluate.py --external: external.json,
-    no model.keras) is never evaluated here."""
+    """{run directory: its records}: a run's results.json when it describes the run as it is now
+    (stale_results: the same model.keras, config.json, data and stage of training, by content) and
+    has scores/ if asked for, unless `force`; a fresh evaluation otherwise. An external model's
+    result folder (evaluate.py --external: external.json, no model.keras) is never evaluated here;
+    a note says when its split or annotations changed since (external_changes)."""
     per_run = {}
     notes = []
     for run_dir in (Path(p).expanduser().resolve() for p in run_dirs):
         results = run_dir / RESULTS_FILE
-        model = run_dir / config.MODEL_FILE
-        fresh = (
-            results.is_file()
-            and model.is_file()
-            and results.stat().st_mtime >= model.stat().st_mtime
-        )
-        reuse = (
-            fresh
-            and not force
-            and (not evaluate_kwargs.get("save") or (run_dir / SCORES_DIR).is_dir())
-        )
-        if reuse or is_external(run_dir):
+        if is_external(run_dir):
             per_run[run_dir] = records = read_results(results)
-            why = (
-                "--force re-evaluates"
-                if reuse
-                else "an external model's results, never re-evaluated"
+            notes.append(
+                f"{run_dir}: reusing {RESULTS_FILE} ({len(records)} records; an external model's "
+                "results, never re-evaluated)"
             )
-            notes.append(f"{run_dir}: reusing {RESULTS_FILE} ({len(records)} records; {why})")
+            notes += external_changes(run_dir)
+            continue
+        run = load_run(run_dir)
+        records = read_results(results) if results.is_file() and not force else None
+        why = "--force" if force else stale_results(run, records)
+        if why is None and evaluate_kwargs.get("save") and not (run_dir / SCORES_DIR).is_dir():
+            why = f"no {SCORES_DIR}/ for --save-scores"
+        if why is None:
+            per_run[run_dir] = records
+            notes.append(
+                f"{run_dir}: reusing {RESULTS_FILE} ({len(records)} records, computed from this "
+                "model.keras, config.json and data; --force re-evaluates)"
+            )
         else:
-            per_run[run_dir], run_notes = evaluate_run(run_dir, force=force, **evaluate_kwargs)
-            notes += [f"{run_dir}: {note}" for note in run_notes]
+            per_run[run_dir], run_notes = evaluate_run(run, force=force, **evaluate_kwargs)
+            notes += [f"{run_dir}: evaluating: {why}"] + [f"{run_dir}: {n}" for n in run_notes]
     return per_run, notes

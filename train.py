@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import platform
 import re
+import shutil
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -44,6 +47,7 @@ from config import (
 from fileio import (
     DISK_FULL,
     OutputError,
+    atomic_write,
     cannot_write,
     claim_folder,
     output_lock,
@@ -324,10 +328,13 @@ def run_record(data: TrainingData) -> dict:
         "side_info_path": side and str(side),
         "mels_path": str(data.mels_path),
         "seen_labels": data.seen_labels,
+        # annotations and side information by content (reordered rows are the same data)
         "checksums": {
-            "annotations": sha256_file(dsio.annotations_path(data.dataset_dir)),
+            "annotations": splits.annotations_sha256(
+                dsio.read_annotations(dsio.annotations_path(data.dataset_dir))
+            ),
             "split": sha256_file(data.split_path),
-            "side_info": side and sha256_file(side),
+            "side_info": side and dsio.side_info_sha256(dsio.read_side_info(side)),
             "mels": dict(data.store_facts),
         },
         "versions": versions(),
@@ -375,7 +382,17 @@ def check_same_run(run_dir: Path, record: dict) -> None:
         for k in sorted(set(old) | set(new))
         if k not in cfg.NO_EFFECT_FIELDS and old.get(k) != new.get(k)
     ]
-    changed += [f"checksum of {k}" for k in sorted(new_sums) if old_sums.get(k) != new_sums.get(k)]
+    # a run trained before content digests recorded the files' bytes: the same bytes are the same
+    files = {
+        "annotations": dsio.annotations_path(record["dataset_dir"]),
+        "side_info": record["side_info_path"],
+    }
+    changed += [
+        f"checksum of {k}"
+        for k in sorted(new_sums)
+        if old_sums.get(k) != new_sums.get(k)
+        and not (files.get(k) and dsio.same_content(old_sums.get(k), files[k], new_sums[k]))
+    ]
     if changed:
         details = "; ".join(
             f"{k}: {old.get(k)!r} -> {new.get(k)!r}" if k in new else k for k in changed
@@ -551,6 +568,9 @@ def finish_run(run_dir: Path, data: TrainingData, backup, seconds: float, extra:
     best = int(np.nanargmin(log["val_loss"]))
     # the epoch model.keras holds
     kept = best if data.config.weights == "best" else len(log["epoch"]) - 1
+    # bind the run's parts: the summary names config.json and the model, the model config.json
+    config_sha256 = sha256_file(run_dir / CONFIG_FILE)
+    stamp_model(run_dir / MODEL_FILE, config_sha256)
     summary = {
         "finished": True,
         "epochs_completed": len(log["epoch"]),
@@ -561,6 +581,7 @@ def finish_run(run_dir: Path, data: TrainingData, backup, seconds: float, extra:
         "model_epoch": int(log["epoch"][kept]),
         "final_loss": log["loss"][-1],
         **extra,
+        "config_sha256": config_sha256,
         "model_sha256": sha256_file(run_dir / MODEL_FILE),
     }
     plot_training_curve(
@@ -572,6 +593,20 @@ def finish_run(run_dir: Path, data: TrainingData, backup, seconds: float, extra:
     write_json(run_dir / SUMMARY_FILE, summary)
     backup.remove()
     return summary
+
+
+def stamp_model(path: Path, config_sha256: str) -> None:
+    """Add config.MODEL_STAMP ({"config_sha256"}) to model.keras, a zip archive whose other members
+    Keras reads by name (it ignores ours): the model then names the config.json it was trained
+    for, and protocol.load_run refuses it in another run. Atomic; kept when already there."""
+
+    def write(tmp: Path) -> None:
+        shutil.copyfile(path, tmp)
+        with zipfile.ZipFile(tmp, "a") as archive:
+            if cfg.MODEL_STAMP not in archive.namelist():
+                archive.writestr(cfg.MODEL_STAMP, json.dumps({"config_sha256": config_sha256}))
+
+    atomic_write(path, write)
 
 
 def main(argv=None) -> int:

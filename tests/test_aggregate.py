@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 
 import numpy as np
 import pytest
+from test_evaluate import build_dataset, write_results, write_summary
+from test_evaluate import write_run as write_tiny_run
 
 import aggregate
 import evaluate
 import metrics
 import protocol
+import splits
 import tables
-from fileio import write_json
+from fileio import sha256_file, write_json
 
 # t(0.975, df), from tables of t
 T975 = {1: 12.706204736174707, 2: 4.302652729749464, 4: 2.7764451051977987}
@@ -48,12 +50,25 @@ def result(
 
 
 def write_run(path, records, seed=0, split="split-0", **settings):
-    """A run directory as train.py + evaluate.py leave it (config.json, model.keras older than
-    results.json)."""
-    path.mkdir(parents=True)
-    cfg = {
+    """A finished run directory as train.py + evaluate.py leave it, on test_evaluate's tiny dataset
+    (one per folder; split "split-N" is its split saved with seed N): config.json, a placeholder
+    model.keras, train_summary.json, and `records` as its results.json with what evaluate.py
+    records beside them (finished, provenance), so that --collect reuses them."""
+    data = path.parent / "tiny"
+    if not data.is_dir():
+        build_dataset(path.parent)
+    split_path = data / "splits" / f"{split}.json"
+    if not split_path.is_file():
+        split_seed = int(split.rsplit("-", 1)[1])
+        splits.save_split(
+            {**splits.load_split(data / "splits" / "split_seed0.json"), "seed": split_seed},
+            split_path,
+        )
+    write_tiny_run(path, data)
+    meta = json.loads((path / "config.json").read_text())
+    meta["config"] = {
         "dataset": "demo",
-        "split": f"/data/{split}.json",
+        "split": str(split_path),
         "train_setup": "(A+B)-X",
         "model": "embedding",
         "side_info": "instrument-count",
@@ -65,23 +80,11 @@ def write_run(path, records, seed=0, split="split-0", **settings):
         "keep_checkpoints": 0,
         **settings,
     }
-    write_json(
-        path / "config.json",
-        {
-            "config": cfg,
-            "dataset": "demo",
-            "dataset_dir": "/data/demo",
-            "split_path": f"/data/{split}.json",
-            "mels_path": "/data/demo/mels.h5",
-            "side_info_path": "/data/demo/side_info/instrument-count.csv",
-            "seen_labels": [],
-            "checksums": {"split": f"sha-{split}"},
-            "train": {},
-        },
-    )
-    (path / "model.keras").write_bytes(b"placeholder")
-    os.utime(path / "model.keras", (1, 1))
-    write_json(path / "results.json", records)
+    meta["split_path"] = str(split_path)
+    meta["checksums"]["split"] = sha256_file(split_path)
+    write_json(path / "config.json", meta)
+    write_summary(path)
+    write_results(path, records)
     return path
 
 
@@ -507,16 +510,16 @@ def test_real_runs_aggregate_and_compare(tmp_path):
     """Two untrained models (init seeds 0 and 1) evaluated for real on test_evaluate's tiny world:
     --collect equals a recomputation from their own results.json, --compare from their own scores/.
     """
-    from test_evaluate import build_dataset, save_model
-    from test_evaluate import write_run as write_real_run
+    from test_evaluate import save_model
 
     data, runs = build_dataset(tmp_path), []
     for seed in (0, 1):
-        run = write_real_run(tmp_path / f"seed{seed}", data)
+        run = write_tiny_run(tmp_path / f"seed{seed}", data)
         meta = json.loads((run / "config.json").read_text())
         meta["config"]["seed"] = seed
         write_json(run / "config.json", meta)
         save_model(run / "model.keras", "embedding", seed=seed)
+        write_summary(run)
         runs.append(run)
     records, _ = aggregate.collect(
         runs, aggregated=True, save=True, progress=False, label_map=False

@@ -11,8 +11,11 @@ model from models.build_*_model and evaluate it for real.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -29,6 +32,7 @@ import evaluate
 import metrics
 import protocol
 import splits
+import train
 from fileio import sha256_file, write_json
 from preprocess import frontend
 from preprocess.frontend import SEGMENT_FRAMES
@@ -175,10 +179,29 @@ def write_run(
         },
     }
     write_json(run_dir / config.CONFIG_FILE, meta)
-    (run_dir / config.MODEL_FILE).write_bytes(
-        b"placeholder: replaced by a real model in the slow tests"
-    )
+    write_placeholder_model(run_dir / config.MODEL_FILE)
     return run_dir
+
+
+def write_summary(run_dir: Path) -> Path:
+    """train_summary.json as train.finish_run writes it when training ends (after stamping the model
+    with config.json's hash)."""
+    config_sha256 = sha256_file(run_dir / config.CONFIG_FILE)
+    train.stamp_model(run_dir / config.MODEL_FILE, config_sha256)
+    summary = {
+        "finished": True,
+        "config_sha256": config_sha256,
+        "model_sha256": sha256_file(run_dir / config.MODEL_FILE),
+    }
+    return write_json(run_dir / config.SUMMARY_FILE, summary)
+
+
+def write_placeholder_model(path: Path) -> Path:
+    """A zip archive that is not a Keras model (a .keras file is one): replaced by a real model in
+    the slow tests."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("placeholder.txt", "replaced by a real model in the slow tests")
+    return path
 
 
 @pytest.fixture
@@ -476,9 +499,20 @@ def fake_record(train="A-X", auc=0.5):
     }
 
 
-def test_collect_reuses_fresh_results_and_tells_twin_runs_apart(world, tmp_path, monkeypatch):
-    import os
+def write_results(run_dir: Path, records: list[dict], finished: bool | None = None) -> Path:
+    """results.json of `records` with what evaluate.py records beside them: whether training had
+    finished (default: as the run is now) and the run's provenance now."""
+    run = protocol.load_run(run_dir)
+    identity = {"finished": run.finished if finished is None else finished}
+    identity["provenance"] = run.provenance
+    return write_json(run_dir / "results.json", [{**r, **identity} for r in records])
 
+
+def test_collect_reuses_results_by_content_and_tells_twin_runs_apart(world, tmp_path, monkeypatch):
+    """Issue 21: results.json is reused when it was computed from this model.keras, config.json and
+    data at this stage of training, whatever the file times; otherwise the run is re-evaluated, the
+    note saying why (the old rule, "newer than model.keras", reused a results.json copied from
+    another run or written while training was still running)."""
     data, first = world
     second = write_run(tmp_path / "second", data)
     third = write_run(tmp_path / "third", data, train_setup="B-X")
@@ -487,8 +521,9 @@ def test_collect_reuses_fresh_results_and_tells_twin_runs_apart(world, tmp_path,
         (second, fake_record(auc=0.75)),
         (third, fake_record("B-X")),
     ):
-        write_json(run_dir / "results.json", [record])
-        os.utime(run_dir / "model.keras", (1, 1))  # older than results.json
+        write_summary(run_dir)
+        write_results(run_dir, [record])
+        os.utime(run_dir / "model.keras")  # newer than results.json: the same model all the same
     records, notes = aggregate.collect([first, second, third])
     # first and second give the same setup: told apart by "run"; third is unique and stays as it
     # was.
@@ -497,19 +532,38 @@ def test_collect_reuses_fresh_results_and_tells_twin_runs_apart(world, tmp_path,
         ("second", 0.75),
         (None, 0.5),
     ]
+    assert all(r["finished"] is True and "provenance" in r for r in records)
     assert any("told apart by a 'run' field" in n for n in notes)
     assert sum("reusing results.json" in n for n in notes) == 3
-    # Re-evaluated when scores are asked for and missing, when --force, and when a resumed training
-    # wrote a newer model than results.json.
     evaluated = []
     monkeypatch.setattr(
-        protocol, "evaluate_run", lambda run_dir, **kwargs: (evaluated.append(kwargs) or [], [])
+        protocol,
+        "evaluate_run",
+        lambda run, **kwargs: (evaluated.append((run.run_dir.name, kwargs)) or [], []),
     )
-    for kwargs in ({"save": True}, {"force": True}):
-        aggregate.collect([first], **kwargs)
-    os.utime(first / "model.keras")
-    aggregate.collect([first])
-    assert evaluated == [{"force": False, "save": True}, {"force": True}, {"force": False}]
+
+    def reason(run_dir, **kwargs):
+        _, notes = aggregate.collect([run_dir], **kwargs)
+        return next(n.split("evaluating: ")[1] for n in notes if "evaluating: " in n)
+
+    assert reason(first, save=True) == "no scores/ for --save-scores"
+    assert reason(first, force=True) == "--force"
+    shutil.copyfile(second / "results.json", first / "results.json")  # another run's results
+    assert "config_sha256" in reason(first) and "model_sha256" in reason(first)
+    write_json(first / "results.json", [fake_record()])  # written before provenance was recorded
+    assert (
+        reason(first) == "results.json does not record what it was computed from (an older version)"
+    )
+    write_results(first, [fake_record()], finished=False)  # while training was still running
+    assert reason(first) == "results.json is out of date (its finished differ from the run's now)"
+    unfinished = write_run(tmp_path / "unfinished", data)
+    write_results(unfinished, [fake_record()])
+    with zipfile.ZipFile(unfinished / "model.keras", "a") as model:  # training saved a better one
+        model.writestr("epoch.txt", "7")
+    assert reason(unfinished) == (
+        "results.json is out of date (its model_sha256 differ from the run's now)"
+    )
+    assert [name for name, _ in evaluated] == ["run"] * 6 + ["unfinished"]
     write_json(second / "results.json", {"not": "a list"})
     with pytest.raises(protocol.EvaluationError, match="not a list of result records"):
         aggregate.collect([second])
@@ -633,6 +687,7 @@ def test_error_word_without_a_vector(world, capsys):
         (["--query", "jazz", "--collect", "RUN"], "use --run-dir, not --collect"),
         (["--query", "jazz", "--top", "0"], "--top must be >= 1"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--include-unfinished"], "--include-unfinished: used with --collect only"),
         (["--annotate", "AUDIO", "--max-seconds", "-5"], "--max-seconds must be a positive number"),
         (["--annotate", "AUDIO", "--max-seconds", "0"], "--max-seconds must be a positive number"),
         (
@@ -881,11 +936,18 @@ def test_error_model_that_does_not_fit_the_config(
 
 @pytest.mark.slow
 def test_collect_merges_runs_and_prints_tables(trained, tmp_path, capsys):
+    """Issue 21 too: --collect averages finished runs only; an unfinished one (the trained fixture
+    has no train_summary.json) is left out with a note, or with --include-unfinished shown apart,
+    its rows marked "training=unfinished"."""
     copy = write_run(tmp_path / "second", trained["data"], train_setup="(A+B)-X")
     (copy / config.MODEL_FILE).write_bytes((trained["run_dir"] / config.MODEL_FILE).read_bytes())
-    code, out, err = run_main(
-        ["--collect", str(trained["run_dir"]), str(copy), "--format", "table"], capsys
-    )
+    write_summary(copy)
+    argv = ["--collect", str(trained["run_dir"]), str(copy)]
+    code, out, err = run_main(argv + ["--format", "json"], capsys)
+    assert code == 0, err
+    assert {r["train"] for r in json.loads(out)} == {"(A+B)-X"}
+    assert "left out 1 unfinished run(s) (no train_summary.json" in err
+    code, out, err = run_main(argv + ["--include-unfinished", "--format", "table"], capsys)
     assert code == 0, err
     assert (
         "Table 2" in out
@@ -893,11 +955,13 @@ def test_collect_merges_runs_and_prints_tables(trained, tmp_path, capsys):
         and "(A+B)-X" in out
         and "generalized zero-shot" in out
     )
+    assert "training=unfinished" in out and "training=finished" in out
     assert "reusing results.json" in err
     merged = json.loads((copy / "results.json").read_text())
     assert {r["train"] for r in merged} == {"(A+B)-X"} and not any(
         r["test"] == "B-X" for r in merged
     )
+    assert all(r["finished"] is True for r in merged)
 
 
 @pytest.mark.slow

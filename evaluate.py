@@ -33,6 +33,7 @@ import config
 import dataset_dir as ds
 import external
 import protocol
+import report
 import splits
 import tables
 from fileio import OutputError
@@ -108,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=tables.FORMATS,
         default="table",
         help="output format of tables and case studies.",
+    )
+    add(
+        "--report",
+        metavar="FILE.html",
+        help="--collect: also write one self-contained results page (forest plots against the "
+        "paper, the tables, per-label AUC of the unseen labels, training curves, label maps; "
+        "evaluates with --save-scores).",
     )
     add(
         "--save-scores",
@@ -208,6 +216,12 @@ def check_flags(args) -> None:
         raise EvaluationError(
             "--export-embeddings exports one run (--run-dir), not several or an external model."
         )
+    if args.report and (not args.collect or args.per_run):
+        raise EvaluationError(
+            "--report needs --collect RUN... (aggregated over seeds: no --per-run)."
+        )
+    if args.report:
+        report.check_path(args.report)
     if args.external and not args.dataset:
         raise EvaluationError(
             "--external needs --dataset: the dataset directory whose split scores the file."
@@ -276,7 +290,7 @@ def results(args) -> tuple[str, list[str]]:
     """The tables of --compare, --collect, --external or one run (--run-dir / the latest), and the
     notes."""
     kwargs = {
-        "save": args.save_scores,
+        "save": args.save_scores or bool(args.report),  # the page's per-label AUC reads scores/
         "batch_size": args.batch_size,
         "progress": not args.no_progress,
     }
@@ -289,6 +303,8 @@ def results(args) -> tuple[str, list[str]]:
         records, notes = aggregate.collect(
             args.collect, force=args.force, aggregated=not args.per_run, **kwargs
         )
+        if args.report:
+            notes.append(f"wrote {report.write_report(args.report, records, notes)}")
     elif args.external:
         records, notes = external.evaluate_external(
             args.external,

@@ -87,6 +87,7 @@ def build_page(records: list[dict], notes: list[str]) -> str:
     names = {str(run.relative_to(root)): run for run in runs}  # run directories by short name
     paper = tables.paper_index()
     per_label = per_label_auc(records)
+    logs = {name: run for name, run in names.items() if (run / config.LOG_FILE).is_file()}
     body = [
         f"<h1>Zero-shot music tagging: results of {len(runs)} runs</h1>",
         "<h2>1. What was run</h2>",
@@ -121,7 +122,7 @@ def build_page(records: list[dict], notes: list[str]) -> str:
         _per_label_figure(per_label) if per_label else "<p>No retrieval scores to show.</p>",
         "<h2>5. Training</h2><p class=note>Loss and val_loss per epoch (log.csv); dashed line: "
         "the epoch model.keras holds (train_summary.json).</p>",
-        _curves({name: run for name, run in names.items() if (run / config.LOG_FILE).is_file()}),
+        _curves(logs) if logs else "<p>No run has a log.csv.</p>",
         "<h3>Label maps</h3><div class=grid>"
         + "".join(
             f"<figure>{_img((run / LABEL_MAP_FILE).read_bytes())}"
@@ -146,6 +147,8 @@ def _what_was_run(names: dict[str, Path]) -> str:
     facts = pd.DataFrame(
         {name: _facts(run) for name, run in names.items() if (run / config.CONFIG_FILE).is_file()}
     )
+    if facts.empty:
+        return "<p>No training run among them (external models only).</p>"
     same = facts.T.astype(str).nunique() <= 1
     return (
         "<h4>The same in every run</h4><ul class=facts>"
@@ -231,6 +234,8 @@ def _forest(block: dict, paper: dict) -> str:
         ax.plot([cell["paper"]], [rows.index(_row(record))], "D", mfc="white", mec="black")
         ax.set_title(cell["metric"])
         ax.grid(axis="x", alpha=0.3)
+    for ax in axes:  # the metrics' range: an interval that leaves it runs to the edge
+        ax.set_xlim(max(0, ax.get_xlim()[0]), min(1, ax.get_xlim()[1]))
     axes[0].set(yticks=range(len(rows)), yticklabels=rows, ylim=(len(rows) - 0.5, -0.5))
     handles = [Line2D([], [], color=f"C{i}", marker="o", label=s) for i, s in enumerate(series)] + [
         Line2D([], [], color="grey", lw=5, alpha=0.7, label="95% confidence interval of our mean"),
@@ -285,8 +290,8 @@ def _per_label_figure(values: dict) -> str:
 # Small multiples: loss and val_loss of every run with a log.csv, the epoch of model.keras marked
 # (train_summary.json; none while a run is unfinished).
 def _curves(logs: dict[str, Path]) -> str:
-    columns = max(1, min(4, len(logs)))
-    rows = max(1, -(-len(logs) // columns))
+    columns = min(4, len(logs))
+    rows = -(-len(logs) // columns)
     axes = _subplots(rows, columns, (3.4 * columns, 2.4 * rows))
     for ax, (name, run) in zip(axes.flat, logs.items(), strict=False):
         log = pd.read_csv(run / config.LOG_FILE)

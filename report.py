@@ -59,7 +59,7 @@ def check_path(path) -> Path:
     module never overwrites another file)."""
     path = Path(path).expanduser().resolve()
     if path.suffix != ".html" or (
-        path.exists() and GENERATOR not in path.read_text(errors="replace")
+        path.exists() and not (path.is_file() and GENERATOR in path.read_text(errors="replace"))
     ):
         raise OutputError(
             f"report {path}: "
@@ -125,7 +125,8 @@ def build_page(records: list[dict], notes: list[str]) -> str:
         _curves(logs) if logs else "<p>No run has a log.csv.</p>",
         "<h3>Label maps</h3><div class=grid>"
         + "".join(
-            f"<figure>{_img((run / LABEL_MAP_FILE).read_bytes())}"
+            f"<figure><img alt='' src='data:image/png;base64,"
+            f"{base64.b64encode((run / LABEL_MAP_FILE).read_bytes()).decode()}'>"
             f"<figcaption>{html.escape(name)}</figcaption></figure>"
             for name, run in names.items()
             if (run / LABEL_MAP_FILE).is_file()
@@ -172,7 +173,9 @@ def _facts(run: Path) -> dict:
         **{k: v for k, v in meta["config"].items() if k not in ("dataset", "split", "run_dir")},
         "split file": Path(meta["split_path"]).name,
         "epochs run": summary.get("epochs_completed", "unfinished"),
-        "model.keras from epoch": summary.get("model_epoch", -2) + 1,  # -1: not recorded yet
+        "model.keras from epoch": summary["model_epoch"] + 1
+        if "model_epoch" in summary
+        else "unfinished",
         **{f"sha256 {k}": str(v)[:16] for k, v in meta["checksums"].items() if k != "mels"},
         "mel store": ", ".join(f"{k} {v:.6g}" for k, v in meta["checksums"]["mels"].items()),
         **meta.get("versions", {}),
@@ -205,12 +208,12 @@ def _row(r: dict) -> str:
     return f"{r['train']}  {r['test']}  {'' if r['part'] == 'all' else r['part']}"
 
 
+# A table's records as a forest plot (CAPTION); setups whose values are all n/a are left out.
 def _forest(block: dict, paper: dict) -> str:
-    """A table's records as a forest plot (CAPTION); setups whose values are all n/a left out."""
     from matplotlib.lines import Line2D
 
-    columns = dict.fromkeys(block["frame"].columns.get_level_values(0))
-    names = [m for m in columns if tables.METRIC_PATTERN.match(m)]
+    columns = block["frame"].columns.get_level_values(0)
+    names = [m for m in dict.fromkeys(columns) if tables.METRIC_PATTERN.match(m)]
     points = [
         (record, cell)
         for record in tables._sorted(block["records"], block["table"])
@@ -256,8 +259,9 @@ def per_label_auc(records: list[dict]) -> dict:
     zero_shot = {("retrieval", "all", test) for test in splits.RETRIEVAL_TESTS}
     for record in (r for r in records if (r["task"], r["part"], r["test"]) in zero_shot):
         per_label = values.setdefault((record["dataset"], _series(record), record["test"]), {})
-        scores = (_scores_by_test(Path(run)).get(record["test"]) for run in record["runs"])
-        for path in filter(None, scores):
+        for path in filter(
+            None, (_scores_by_test(Path(r)).get(record["test"]) for r in record["runs"])
+        ):
             with np.load(path, allow_pickle=False) as npz:
                 auc = metrics.per_label_metrics(npz["scores"], npz["labels"])["AUC-l"]  # (m,)
                 names = npz["label_names"].tolist()
@@ -296,8 +300,8 @@ def _curves(logs: dict[str, Path]) -> str:
     for ax, (name, run) in zip(axes.flat, logs.items(), strict=False):
         log = pd.read_csv(run / config.LOG_FILE)
         ax.plot(log["epoch"] + 1, log[["loss", "val_loss"]], label=["loss", "val_loss"])
-        kept = _read_json(run / config.SUMMARY_FILE).get("model_epoch")
-        ax.axvline(-1 if kept is None else kept + 1, color="black", ls="--", label="model.keras")
+        kept = _read_json(run / config.SUMMARY_FILE).get("model_epoch", -2) + 1  # -1: unfinished
+        ax.axvline(kept, color="black", ls="--", label="model.keras")
         ax.set(title=name, xlabel="epoch", xlim=(0.5, len(log) + 0.5))
     for ax in axes.flat[len(logs) :]:
         ax.axis("off")
@@ -316,11 +320,9 @@ def _subplots(rows: int, columns: int, size: tuple, **shared):
 def _png(axes) -> str:
     buffer = io.BytesIO()
     np.ravel(axes)[0].figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return _img(buffer.getvalue())
-
-
-def _img(png: bytes) -> str:
-    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+    return (
+        f"<img alt='' src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
+    )
 
 
 def _read_json(path: Path) -> dict:

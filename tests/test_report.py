@@ -291,6 +291,7 @@ def test_prediction_intervals_are_drawn_when_a_record_has_them(runs):
 def test_report_path_is_checked_before_anything_runs(runs, tmp_path, capsys):
     mine = tmp_path / "mine.html"
     mine.write_text("<html>my notes</html>", encoding="utf-8")
+    (tmp_path / "folder.html").mkdir()
     for argv, message in (
         (
             ["--run-dir", str(runs[0]), "--report", str(tmp_path / "a.html")],
@@ -302,6 +303,10 @@ def test_report_path_is_checked_before_anything_runs(runs, tmp_path, capsys):
         ),
         (["--collect", str(runs[0]), "--report", str(tmp_path / "a.txt")], "must end with .html"),
         (["--collect", str(runs[0]), "--report", str(mine)], "exists and is not a results page"),
+        (
+            ["--collect", str(runs[0]), "--report", str(tmp_path / "folder.html")],
+            "is not a results",
+        ),
     ):
         code, _, err = run_main(argv, capsys)
         assert_clean_error(code, err, message)

@@ -5,6 +5,8 @@ command.
     python evaluate.py --run-dir runs/X --save-scores   # + scores/<setup>.npz per test setup
     python evaluate.py --collect runs/A runs/B runs/C   # several runs merged; seeds aggregated
         (mean +- 95% CI)
+    python evaluate.py --collect runs/A runs/B --report results.html   # + one self-contained
+        results page (report.py)
     python evaluate.py --compare runs/A runs/B          # A - B per metric, 95% paired bootstrap
         interval
     python evaluate.py --run-dir runs/X --query guitar --annotate song.mp3 --neighbors lovely  #

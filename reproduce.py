@@ -14,9 +14,9 @@ with weights and sampling seeded by s too: the split's generator and Keras' are 
 number serves both. Run OUT/<side-info>/seed<s> is trained by train.py's `run`, in this process:
 rerunning the command skips the finished runs and resumes an interrupted one after its last finished
 epoch. Every other flag is train.py's, with its default. Training's progress goes to stderr, the
-tables to stdout (--format json for scripts). Without --side-info the embedding model trains with
-every kind of PAPER_SIDE_INFO the dataset has (FMA: both instrument flavours, since the paper does
-not say which one made its tables; MSD: glove).
+tables to stdout (--format json for scripts), the results page to OUT/report.html (report.py).
+Without --side-info the embedding model trains with every kind of PAPER_SIDE_INFO the dataset has
+(FMA: both instrument flavours, since the paper does not say which one made its tables; MSD: glove).
 """
 
 from __future__ import annotations

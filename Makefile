@@ -14,7 +14,7 @@ LOCK := requirements-lock.txt
 
 help:
 	@echo "make demo   - install (once), build the demo corpus, train (instrument + random side info, seeds $(DEMO_SEEDS)),"
-	@echo "              evaluate, print the tables with 95% confidence intervals"
+	@echo "              evaluate, print the tables with 95% confidence intervals, write $(DEMO_RUNS)/report.html"
 	@echo "make test   - install (once) and run the test suite"
 	@echo "make test-fast - the test suite without the slow tests"
 	@echo "make lint   - ruff check and ruff format --check (CI runs it before the tests)"
@@ -35,11 +35,12 @@ demo-data: $(STAMP)
 
 # Trains the paper's default setup ((A+B)-X, deep embedding model) with instrument side information and with the
 # random baseline, once per seed (split and initialization), DEMO_EPOCHS epochs each to stay within ~5 minutes on
-# 2 cores, then prints Tables 2-3 as mean +- 95% CI over the seeds. Rerunning resumes/reuses finished runs
-# (runs/demo/<side-info>/seed<s>); `make clean-demo` resets.
+# 2 cores, then prints Tables 2-3 as mean +- 95% CI over the seeds and writes the results page runs/demo/report.html.
+# Rerunning resumes/reuses finished runs (runs/demo/<side-info>/seed<s>); `make clean-demo` resets.
 demo: demo-data
 	$(PY) reproduce.py --dataset demo --side-info instrument-count random --seeds $(DEMO_SEEDS) \
 		--epochs $(DEMO_EPOCHS) --verbose 2 --out $(DEMO_RUNS)
+	@echo "Results page: $(DEMO_RUNS)/report.html (one self-contained file: open it in a web browser)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -5,6 +5,8 @@ command.
     python evaluate.py --run-dir runs/X --save-scores   # + scores/<setup>.npz per test setup
     python evaluate.py --collect runs/A runs/B runs/C   # several runs merged; seeds aggregated
         (mean +- 95% CI)
+    python evaluate.py --collect runs/A runs/B --report results.html   # + one self-contained
+        results page (report.py)
     python evaluate.py --compare runs/A runs/B          # A - B per metric, 95% paired bootstrap
         interval
     python evaluate.py --run-dir runs/X --query guitar --annotate song.mp3 --neighbors lovely  #
@@ -33,6 +35,7 @@ import config
 import dataset_dir as ds
 import external
 import protocol
+import report
 import splits
 import tables
 from fileio import OutputError, resolved
@@ -115,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=tables.FORMATS,
         default="table",
         help="output format of tables and case studies.",
+    )
+    add(
+        "--report",
+        metavar="FILE.html",
+        help="--collect: also write one self-contained results page (forest plots against the "
+        "paper, the tables, per-label AUC of the unseen labels, training curves, label maps; "
+        "evaluates with --save-scores).",
     )
     add(
         "--save-scores",
@@ -226,6 +236,12 @@ def check_flags(args) -> None:
         raise EvaluationError(
             "--export-embeddings exports one run (--run-dir), not several or an external model."
         )
+    if args.report and (not args.collect or args.per_run):
+        raise EvaluationError(
+            "--report needs --collect RUN... (aggregated over seeds: no --per-run)."
+        )
+    if args.report:
+        report.check_path(args.report)
     if args.external and not args.dataset:
         raise EvaluationError(
             "--external needs --dataset: the dataset directory whose split scores the file."
@@ -294,7 +310,7 @@ def results(args) -> tuple[str, list[str]]:
     """The tables of --compare, --collect, --external or one run (--run-dir / the latest), and the
     notes."""
     kwargs = {
-        "save": args.save_scores,
+        "save": args.save_scores or bool(args.report),  # the page's per-label AUC reads scores/
         "batch_size": args.batch_size,
         "progress": not args.no_progress,
     }
@@ -311,6 +327,8 @@ def results(args) -> tuple[str, list[str]]:
             include_unfinished=args.include_unfinished,
             **kwargs,
         )
+        if args.report:
+            notes.append(f"wrote {report.write_report(args.report, records, notes)}")
     elif args.external:
         records, notes = external.evaluate_external(
             args.external,

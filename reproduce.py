@@ -14,9 +14,9 @@ with weights and sampling seeded by s too: the split's generator and Keras' are 
 number serves both. Run OUT/<side-info>/seed<s> is trained by train.py's `run`, in this process:
 rerunning the command skips the finished runs and resumes an interrupted one after its last finished
 epoch. Every other flag is train.py's, with its default. Training's progress goes to stderr, the
-tables to stdout (--format json for scripts). Without --side-info the embedding model trains with
-every kind of PAPER_SIDE_INFO the dataset has (FMA: both instrument flavours, since the paper does
-not say which one made its tables; MSD: glove).
+tables to stdout (--format json for scripts), the results page to OUT/report.html (report.py).
+Without --side-info the embedding model trains with every kind of PAPER_SIDE_INFO the dataset has
+(FMA: both instrument flavours, since the paper does not say which one made its tables; MSD: glove).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 import aggregate
 import config as cfg
 import dataset_dir as dsio
+import report
 import splits
 import tables
 import train
@@ -40,6 +41,7 @@ from protocol import EvaluationError
 PAPER_SIDE_INFO = ("instrument-count", "instrument-confidence", "glove")
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 # train.py flags this command sets per run
+REPORT_FILE = "report.html"  # OUT/report.html: the results page (report.py)
 SET_HERE = ("seed", "split_seed", "split", "side_info", "run_dir")
 
 
@@ -109,11 +111,12 @@ def train_all(configs: list[cfg.TrainConfig]) -> list[Path]:
     return done
 
 
-def print_tables(run_dirs: list[Path], fmt: str) -> int:
-    """The runs' tables with the mean and 95% interval over seeds (evaluate.py --collect RUN...);
-    notes to stderr."""
+def print_tables(run_dirs: list[Path], fmt: str, page: Path) -> int:
+    """The runs' tables with the mean and 95% interval over seeds (evaluate.py --collect RUN...
+    --report PAGE); notes to stderr."""
     try:
-        records, notes = aggregate.collect(run_dirs, aggregated=True)
+        records, notes = aggregate.collect(run_dirs, aggregated=True, save=True)
+        notes.append(f"wrote {report.write_report(page, records, notes)} (open it in a browser)")
     except (EvaluationError, dsio.DatasetError, splits.SplitError, AudioError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -183,7 +186,7 @@ def main(argv=None) -> int:
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return print_tables(run_dirs, args.format)
+    return print_tables(run_dirs, args.format, Path(args.out).expanduser() / REPORT_FILE)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +21,7 @@ from metrics import harmonic_mean
 
 PAPER_TABLES_PATH = Path(__file__).resolve().parent / "reference" / "paper_tables.csv"
 FORMATS = ("table", "markdown", "csv", "json")
+MAX_WIDTH = 160  # characters of a printed table (format "table")
 GZSL_PARTS = ("seen", "unseen", "harmonic")
 IDENTITY_KEYS = ("dataset", "model", "side_info", "train", "test", "task")
 PAPER_KEYS = ("dataset", "model", "train", "test", "task", "metric")  # a published cell
@@ -126,7 +128,7 @@ def render_tables(records, fmt: str = "table") -> str:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     records = [_normalize(record, i) for i, record in enumerate(records)]
-    paper = {tuple(row[k] for k in PAPER_KEYS): row["value"] for row in load_paper_tables()}
+    paper = paper_index()
     # aggregated records as aggregate.py writes them (+ published numbers); others one per metric
     if fmt == "json":
         return (
@@ -150,13 +152,35 @@ def render_tables(records, fmt: str = "table") -> str:
     return (
         "\n\n".join(
             block
-            for dataset in dict.fromkeys(r["dataset"] for r in records)
-            for block in _dataset_blocks(
-                dataset, [r for r in records if r["dataset"] == dataset], paper, fmt
-            )
+            for dataset, found in layout(records).items()
+            for block in [
+                f"## Dataset: {dataset}"
+                if fmt == "markdown"
+                else f"===== Dataset: {dataset} =====",
+                *(
+                    b if isinstance(b, str) else _render(b["title"], b["frame"], b["notes"], fmt)
+                    for b in found
+                ),
+            ]
         )
         + "\n"
     )
+
+
+def layout(records) -> dict[str, list]:
+    """{dataset: its tables (dataset_tables)} of records as results.json or aggregate.py holds them,
+    checked and normalized; datasets in the order they first appear."""
+    records = [_normalize(record, i) for i, record in enumerate(records)]
+    datasets = dict.fromkeys(r["dataset"] for r in records)
+    paper = paper_index()
+    return {
+        d: dataset_tables(d, [r for r in records if r["dataset"] == d], paper) for d in datasets
+    }
+
+
+def paper_index() -> dict[tuple, float]:
+    """The published numbers by PAPER_KEYS (dataset, model, train, test, task, metric)."""
+    return {tuple(row[k] for k in PAPER_KEYS): row["value"] for row in load_paper_tables()}
 
 
 def load_paper_tables(path: Path | str = PAPER_TABLES_PATH) -> list[dict]:
@@ -340,10 +364,12 @@ def _count(value):
     return low if low == high else f"{low}..{high}"
 
 
-def _dataset_blocks(dataset: str, records: list[dict], paper: dict, fmt: str) -> list[str]:
-    """The heading and the tables of one dataset, in the paper's order."""
+def dataset_tables(dataset: str, records: list[dict], paper: dict) -> list:
+    """The tables of one dataset's records (normalized; `paper`: paper_index), in the paper's order:
+    per table a dict ("table": "2", "3", "4", "gzsl" or "other"; "title"; "frame"; "notes";
+    "records": those it shows), and lines of text where a table is left out or has no paper."""
     published_datasets = sorted({key[0] for key in paper})
-    blocks = [f"## Dataset: {dataset}" if fmt == "markdown" else f"===== Dataset: {dataset} ====="]
+    blocks = []
     if dataset not in published_datasets:
         blocks.append(
             f"No published numbers for dataset '{dataset}' (the paper reports "
@@ -376,7 +402,15 @@ def _dataset_blocks(dataset: str, records: list[dict], paper: dict, fmt: str) ->
                 *[AGGREGATE_NOTE] * aggregated,
                 *[VERDICT_NOTE] * (aggregated and shows_paper),
             ]
-            blocks.append(_render(TITLES[table], frame, notes, fmt))
+            blocks.append(
+                {
+                    "table": table,
+                    "title": TITLES[table],
+                    "frame": frame,
+                    "notes": notes,
+                    "records": placed[table],
+                }
+            )
     return blocks
 
 
@@ -556,9 +590,40 @@ def render_comparison(rows: list[dict], fmt: str = "table") -> str:
     return _render(f"Paired comparison A - B on dataset {first['dataset']}", frame, notes, fmt)
 
 
+def split_columns(frame: pd.DataFrame, width: int = MAX_WIDTH) -> list[pd.DataFrame]:
+    """The frame as consecutive column blocks of whole metric groups (a metric with its
+    sub-columns; the last one with the count columns), each printed (with the row labels) at most
+    `width` characters wide unless one group alone is wider."""
+    names = list(dict.fromkeys(frame.columns.get_level_values(0)))
+    groups = [[name] for name in names if METRIC_PATTERN.match(name)] or [[]]
+    groups[-1] += [name for name in names if not METRIC_PATTERN.match(name)]
+    blocks = [groups[0]]
+    for group in groups[1:]:
+        if _printed_width(frame[blocks[-1] + group]) <= width:
+            blocks[-1] = blocks[-1] + group
+        else:
+            blocks.append(group)
+    return [frame[block] for block in blocks]
+
+
+def _printed_width(frame: pd.DataFrame) -> int:
+    return max(map(len, frame.to_string().splitlines()))
+
+
 def _render(title: str, frame: pd.DataFrame, notes: list[str], fmt: str) -> str:
     if fmt == "table":  # to_string prints a repeated setup name once, as the paper groups its rows
-        return "\n".join([title, frame.to_string(), *(f"  note: {note}" for note in notes)])
+        return "\n".join(
+            [
+                title,
+                "\n\n".join(part.to_string() for part in split_columns(frame)),
+                *(
+                    textwrap.fill(
+                        note, MAX_WIDTH, initial_indent="  note: ", subsequent_indent="    "
+                    )
+                    for note in notes
+                ),
+            ]
+        )
     flat = frame.reset_index()
     names = [" ".join(filter(None, c)) if isinstance(c, tuple) else c for c in flat.columns]
     align = [":---"] * frame.index.nlevels + ["---:"] * frame.shape[1]

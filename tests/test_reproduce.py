@@ -248,6 +248,11 @@ def test_reproduce_trains_every_seed_then_prints_the_aggregate(dataset, tmp_path
     ]
     assert retrieval["mean"]["AUC-l"] == pytest.approx(np.mean(values), abs=1e-12)
     logs = [read_csv_rows(d / cfg.LOG_FILE) for d in runs]
+    # the results page, with the scores its per-label AUC reads; a rerun replaces it
+    page = (out / reproduce.REPORT_FILE).read_text(encoding="utf-8")
+    assert "Table 3. Zero-shot retrieval" in page and all((d / "scores").is_dir() for d in runs)
+    assert "instrument-count/seed1" in page
     assert reproduce.main(argv) == 0  # rerun: both runs have finished, nothing is trained again
-    assert capsys.readouterr().err.count("has already finished") == 2
+    err = capsys.readouterr().err
+    assert err.count("has already finished") == 2 and f"wrote {out / 'report.html'}" in err
     assert [read_csv_rows(d / cfg.LOG_FILE) for d in runs] == logs

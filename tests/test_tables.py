@@ -173,9 +173,10 @@ def test_plain_table_shows_ours_paper_diff_side_by_side():
     lines = tables.render_tables(fma_records()[:1], fmt="table").splitlines()
     title = lines.index("Table 2. Zero-shot annotation (each test track ranks the test labels)")
     groups, subs, names, row = lines[title + 1 : title + 5]
-    # metric over its ours / paper / diff
-    assert groups.split() == [*ANNOTATION, "evaluated", "skipped"]
-    assert subs.split() == ["ours", "paper", "diff"] * 5
+    # metric over its ours / paper / diff; 160 characters hold four metrics, P@10 and the counts
+    # follow in a second block with the same row labels
+    assert groups.split() == list(ANNOTATION[:4])
+    assert subs.split() == ["ours", "paper", "diff"] * 4
     assert names.split() == ["Train", "Test", "Side", "info"]
     assert row.split() == [
         "A-X",
@@ -193,15 +194,66 @@ def test_plain_table_shows_ours_paper_diff_side_by_side():
         "0.4000",
         "0.4810",
         "-0.0810",
+    ]
+    # Right-aligned: each number ends where its header does.
+    assert row.index("0.8736") + len("0.8736") == subs.index("paper") + len("paper")
+    assert row.index("+0.0064") + len("+0.0064") == subs.index("diff") + len("diff")
+    assert lines[title + 5] == ""
+    groups, subs, names, row = lines[title + 6 : title + 10]
+    assert groups.split() == ["P@10", "evaluated", "skipped"]
+    assert row.split() == [
+        "A-X",
+        "B-Y",
+        "instrument-count",
         "0.4500",
         "0.5008",
         "-0.0508",
         "100",
         "3",
     ]
-    # Right-aligned: each number ends where its header does.
-    assert row.index("0.8736") + len("0.8736") == subs.index("paper") + len("paper")
-    assert row.index("+0.0064") + len("+0.0064") == subs.index("diff") + len("diff")
+
+
+def full_fma_aggregate():
+    """Aggregated records of every setup of Tables 2-4 and the GZSL view, two side-information
+    kinds: the widest tables there are."""
+    out = []
+
+    def add(train, test, task, means, **keys):
+        ci95 = {m: [v - 0.0123, v + 0.0123] for m, v in means.items()}
+        out.append(aggregated(test=test, task=task, means=means, ci95=ci95, train=train, **keys))
+
+    for kind in ("instrument-count", "instrument-confidence"):
+        for train in ("A-X", "B-X", "(A+B)-X"):
+            for test in ("B-Y", "C-Y", "(B+C)-Y", "B-(X+Y)", "C-(X+Y)", "(B+C)-(X+Y)"):
+                parts = ("all", "seen", "unseen", "harmonic") if "X+Y" in test else ("all",)
+                for part in parts:
+                    add(
+                        train,
+                        test,
+                        "annotation",
+                        dict.fromkeys(ANNOTATION, 0.8),
+                        part=part,
+                        side_info=kind,
+                    )
+            for test in ("(B+C)-Y", "(A+B+C)-Y"):
+                add(train, test, "retrieval", {"AUC-l": 0.7, "MAP-l": 0.2}, side_info=kind)
+    for model in ("embedding", "classification"):
+        add("A-X", "B-X", "retrieval", {"AUC-l": 0.9}, model=model)
+    return out
+
+
+def test_no_printed_table_is_wider_than_160_characters():
+    text = tables.render_tables(full_fma_aggregate(), fmt="table")
+    assert max(map(len, text.splitlines())) <= tables.MAX_WIDTH
+    # the GZSL view in blocks of whole metric groups (seen / unseen / H together), each metric once
+    gzsl = text[text.index("Beyond the paper") :]
+    headers = [line.split() for line in gzsl.splitlines() if line.lstrip().startswith("seen")]
+    assert len(headers) > 1 and all(set(h) == {"seen", "unseen", "H"} for h in headers)
+    assert sum(len(h) for h in headers) == 3 * len(ANNOTATION)
+    for metric in ANNOTATION:
+        assert sum(line.split().count(metric) for line in gzsl.splitlines()) == 1
+    # each block repeats the row labels, so every row of a block names its setup
+    assert gzsl.count("Train   Test") == len(headers)
 
 
 def test_plain_table_groups_rows_like_the_paper():

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_evaluate import assert_clean_error, build_dataset, run_main, write_run
+from test_evaluate import (
+    assert_clean_error,
+    build_dataset,
+    run_main,
+    write_results,
+    write_run,
+    write_summary,
+)
 
 import aggregate
 import config
@@ -84,15 +91,12 @@ def make_run(root: Path, data: Path, kind: str, seed: int) -> Path:
             **{m: metrics.harmonic_mean(seen[m], unseen[m]) for m in ANNOTATION},
         )
     )
-    write_json(
-        run_dir / protocol.RESULTS_FILE, [{**r, "evaluated": 3, "skipped": 0} for r in records]
-    )
     (run_dir / config.LOG_FILE).write_text(
         "epoch,loss,val_loss\n0,3.0,2.5\n1,2.0,2.2\n2,1.5,2.4\n", encoding="utf-8"
     )
-    write_json(
-        run_dir / config.SUMMARY_FILE, {"finished": True, "epochs_completed": 3, "model_epoch": 1}
-    )
+    summary = json.loads(write_summary(run_dir).read_text())  # finished, bound to config.json
+    write_json(run_dir / config.SUMMARY_FILE, {**summary, "epochs_completed": 3, "model_epoch": 1})
+    write_results(run_dir, [{**r, "evaluated": 3, "skipped": 0} for r in records])
     (run_dir / protocol.LABEL_MAP_FILE).write_bytes(f"png of {kind}{seed}".encode())
     return run_dir
 

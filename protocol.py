@@ -379,7 +379,7 @@ def make_record(run: Run, test: str, task: str, part: str, values: dict) -> dict
     return {
         "dataset": run.dataset,
         "model": run.model_kind,
-        "side_info": run.side_info_kind,
+        "side_info": run.side_info_kind if run.is_embedding else None,  # null: not used
         "train": run.train_setup,
         "test": test,
         "task": task,

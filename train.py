@@ -98,15 +98,15 @@ def prepare(config: cfg.TrainConfig) -> TrainingData:
     positives = {part: dsio.label_matrix(annotations, tracks[part], seen) for part in PARTS}
     for part in PARTS:
         check_positives(tracks[part], positives[part], part, config)
-    kind = resolve_side_info_kind(config, dataset_dir)
+    # the classification model reads no side information
+    kind = resolve_side_info_kind(config, dataset_dir) if config.model == "embedding" else None
     side_path = vectors = None
     if kind is not None:
         side_path = dsio.resolve_side_info(dataset_dir, kind).resolve()
         # the ONE "label has no side vector" check; read_side_info checks finite
-        if config.model == "embedding":
-            vectors = dsio.side_vectors(
-                dsio.read_side_info(side_path), seen, f"side information {side_path}"
-            )
+        vectors = dsio.side_vectors(
+            dsio.read_side_info(side_path), seen, f"side information {side_path}"
+        )
     facts, rows = store_rows(mels_path := dsio.mels_path(dataset_dir).resolve(), tracks)
     dataset = dsio.dataset_name(dataset_dir)
     config = dataclasses.replace(
@@ -116,6 +116,8 @@ def prepare(config: cfg.TrainConfig) -> TrainingData:
         split=str(split_path),
         split_seed=int(split["seed"]),
     )
+    # settings the model does not use are recorded as null
+    config = dataclasses.replace(config, **cfg.unused_settings(config.model))
     return TrainingData(
         config,
         dataset,
@@ -358,12 +360,16 @@ def check_same_run(run_dir: Path, record: dict) -> None:
         ) from None
     # other side information: its kind or checksum differs
     new, new_sums = record["config"], record["checksums"]
+    # a run from before settings the model does not use were recorded as null
+    ignored = {*cfg.NO_EFFECT_FIELDS, *cfg.unused_settings(new["model"])}
     changed = [
-        k
-        for k in sorted(set(old) | set(new))
-        if k not in cfg.NO_EFFECT_FIELDS and old.get(k) != new.get(k)
+        k for k in sorted(set(old) | set(new)) if k not in ignored and old.get(k) != new.get(k)
     ]
-    changed += [f"checksum of {k}" for k in sorted(new_sums) if old_sums.get(k) != new_sums.get(k)]
+    changed += [
+        f"checksum of {k}"
+        for k in sorted(new_sums)
+        if k not in ignored and old_sums.get(k) != new_sums.get(k)
+    ]
     if changed:
         details = "; ".join(
             f"{k}: {old.get(k)!r} -> {new.get(k)!r}" if k in new else k for k in changed
@@ -406,7 +412,7 @@ def run(config: cfg.TrainConfig) -> Path:
                 store,
                 {part: (data.rows[part], data.positives[part]) for part in PARTS},
                 data.label_vectors,
-                config.negatives,
+                config.negatives or 0,  # None: the classification model draws none
                 config.batch_size,
                 config.seed,
                 first_epoch,
@@ -511,6 +517,19 @@ def fit(model, batches: dict, callbacks: list, first_epoch: int, config: cfg.Tra
         raise AudioError(cause.group(1)) from None
 
 
+def prior_val_loss(positives: dict[str, np.ndarray]) -> float:
+    """The validation loss of the per-label prior: each seen label's frequency in the training
+    tracks as the prediction for every validation track, under the classification model's loss
+    (Keras' binary cross-entropy, mean over labels and tracks; its val_loss also holds the L2
+    weight penalty). A classifier that does not get below it has learned no more than how common
+    each label is."""
+    import keras
+
+    truth = positives["valid"].astype(np.float32)  # (n, L) multi-hot
+    prior = positives["train"].mean(axis=0, dtype=np.float32)  # (L,)
+    return float(keras.losses.BinaryCrossentropy()(truth, np.broadcast_to(prior, truth.shape)))
+
+
 def finish_run(run_dir: Path, data: TrainingData, backup, seconds: float, extra: dict) -> dict:
     """training_curve.png, train_summary.json (with the sha256 of the final model.keras), backup
     removed."""
@@ -532,6 +551,8 @@ def finish_run(run_dir: Path, data: TrainingData, backup, seconds: float, extra:
         **extra,
         "model_sha256": sha256_file(run_dir / MODEL_FILE),
     }
+    if data.config.model == "classification":
+        summary["prior_val_loss"] = prior_val_loss(data.positives)
     plot_training_curve(
         run_dir / LOG_FILE,
         run_dir / CURVE_FILE,

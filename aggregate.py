@@ -66,7 +66,6 @@ DEFAULT_RESAMPLES = 1000
 MIN_RESAMPLES = 1000  # fewer: the percentiles of a 95% interval rest on a handful of resamples
 MAX_SIGN_FLIP_PAIRS = 20  # the exact sign-flip p enumerates 2^n sums
 METRIC_RANGE = (0.0, 1.0)
-SUMMARY_FIELDS = ("best_val_loss", "prior_val_loss")  # what --collect reads of train_summary.json
 DEFAULT_BOOTSTRAP_SEED = 0
 SEED_FIELDS = ("seed", "split_seed", "split")  # what the runs of one experiment may change
 # the record's key shows them: not in the label
@@ -202,7 +201,10 @@ def aggregate_runs(per_run: dict[Path, list[dict]]) -> tuple[list[dict], list[st
                 record = {**record, "side_info": None}
             key = (*(record.get(k) for k in KEY_FIELDS), experiment[run])
             groups.setdefault(key, []).append((run, record))
-    summaries = {run: _train_summary(run) for run in per_run}
+    summaries = {  # {} for a run without one (unfinished, or an external model)
+        run: _read_json(path) if (path := run / config.SUMMARY_FILE).is_file() else {}
+        for run in per_run
+    }
     selections = lr_selections(identity, summaries)
     out = []
     for members in groups.values():
@@ -227,7 +229,8 @@ def aggregate_runs(per_run: dict[Path, list[dict]]) -> tuple[list[dict], list[st
     )
     if singles := sum(r["n_runs"] == 1 for r in out):
         notes.append(
-            f"{singles} records come from one run (n = 1): their std and ci95 are null; train more "
+            f"{singles} records come from one run (n = 1): their std, ci95 and pi95 are null; "
+            "train more "
             "seeds "
             "(train.py --seed / --split-seed) for an interval."
         )
@@ -258,21 +261,17 @@ def lr_selections(identity: dict, summaries: dict[Path, dict]) -> dict[Path, dic
             lr: float(np.mean([summaries[run]["best_val_loss"] for run in runs]))
             for lr, runs in sorted(grid.items())
         }
-        selection = {
-            "chosen": min(losses, key=losses.get),
-            "by": "val_loss",
-            "candidates": {str(lr): loss for lr, loss in losses.items()},
-        }
-        selections.update(dict.fromkeys([run for runs in grid.values() for run in runs], selection))
+        selections.update(
+            dict.fromkeys(
+                [run for runs in grid.values() for run in runs],
+                {
+                    "chosen": min(losses, key=losses.get),
+                    "by": "val_loss",
+                    "candidates": {str(lr): loss for lr, loss in losses.items()},
+                },
+            )
+        )
     return selections
-
-
-def _train_summary(run: Path) -> dict:
-    """The fields of a run's train_summary.json that --collect reads (SUMMARY_FIELDS); {} for a run
-    without one (unfinished, or an external model)."""
-    path = run / config.SUMMARY_FILE
-    summary = _read_json(path) if path.is_file() else {}
-    return {key: float(summary[key]) for key in SUMMARY_FIELDS if key in summary}
 
 
 def label_runs(per_run: dict[Path, list[dict]]) -> tuple[list[dict], list[str]]:
@@ -326,12 +325,11 @@ def compare_seeds(
     (test, task, part) and metric both report, over the seeds where it is defined in both:
     n_pairs, mean_diff (mean of A - B), ci95 (paired t-interval, mean_std_ci) and p_sign_flip."""
     seeds = sorted(set(runs_a) & set(runs_b))
-    folders = [next(iter(runs.values())).parent for runs in (runs_a, runs_b)]
     if not 2 <= len(seeds) <= MAX_SIGN_FLIP_PAIRS:
         raise EvaluationError(
-            f"--compare {folders[0]} {folders[1]}: {len(seeds)} seeds in both (seed<s>/ of the "
-            f"same s); pairing by seed needs 2 to {MAX_SIGN_FLIP_PAIRS} (train the same --seeds "
-            "for both)."
+            f"--compare: A holds seed {sorted(runs_a)}, B seed {sorted(runs_b)}: {len(seeds)} "
+            f"seeds in both; pairing by seed needs 2 to {MAX_SIGN_FLIP_PAIRS} (train the same "
+            "--seeds for both)."
         )
     pairs = {s: (runs_a[s], runs_b[s]) for s in seeds}
     notes = [f"A - B compares {pair_check(pairs)}, paired over seeds {' '.join(map(str, seeds))}."]
@@ -378,23 +376,21 @@ def pair_check(pairs: dict[int, tuple[Path, Path]]) -> str:
     same split (the same file, by its checksum) with the same init seed: an EvaluationError naming
     the difference otherwise. Returns the compared setting (what A's runs and B's differ in)."""
     identity = {run: run_identity(run) for pair in pairs.values() for run in pair}
-    for side in (0, 1):
-        first, *others = (pair[side] for pair in pairs.values())
-        for run in others:
-            if differences := _differences(identity[first][0], identity[run][0]):
+    first = next(iter(pairs.values()))
+    for s, pair in pairs.items():
+        for side, run in enumerate(pair):
+            if differences := _differences(identity[first[side]][0], identity[run][0]):
                 raise EvaluationError(
-                    f"{first} and {run} differ in more than their seeds ({differences}): one "
-                    "folder must hold one system."
+                    f"{first[side]} and {run} differ in more than their seeds ({differences}): "
+                    "one folder must hold one system."
                 )
-    for s, (run_a, run_b) in pairs.items():
-        if identity[run_a][1] != identity[run_b][1]:
+        if identity[pair[0]][1] != identity[pair[1]][1]:
             raise EvaluationError(
-                f"seed {s}: {run_a} and {run_b} are no pair: (init seed, split checksum) "
-                f"{identity[run_a][1]} -> {identity[run_b][1]}; paired runs share the init seed "
-                "and the split file."
+                f"seed {s}: {pair[0]} and {pair[1]} are no pair: (init seed, split checksum) "
+                f"{identity[pair[0]][1]} -> {identity[pair[1]][1]}; paired runs share the init "
+                "seed and the split file."
             )
-    run_a, run_b = next(iter(pairs.values()))
-    return _differences(identity[run_a][0], identity[run_b][0]) or "nothing"
+    return _differences(identity[first[0]][0], identity[first[1]][0]) or "nothing"
 
 
 def _differences(a: dict, b: dict) -> str:

@@ -197,10 +197,10 @@ def main(argv=None) -> int:
                 f"--lr {' '.join(map(str, args.lr))}: give distinct values (one lr, or a grid of "
                 "two or more)."
             )
-        base = cfg.config_from_args(argparse.Namespace(**{**vars(args), "lr": args.lr[0]}))
-        for lr in args.lr:  # every value of the grid checked before anything trains
-            cfg.check_config(dataclasses.replace(base, lr=lr))
-        base = cfg.check_config(base)
+        # the other lrs of a grid: check_plan checks every run's flags before anything trains
+        base = cfg.check_config(
+            cfg.config_from_args(argparse.Namespace(**vars(args) | {"lr": args.lr[0]}))
+        )
         configs = plan(
             base,
             side_info_kinds(base, args.side_info_kinds),

@@ -333,8 +333,13 @@ def _json_record(record: dict, paper: dict) -> dict:
     rows = _long_rows(record, paper)
     out = {key: record[key] for key in (*ROW_KEYS, "n_runs", "runs") if key in record}
     out["mean"] = {r["metric"]: r["value"] for r in rows}
-    extra = ("std", "ci95", "pi95", *COUNTS, "lr", "lr_selection", "beats_prior")
-    out.update({key: record[key] for key in extra if key in record})
+    out.update(
+        {
+            key: record[key]
+            for key in ("std", "ci95", "pi95", *COUNTS, "lr", "lr_selection", "beats_prior")
+            if key in record
+        }
+    )
     return {
         **out,
         "table": rows[0]["table"] if rows else None,
@@ -420,7 +425,7 @@ def _table4_rows(records: list[dict]) -> tuple[list[dict], list[dict], list[str]
     go to "Other results". Returns (rows, others, notes)."""
     rows = [r for r in records if "lr_selection" not in r]
     others = []
-    notes = {}
+    notes = []
     for record in (r for r in records if "lr_selection" in r):
         selection = record["lr_selection"]
         roles = [
@@ -428,20 +433,21 @@ def _table4_rows(records: list[dict]) -> tuple[list[dict], list[dict], list[str]
             for role, lr in (("original", ORIGINAL_LR), ("chosen", selection["chosen"]))
             if record["lr"] == lr
         ]
-        if roles:
-            rows.append({**record, "variant": f"{record['variant']} ({' + '.join(roles)})"})
-        else:
-            others.append(record)
+        label = f"{record['variant']} ({' + '.join(roles)})"
+        (rows if roles else others).append({**record, "variant": label} if roles else record)
         candidates = ", ".join(f"{lr}: {loss:.4f}" for lr, loss in selection["candidates"].items())
-        notes[LR_NOTE.format(ORIGINAL_LR)] = None
-        notes[f"{record['model']}: mean best val_loss per lr: {candidates}."] = None
-    for record in rows:
-        if not all(record.get("beats_prior", [True])):
-            label = f"{record['model']} {record['variant']}".strip()
-            notes[
-                PRIOR_NOTE.format(label, record["beats_prior"].count(False), record["n_runs"])
-            ] = None
-    return rows, others, list(notes)
+        notes += [
+            LR_NOTE.format(ORIGINAL_LR),
+            f"{record['model']}: mean best val_loss per lr: {candidates}.",
+        ]
+    notes += [
+        PRIOR_NOTE.format(
+            f"{r['model']} {r['variant']}".strip(), r["beats_prior"].count(False), r["n_runs"]
+        )
+        for r in rows
+        if not all(r.get("beats_prior", [True]))
+    ]
+    return rows, others, list(dict.fromkeys(notes))
 
 
 def _sorted(records: list[dict], table: str) -> list[dict]:
@@ -588,8 +594,9 @@ def render_comparison(rows: list[dict], fmt: str = "table", names=("A", "B")) ->
             {**r, "ci95_low": r["ci95"] and r["ci95"][0], "ci95_high": r["ci95"] and r["ci95"][1]}
             for r in rows
         ]
-        fields = SEED_COMPARISON_FIELDS if across_seeds else COMPARISON_FIELDS
-        return pd.DataFrame(flat, columns=fields).to_csv(index=False, lineterminator="\n")
+        return pd.DataFrame(
+            flat, columns=SEED_COMPARISON_FIELDS if across_seeds else COMPARISON_FIELDS
+        ).to_csv(index=False, lineterminator="\n")
     if across_seeds:
         return _seed_comparison(rows, fmt, names)
     if not rows:

@@ -526,8 +526,10 @@ def prior_val_loss(positives: dict[str, np.ndarray]) -> float:
     import keras
 
     truth = positives["valid"].astype(np.float32)  # (n, L) multi-hot
-    prior = positives["train"].mean(axis=0, dtype=np.float32)  # (L,)
-    return float(keras.losses.BinaryCrossentropy()(truth, np.broadcast_to(prior, truth.shape)))
+    prior = np.broadcast_to(
+        positives["train"].mean(axis=0, dtype=np.float32), truth.shape
+    )  # (n, L)
+    return float(keras.losses.BinaryCrossentropy()(truth, prior))
 
 
 def finish_run(run_dir: Path, data: TrainingData, backup, seconds: float, extra: dict) -> dict:
@@ -550,9 +552,13 @@ def finish_run(run_dir: Path, data: TrainingData, backup, seconds: float, extra:
         "final_loss": log["loss"][-1],
         **extra,
         "model_sha256": sha256_file(run_dir / MODEL_FILE),
+        # the classification model's yardstick (the embedding model has no such prior)
+        **(
+            {"prior_val_loss": prior_val_loss(data.positives)}
+            if data.config.model == "classification"
+            else {}
+        ),
     }
-    if data.config.model == "classification":
-        summary["prior_val_loss"] = prior_val_loss(data.positives)
     plot_training_curve(
         run_dir / LOG_FILE,
         run_dir / CURVE_FILE,

@@ -758,7 +758,7 @@ def test_compare_across_seeds_against_scipy_and_an_enumeration(tmp_path, capsys)
     [
         (
             "no common seed",
-            "0 seeds in both (seed<s>/ of the same s); pairing by seed needs 2 to 20",
+            "A holds seed [0, 1, 2], B seed [7]: 0 seeds in both; pairing by seed needs 2 to 20",
         ),
         ("one seed", "1 seeds in both"),
         ("other split", "seed 1: "),

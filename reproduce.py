@@ -164,6 +164,7 @@ def build_parser():
         type=int,
         default=None,
         dest="fixed_split_seed",
+        metavar="N",
         help="train every seed on the split of this seed (the split held fixed: the interval "
         "holds training's luck alone). Default: seed s trains on split s.",
     )

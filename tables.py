@@ -132,6 +132,11 @@ VERDICT_NOTE = (
     "interval of one new run (mean ± t(0.975, n-1) * std * sqrt(1 + 1/n), clipped to [0, 1]; "
     "pi95 in csv/json): 'inside' it, 'above' or 'below' it; '-' without one (n = 1)."
 )
+MULTIPLE_NOTE = (
+    "{} comparisons (setups x metrics) in this table: where A and B do not differ, about {:.1f} of "
+    "them are expected below p = 0.05 (outside their 95% intervals) by chance; for all of them at "
+    "once (Bonferroni) read p < {:.4f}."
+)
 ORIGINAL_LR = TrainConfig.lr  # the original's learning rate, Table 4's first row per model
 LR_NOTE = (
     "lr grid: 'original' = the original's lr ({}), 'chosen' = the lr with the lowest mean best "
@@ -630,6 +635,7 @@ def render_comparison(rows: list[dict], fmt: str = "table", names=("A", "B")) ->
         "0 inside = no: the interval excludes 0, the sign of A - B holds at the 95% level for "
         "these two trained models on this test split; it says nothing about another training "
         "run or split (for that, --compare two folders of seed runs).",
+        MULTIPLE_NOTE.format(len(rows), 0.05 * len(rows), 0.05 / len(rows)),
     ]
     return _render(
         "Paired comparison A - B within one trained pair (bootstrap over its test rows), dataset "
@@ -670,9 +676,7 @@ def _seed_comparison(rows: list[dict], fmt: str, names) -> str:
         "p (sign flip) = exact two-sided permutation p-value: the share of the 2^n sign "
         "assignments of the per-seed differences whose |mean| is at least the observed one; n = "
         f"{n} pairs: it cannot be below {2 / 2**n:.4f}.",
-        f"{len(rows)} comparisons (setups x metrics) in this table: where A and B do not differ, "
-        f"about {0.05 * len(rows):.1f} of them are expected below p = 0.05 by chance; for all of "
-        f"them at once (Bonferroni) read p < {0.05 / len(rows):.4f}.",
+        MULTIPLE_NOTE.format(len(rows), 0.05 * len(rows), 0.05 / len(rows)),
     ]
     return _render("Paired comparison A - B across seeds", frame, notes, fmt)
 

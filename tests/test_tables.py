@@ -726,6 +726,7 @@ def test_render_comparison():
         "A = runs/a" in text
         and "over 1000 paired bootstrap resamples of those rows (seed 0)" in text
     )
+    assert "2 comparisons (setups x metrics) in this table" in text
     flat = list(csv.DictReader(io.StringIO(tables.render_comparison(comparison_rows(), fmt="csv"))))
     assert list(flat[0]) == list(tables.COMPARISON_FIELDS) and (
         flat[1]["ci95_low"],

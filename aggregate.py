@@ -65,7 +65,6 @@ CONFIDENCE = 0.95
 DEFAULT_RESAMPLES = 1000
 MIN_RESAMPLES = 1000  # fewer: the percentiles of a 95% interval rest on a handful of resamples
 MAX_SIGN_FLIP_PAIRS = 20  # the exact sign-flip p enumerates 2^n sums
-METRIC_RANGE = (0.0, 1.0)
 DEFAULT_BOOTSTRAP_SEED = 0
 SEED_FIELDS = ("seed", "split_seed", "split")  # what the runs of one experiment may change
 # the record's key shows them: not in the label
@@ -92,7 +91,7 @@ def run_identity(run_dir) -> tuple[dict, tuple]:
         # no split recorded: never a repeat
         return settings, (None, split.get("sha256") or str(run_dir))
     meta = read_config(run_dir)
-    unused = config.unused_settings(meta["config"]["model"])
+    unused = config.UNUSED_SETTINGS.get(meta["config"]["model"], {})
     dropped = set(SEED_FIELDS + config.NO_EFFECT_FIELDS + ("dataset", *unused))
     settings = {key: value for key, value in meta["config"].items() if key not in dropped}
     settings["dataset_dir"] = str(Path(meta["dataset_dir"]).resolve())
@@ -127,7 +126,7 @@ def variant_labels(settings: dict[Path, dict]) -> dict[Path, str]:
 
 # ---- Aggregation ---------------------------------------------------------------------------------
 def mean_std_ci(
-    values, bounds: tuple[float, float] = METRIC_RANGE
+    values, bounds: tuple[float, float] = (0.0, 1.0)
 ) -> tuple[float, float | None, list[float] | None, list[float] | None]:
     """Mean, sample standard deviation s (ddof=1), the 95% confidence interval of the mean, mean +-
     t(0.975, n-1) * s / sqrt(n), and the 95% prediction interval of one new run, mean +- t(0.975,
@@ -312,9 +311,9 @@ def seed_runs(folder) -> dict[int, Path]:
     """{s: run directory} of a folder of seed runs (its seed<s>/ subfolders); {} for anything else
     (a run directory has a config.json)."""
     folder = Path(folder).expanduser().resolve()
-    if (folder / config.CONFIG_FILE).exists() or not folder.is_dir():
-        return {}
-    found = (re.fullmatch(r"seed(\d+)", path.name) for path in folder.iterdir() if path.is_dir())
+    is_run = (folder / config.CONFIG_FILE).exists() or not folder.is_dir()
+    subfolders = [] if is_run else [path for path in folder.iterdir() if path.is_dir()]
+    found = (re.fullmatch(r"seed(\d+)", path.name) for path in subfolders)
     return {int(match[1]): folder / match[0] for match in found if match}
 
 
@@ -332,7 +331,11 @@ def compare_seeds(
             "--seeds for both)."
         )
     pairs = {s: (runs_a[s], runs_b[s]) for s in seeds}
-    notes = [f"A - B compares {pair_check(pairs)}, paired over seeds {' '.join(map(str, seeds))}."]
+    unpaired = " ".join(map(str, sorted(set(runs_a) ^ set(runs_b)))) or "none"
+    notes = [
+        f"A - B compares {pair_check(pairs)}, paired over seeds {' '.join(map(str, seeds))} "
+        f"(seeds in one folder only, not compared: {unpaired})."
+    ]
     per_run, more = gather_runs(
         [run for pair in pairs.values() for run in pair], force, **evaluate_kwargs
     )
@@ -366,8 +369,6 @@ def compare_seeds(
                         "p_sign_flip": sign_flip_p(diffs),
                     }
                 )
-    if unpaired := sorted(set(runs_a) ^ set(runs_b)):
-        notes.append(f"seeds in one folder only, not compared: {' '.join(map(str, unpaired))}")
     return rows, more + notes
 
 
@@ -403,11 +404,10 @@ def sign_flip_p(diffs) -> float:
     """Exact two-sided sign-flip permutation p-value of the mean of n paired differences: if A and
     B were exchangeable, each difference's sign would be a fair coin; p = the share of the 2^n sign
     assignments whose |mean| is at least the observed |mean| (the smallest p possible: 2 / 2^n)."""
-    diffs = np.asarray(diffs, dtype=np.float64)  # (n,)
     sums = np.zeros(1)
     for d in diffs:
         sums = np.concatenate([sums + d, sums - d])  # (2^k,) the sums of every assignment so far
-    observed = abs(float(diffs.sum()))
+    observed = abs(sum(diffs))
     # the same sum reached in another order may differ in its last bits: a tie, not less
     return float(np.mean(np.abs(sums) >= observed - 1e-12))
 

@@ -41,7 +41,9 @@ VALID_DRAWS = ("once", "every-epoch")  # validation crops and labels
 # ignore them
 NO_EFFECT_FIELDS = ("run_dir", "verbose", "workers", "keep_checkpoints", "in_memory")
 # settings a model does not use: config.json records them as null, --collect ignores them
-UNUSED_SETTINGS = {"classification": ("side_info", "loss_reduction", "margin", "negatives")}
+UNUSED_SETTINGS = {
+    "classification": dict.fromkeys(("side_info", "loss_reduction", "margin", "negatives"))
+}
 # where training reads the mel store from (MelStore in_memory)
 IN_MEMORY = {"auto": None, "yes": True, "no": False}
 # Side information picked when --side-info is not given: the first kind the dataset has, in this
@@ -266,11 +268,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def unused_settings(model: str | None) -> dict:
-    """{setting: None} for the settings `model` does not use (recorded as null)."""
-    return dict.fromkeys(UNUSED_SETTINGS.get(model, ()))
 
 
 def check_config(config: TrainConfig) -> TrainConfig:

@@ -137,16 +137,6 @@ MULTIPLE_NOTE = (
     "them are expected below p = 0.05 (outside their 95% intervals) by chance; for all of them at "
     "once (Bonferroni) read p < {:.4f}."
 )
-ORIGINAL_LR = TrainConfig.lr  # the original's learning rate, Table 4's first row per model
-LR_NOTE = (
-    "lr grid: 'original' = the original's lr ({}), 'chosen' = the lr with the lowest mean best "
-    "validation loss over its seeds (train_summary.json; no test data); the grid's other lrs are "
-    "under 'Other results'."
-)
-PRIOR_NOTE = (
-    "{}: {} of {} runs did not get their best validation loss below that of the per-label prior "
-    "(each label's training frequency as the prediction)."
-)
 
 
 def render_tables(records, fmt: str = "table") -> str:
@@ -435,20 +425,23 @@ def _table4_rows(records: list[dict]) -> tuple[list[dict], list[dict], list[str]
         selection = record["lr_selection"]
         roles = [
             role
-            for role, lr in (("original", ORIGINAL_LR), ("chosen", selection["chosen"]))
+            for role, lr in (("original", TrainConfig.lr), ("chosen", selection["chosen"]))
             if record["lr"] == lr
         ]
         label = f"{record['variant']} ({' + '.join(roles)})"
         (rows if roles else others).append({**record, "variant": label} if roles else record)
         candidates = ", ".join(f"{lr}: {loss:.4f}" for lr, loss in selection["candidates"].items())
         notes += [
-            LR_NOTE.format(ORIGINAL_LR),
+            f"lr grid: 'original' = the original's lr ({TrainConfig.lr}), 'chosen' = the lr with "
+            "the lowest mean best validation loss over its seeds (train_summary.json; no test "
+            "data); the grid's other lrs are under 'Other results'.",
             f"{record['model']}: mean best val_loss per lr: {candidates}.",
         ]
     notes += [
-        PRIOR_NOTE.format(
-            f"{r['model']} {r['variant']}".strip(), r["beats_prior"].count(False), r["n_runs"]
-        )
+        f"{(r['model'] + ' ' + r['variant']).strip()}: {r['beats_prior'].count(False)} of "
+        f"{r['n_runs']} runs did "
+        "not get their best validation loss below that of the per-label prior (each label's "
+        "training frequency as the prediction)."
         for r in rows
         if not all(r.get("beats_prior", [True]))
     ]

@@ -117,7 +117,7 @@ def prepare(config: cfg.TrainConfig) -> TrainingData:
         split_seed=int(split["seed"]),
     )
     # settings the model does not use are recorded as null
-    config = dataclasses.replace(config, **cfg.unused_settings(config.model))
+    config = dataclasses.replace(config, **cfg.UNUSED_SETTINGS.get(config.model, {}))
     return TrainingData(
         config,
         dataset,
@@ -361,7 +361,7 @@ def check_same_run(run_dir: Path, record: dict) -> None:
     # other side information: its kind or checksum differs
     new, new_sums = record["config"], record["checksums"]
     # a run from before settings the model does not use were recorded as null
-    ignored = {*cfg.NO_EFFECT_FIELDS, *cfg.unused_settings(new["model"])}
+    ignored = {*cfg.NO_EFFECT_FIELDS, *cfg.UNUSED_SETTINGS.get(new["model"], {})}
     changed = [
         k for k in sorted(set(old) | set(new)) if k not in ignored and old.get(k) != new.get(k)
     ]

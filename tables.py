@@ -431,11 +431,17 @@ def _table4_rows(records: list[dict]) -> tuple[list[dict], list[dict], list[str]
         label = f"{record['variant']} ({' + '.join(roles)})"
         (rows if roles else others).append({**record, "variant": label} if roles else record)
         candidates = ", ".join(f"{lr}: {loss:.4f}" for lr, loss in selection["candidates"].items())
+        lrs = [*selection["candidates"]]  # ascending
         notes += [
             f"lr grid: 'original' = the original's lr ({TrainConfig.lr}), 'chosen' = the lr with "
             "the lowest mean best validation loss over its seeds (train_summary.json; no test "
             "data); the grid's other lrs are under 'Other results'.",
-            f"{record['model']}: mean best val_loss per lr: {candidates}.",
+            f"{record['model']}: mean best val_loss per lr: {candidates}"
+            + (
+                "; the chosen lr is at the edge of the grid: a wider grid may do better."
+                if str(selection["chosen"]) in (lrs[0], lrs[-1])
+                else "."
+            ),
         ]
     notes += [
         f"{(r['model'] + ' ' + r['variant']).strip()}: {r['beats_prior'].count(False)} of "

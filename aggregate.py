@@ -395,9 +395,10 @@ def pair_check(pairs: dict[int, tuple[Path, Path]]) -> str:
 
 
 def _differences(a: dict, b: dict) -> str:
-    """The settings two dicts disagree on, as "key a -> b; ..." ("" when none)."""
-    keys = sorted(k for k in {*a, *b} if a.get(k, "?") != b.get(k, "?"))
-    return "; ".join(f"{k} {a.get(k, '?')} -> {b.get(k, '?')}" for k in keys)
+    """The settings two dicts disagree on, as "key a -> b; ..." ("" when none; "-": a setting one of
+    them does not record, or its model does not use)."""
+    keys = sorted(k for k in {*a, *b} if a.get(k, "-") != b.get(k, "-"))
+    return "; ".join(f"{k} {a.get(k, '-')} -> {b.get(k, '-')}" for k in keys)
 
 
 def sign_flip_p(diffs) -> float:

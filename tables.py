@@ -134,8 +134,8 @@ VERDICT_NOTE = (
 )
 MULTIPLE_NOTE = (
     "{} comparisons (setups x metrics) in this table: where A and B do not differ, about {:.1f} of "
-    "them are expected below p = 0.05 (outside their 95% intervals) by chance; for all of them at "
-    "once (Bonferroni) read p < {:.4f}."
+    "them are expected to look significant at the 5% level by chance; for all of them at once "
+    "(Bonferroni) read each at p < {:.4f}."
 )
 
 

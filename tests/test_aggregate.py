@@ -561,9 +561,8 @@ def test_real_runs_aggregate_and_compare(tmp_path):
                 column = [r[name] for r in pair]
                 assert abs(mean - statistics.fmean(column)) < 1e-9
                 half = T975[1] * statistics.stdev(column) / math.sqrt(2)
-                assert np.allclose(
-                    record["ci95"][name], [mean - half, mean + half], rtol=0, atol=1e-9
-                )
+                expected = [max(0.0, mean - half), min(1.0, mean + half)]  # clipped to [0, 1]
+                assert np.allclose(record["ci95"][name], expected, rtol=0, atol=1e-9)
     rows, _ = aggregate.compare(*runs, resamples=1000, seed=0, progress=False)
     for row in rows:
         a, b = (results[row["test"], row["task"], "all"][row["metric"]] for results in own)

@@ -379,7 +379,8 @@ def make_record(run: Run, test: str, task: str, part: str, values: dict) -> dict
     return {
         "dataset": run.dataset,
         "model": run.model_kind,
-        "side_info": run.side_info_kind if run.is_embedding else None,  # null: not used
+        # null: the classification model reads no side information
+        "side_info": None if run.model_kind == "classification" else run.side_info_kind,
         "train": run.train_setup,
         "test": test,
         "task": task,

@@ -1,36 +1,52 @@
-"""Several runs as one result, and two systems compared on the same test tracks (the reproduction
-protocol).
+"""Several runs as one result, and two systems compared (the reproduction protocol).
 
 Aggregation (evaluate.py --collect). Runs whose config.json differ only in their seeds (the
 init/sampling `seed` and the split) are repeated measurements of one experiment: per result record
 and metric we report
-    mean, sample standard deviation s (ddof=1), n, and the 95% interval mean +- t(0.975, n-1) * s /
-        sqrt(n).
-Runs that differ in anything else (epochs, which weights were kept, ...) are other experiments:
-their records stay apart, told apart by a short "variant" label naming the settings that differ
-("epochs=20 weights=last"). An aggregated record holds the key fields of a result record
+    mean, sample standard deviation s (ddof=1), n,
+    ci95 = mean +- t(0.975, n-1) * s / sqrt(n): the 95% confidence interval of the mean (where our
+        mean over many seeds would lie),
+    pi95 = mean +- t(0.975, n-1) * s * sqrt(1 + 1/n): the 95% prediction interval of one new run
+        (where a single run, such as each published number, would land),
+both clipped to the metrics' range [0, 1]. Runs that differ in anything else (epochs, which weights
+were kept, ...) are other experiments: their records stay apart, told apart by a short "variant"
+label naming the settings that differ ("epochs=20 weights=last"); settings a model does not use
+(config.UNUSED_SETTINGS) are ignored. An aggregated record holds the key fields of a result record
 (protocol.KEY_FIELDS) plus
-    variant, n_runs, runs (the run directories), mean / std / ci95 ({metric: value}; ci95 values
-        [low, high];
-    std and ci95 null for n = 1), evaluated / skipped (one count per run).
+    variant, n_runs, runs (the run directories), mean / std / ci95 / pi95 ({metric: value}; ci95 and
+        pi95 values [low, high]; std, ci95 and pi95 null for n = 1), evaluated / skipped (one count
+        per run);
+    lr_selection {"chosen", "by": "val_loss", "candidates": {lr: mean best val_loss}} and lr, when
+        the collected runs hold a learning-rate grid (runs that differ only in seed and lr): the lr
+        chosen on validation data (train_summary.json), never on test;
+    beats_prior [per run: its best val_loss is below the per-label prior's], classification runs.
 
 Only finished runs (with train_summary.json) are collected: unfinished ones are left out with a
 note, or with --include-unfinished kept apart (variant "training=unfinished"). Each run's records
 come from protocol.gather_runs, which refuses a run whose data changed since training (a dataset
 rebuilt in place), so runs on different data never meet here.
 
-Paired comparison (evaluate.py --compare RUN_A RUN_B). Two systems scored on the same test setup and
-split differ, per metric, by mean(A's values) - mean(B's values) over the rows (test tracks for
-annotation, test labels for retrieval) defined in both; its 95% interval is the 2.5th and 97.5th
-percentile of that difference over bootstrap resamples of the rows (drawn with replacement, the same
-rows for A and B: "paired"), seeded. The per-row values come from each run's scores/<setup>.npz
-(evaluate.py --save-scores) and metrics.py's definitions.
+Paired comparison across seeds (evaluate.py --compare FOLDER_A FOLDER_B, each a folder of seed runs
+<out>/<kind>/seed<s> as reproduce.py writes them). The runs of seed s in A and in B were trained on
+the same split (the same file: checksums) and differ only in the compared setting; per setup and
+metric, over the n seeds: mean_diff = mean of A - B, ci95 = the paired t-interval of that mean, and
+p_sign_flip = the exact two-sided sign-flip permutation p-value (sign_flip_p). Training and split
+luck are inside both.
+
+Paired bootstrap within one trained pair (evaluate.py --compare RUN_A RUN_B). Two systems scored on
+the same test setup and split differ, per metric, by mean(A's values) - mean(B's values) over the
+rows (test tracks for annotation, test labels for retrieval) defined in both; its 95% interval is
+the 2.5th and 97.5th percentile of that difference over bootstrap resamples of the rows (drawn with
+replacement, the same rows for A and B: "paired"), seeded. It says nothing about another training
+run. The per-row values come from each run's scores/<setup>.npz (evaluate.py --save-scores) and
+metrics.py's definitions.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -52,6 +68,8 @@ from tables import METRIC_PATTERN
 
 CONFIDENCE = 0.95
 DEFAULT_RESAMPLES = 1000
+MIN_RESAMPLES = 1000  # fewer: the percentiles of a 95% interval rest on a handful of resamples
+MAX_SIGN_FLIP_PAIRS = 20  # the exact sign-flip p enumerates 2^n sums
 DEFAULT_BOOTSTRAP_SEED = 0
 SEED_FIELDS = ("seed", "split_seed", "split")  # what the runs of one experiment may change
 # the record's key shows them: not in the label
@@ -81,7 +99,8 @@ def run_identity(run_dir) -> tuple[dict, tuple]:
         # no split recorded: never a repeat
         return settings, (None, split.get("sha256") or str(run_dir))
     meta = read_config(run_dir)
-    dropped = set(SEED_FIELDS + config.NO_EFFECT_FIELDS + ("dataset",))
+    unused = config.UNUSED_SETTINGS.get(meta["config"]["model"], {})
+    dropped = set(SEED_FIELDS + config.NO_EFFECT_FIELDS + ("dataset", *unused))
     settings = {key: value for key, value in meta["config"].items() if key not in dropped}
     settings["dataset_dir"] = str(Path(meta["dataset_dir"]).resolve())
     settings["training"] = "unfinished" if is_unfinished(run_dir) else "finished"
@@ -104,8 +123,8 @@ def variant_labels(settings: dict[Path, dict]) -> dict[Path, str]:
     setting a run's config.json does not record (written before the flag existed), "default" one it
     records as null."""
     labels = {}
-    for external in (False, True):
-        family = {run: s for run, s in settings.items() if ("external" in s) == external}
+    for model in {s.get("model") for s in settings.values()}:  # external models: None
+        family = {run: s for run, s in settings.items() if s.get("model") == model}
         names = dict.fromkeys(key for s in family.values() for key in s if key not in IN_RECORD_KEY)
         differing = [
             key for key in names if len({json.dumps(s.get(key, "?")) for s in family.values()}) > 1
@@ -121,20 +140,29 @@ def variant_labels(settings: dict[Path, dict]) -> dict[Path, str]:
 
 
 # ---- Aggregation ---------------------------------------------------------------------------------
-def mean_std_ci(values) -> tuple[float, float | None, list[float] | None]:
-    """Mean, sample standard deviation (ddof=1) and 95% interval mean +- t(0.975, n-1) * std /
-    sqrt(n) of one metric over n runs; std and interval are None for n = 1 (one run says nothing
-    about the spread)."""
+def mean_std_ci(
+    values, bounds: tuple[float, float] = (0.0, 1.0)
+) -> tuple[float, float | None, list[float] | None, list[float] | None]:
+    """Mean, sample standard deviation s (ddof=1), the 95% confidence interval of the mean, mean +-
+    t(0.975, n-1) * s / sqrt(n), and the 95% prediction interval of one new run, mean +- t(0.975,
+    n-1) * s * sqrt(1 + 1/n), of one metric over n runs; both intervals clipped to `bounds` (the
+    metrics' range). std and intervals are None for n = 1 (one run says nothing about the
+    spread)."""
     values = np.asarray(values, dtype=np.float64)  # (n,)
     mean = float(values.mean())
-    if len(values) < 2:
-        return mean, None, None
+    n = len(values)
+    if n < 2:
+        return mean, None, None, None
     std = float(values.std(ddof=1))
     # here, not at import: scipy.stats costs ~1 s, and every evaluate.py command imports us
     from scipy import stats
 
-    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1)) * std / math.sqrt(len(values))
-    return mean, std, [mean - half, mean + half]
+    t = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1))
+    intervals = [
+        [max(bounds[0], mean - half), min(bounds[1], mean + half)]
+        for half in (t * std / math.sqrt(n), t * std * math.sqrt(1 + 1 / n))
+    ]
+    return mean, std, *intervals
 
 
 def aggregate_records(records: list[dict], variant: str = "", runs=()) -> dict:
@@ -154,11 +182,12 @@ def aggregate_records(records: list[dict], variant: str = "", runs=()) -> dict:
         "mean": {},
         "std": {},
         "ci95": {},
+        "pi95": {},
     }
     for name in names:
         values = [r.get(name) for r in records]
-        summary = (None, None, None) if any(v is None for v in values) else mean_std_ci(values)
-        out["mean"][name], out["std"][name], out["ci95"][name] = summary
+        summary = (None,) * 4 if any(v is None for v in values) else mean_std_ci(values)
+        out["mean"][name], out["std"][name], out["ci95"][name], out["pi95"][name] = summary
     return {**out, **{count: [r.get(count) for r in records] for count in COUNT_FIELDS}}
 
 
@@ -182,14 +211,26 @@ def aggregate_runs(per_run: dict[Path, list[dict]]) -> tuple[list[dict], list[st
     groups: dict[tuple, list[tuple[Path, dict]]] = {}
     for run, records in per_run.items():
         for record in records:
+            if record["model"] == "classification":  # results.json of old runs name one
+                record = {**record, "side_info": None}
             key = (*(record.get(k) for k in KEY_FIELDS), experiment[run])
             groups.setdefault(key, []).append((run, record))
-    out = [
-        aggregate_records(
-            [r for _, r in members], labels[members[0][0]], [run for run, _ in members]
-        )
-        for members in groups.values()
-    ]
+    summaries = {  # {} for a run without one (unfinished, or an external model)
+        run: _read_json(path) if (path := run / config.SUMMARY_FILE).is_file() else {}
+        for run in per_run
+    }
+    selections = lr_selections(identity, summaries)
+    out = []
+    for members in groups.values():
+        runs = [run for run, _ in members]
+        record = aggregate_records([r for _, r in members], labels[runs[0]], runs)
+        if runs[0] in selections:
+            record.update(lr=identity[runs[0]][0]["lr"], lr_selection=selections[runs[0]])
+        if all("prior_val_loss" in summaries[run] for run in runs):
+            record["beats_prior"] = [
+                summaries[run]["best_val_loss"] < summaries[run]["prior_val_loss"] for run in runs
+            ]
+        out.append(record)
     notes = (
         [
             f"{len(per_run)} runs -> {len(out)} aggregated records (runs that differ only in their "
@@ -202,7 +243,8 @@ def aggregate_runs(per_run: dict[Path, list[dict]]) -> tuple[list[dict], list[st
     )
     if singles := sum(r["n_runs"] == 1 for r in out):
         notes.append(
-            f"{singles} records come from one run (n = 1): their std and ci95 are null; train more "
+            f"{singles} records come from one run (n = 1): their std, ci95 and pi95 are null; "
+            "train more "
             "seeds "
             "(train.py --seed / --split-seed) for an interval."
         )
@@ -212,6 +254,38 @@ def aggregate_runs(per_run: dict[Path, list[dict]]) -> tuple[list[dict], list[st
             + "; ".join(sorted(set(filter(None, labels.values()))))
         )
     return out, notes
+
+
+def lr_selections(identity: dict, summaries: dict[Path, dict]) -> dict[Path, dict]:
+    """{run: its lr_selection} for the runs of every family that differs only in seed and lr and
+    holds two lrs or more, all finished (identity: run_identity of each run; summaries: their
+    train_summary.json): the mean best validation loss of each lr's runs, and the lr with the
+    lowest. Validation data only: the test setups never choose a setting."""
+    families: dict[str, dict[float, list[Path]]] = {}
+    for run, (settings, _) in identity.items():
+        if "lr" in settings:
+            rest = json.dumps({k: v for k, v in settings.items() if k != "lr"}, sort_keys=True)
+            families.setdefault(rest, {}).setdefault(settings["lr"], []).append(run)
+    selections = {}
+    finished = lambda runs: all("best_val_loss" in summaries[run] for run in runs)  # noqa: E731
+    for grid in (
+        lrs for lrs in families.values() if len(lrs) > 1 and finished(sum(lrs.values(), []))
+    ):
+        losses = {
+            lr: float(np.mean([summaries[run]["best_val_loss"] for run in runs]))
+            for lr, runs in sorted(grid.items())
+        }
+        selections.update(
+            dict.fromkeys(
+                [run for runs in grid.values() for run in runs],
+                {
+                    "chosen": min(losses, key=losses.get),
+                    "by": "val_loss",
+                    "candidates": {str(lr): loss for lr, loss in losses.items()},
+                },
+            )
+        )
+    return selections
 
 
 def label_runs(per_run: dict[Path, list[dict]]) -> tuple[list[dict], list[str]]:
@@ -265,6 +339,113 @@ def collect(
         per_run = {run: records for run, records in per_run.items() if run not in unfinished}
     records, more = (aggregate_runs if aggregated else label_runs)(per_run)
     return records, notes + more
+
+
+# ---- Paired comparison across seeds --------------------------------------------------------------
+def seed_runs(folder) -> dict[int, Path]:
+    """{s: run directory} of a folder of seed runs (its seed<s>/ subfolders); {} for anything else
+    (a run directory has a config.json)."""
+    folder = Path(folder).expanduser().resolve()
+    is_run = (folder / config.CONFIG_FILE).exists() or not folder.is_dir()
+    subfolders = [] if is_run else [path for path in folder.iterdir() if path.is_dir()]
+    found = (re.fullmatch(r"seed(\d+)", path.name) for path in subfolders)
+    return {int(match[1]): folder / match[0] for match in found if match}
+
+
+def compare_seeds(
+    runs_a: dict[int, Path], runs_b: dict[int, Path], force: bool = False, **evaluate_kwargs
+) -> tuple[list[dict], list[str]]:
+    """Two systems, each a folder of seed runs ({s: run}), paired by seed: pair_check, then per
+    (test, task, part) and metric both report, over the seeds where it is defined in both:
+    n_pairs, mean_diff (mean of A - B), ci95 (paired t-interval, mean_std_ci) and p_sign_flip."""
+    seeds = sorted(set(runs_a) & set(runs_b))
+    if not 2 <= len(seeds) <= MAX_SIGN_FLIP_PAIRS:
+        raise EvaluationError(
+            f"--compare: A holds seed {sorted(runs_a)}, B seed {sorted(runs_b)}: {len(seeds)} "
+            f"seeds in both; pairing by seed needs 2 to {MAX_SIGN_FLIP_PAIRS} (train the same "
+            "--seeds for both)."
+        )
+    pairs = {s: (runs_a[s], runs_b[s]) for s in seeds}
+    unpaired = " ".join(map(str, sorted(set(runs_a) ^ set(runs_b)))) or "none"
+    notes = [
+        f"A - B compares {pair_check(pairs)}, paired over seeds {' '.join(map(str, seeds))} "
+        f"(seeds in one folder only, not compared: {unpaired})."
+    ]
+    per_run, more = gather_runs(
+        [run for pair in pairs.values() for run in pair], force, **evaluate_kwargs
+    )
+    by_setup = {
+        run: {(r["test"], r["task"], r.get("part", "all")): r for r in records}
+        for run, records in per_run.items()
+    }
+    setups = set.intersection(*(set(records) for records in by_setup.values()))
+    rows = []
+    for test, task, part in sorted(setups):
+        pair_records = [
+            [by_setup[run][test, task, part] for run in pair] for pair in pairs.values()
+        ]
+        for metric in filter(METRIC_PATTERN.match, pair_records[0][0]):
+            diffs = [
+                a[metric] - b[metric]
+                for a, b in pair_records
+                if None not in (a.get(metric), b.get(metric))
+            ]
+            if diffs:
+                rows.append(
+                    {
+                        "train": pair_records[0][0]["train"],
+                        "test": test,
+                        "task": task,
+                        "part": part,
+                        "metric": metric,
+                        "n_pairs": len(diffs),
+                        "mean_diff": float(np.mean(diffs)),
+                        "ci95": mean_std_ci(diffs, (-1.0, 1.0))[2],
+                        "p_sign_flip": sign_flip_p(diffs),
+                    }
+                )
+    return rows, more + notes
+
+
+def pair_check(pairs: dict[int, tuple[Path, Path]]) -> str:
+    """Each folder's runs differ only in their seeds, and the runs of one seed were trained on the
+    same split (the same file, by its checksum) with the same init seed: an EvaluationError naming
+    the difference otherwise. Returns the compared setting (what A's runs and B's differ in)."""
+    identity = {run: run_identity(run) for pair in pairs.values() for run in pair}
+    first = next(iter(pairs.values()))
+    for s, pair in pairs.items():
+        for side, run in enumerate(pair):
+            if differences := _differences(identity[first[side]][0], identity[run][0]):
+                raise EvaluationError(
+                    f"{first[side]} and {run} differ in more than their seeds ({differences}): "
+                    "one folder must hold one system."
+                )
+        if identity[pair[0]][1] != identity[pair[1]][1]:
+            raise EvaluationError(
+                f"seed {s}: {pair[0]} and {pair[1]} are no pair: (init seed, split checksum) "
+                f"{identity[pair[0]][1]} -> {identity[pair[1]][1]}; paired runs share the init "
+                "seed and the split file."
+            )
+    return _differences(identity[first[0]][0], identity[first[1]][0]) or "nothing"
+
+
+def _differences(a: dict, b: dict) -> str:
+    """The settings two dicts disagree on, as "key a -> b; ..." ("" when none; "-": a setting one of
+    them does not record, or its model does not use)."""
+    keys = sorted(k for k in {*a, *b} if a.get(k, "-") != b.get(k, "-"))
+    return "; ".join(f"{k} {a.get(k, '-')} -> {b.get(k, '-')}" for k in keys)
+
+
+def sign_flip_p(diffs) -> float:
+    """Exact two-sided sign-flip permutation p-value of the mean of n paired differences: if A and
+    B were exchangeable, each difference's sign would be a fair coin; p = the share of the 2^n sign
+    assignments whose |mean| is at least the observed |mean| (the smallest p possible: 2 / 2^n)."""
+    sums = np.zeros(1)
+    for d in diffs:
+        sums = np.concatenate([sums + d, sums - d])  # (2^k,) the sums of every assignment so far
+    observed = abs(sum(diffs))
+    # the same sum reached in another order may differ in its last bits: a tie, not less
+    return float(np.mean(np.abs(sums) >= observed - 1e-12))
 
 
 # ---- Paired bootstrap ----------------------------------------------------------------------------
@@ -327,9 +508,17 @@ def compare(
     force: bool = False,
     **evaluate_kwargs,
 ) -> tuple[list[dict], list[str]]:
-    """evaluate.py --compare: compare_runs of two run directories, evaluated first where they have
-    no scores/ or their results.json is not current; a note names a run whose training has not
-    finished."""
+    """evaluate.py --compare: two folders of seed runs, compare_seeds; two run directories,
+    compare_runs (evaluated first where they have no scores/ or their results.json is not current;
+    a note names a run whose training has not finished)."""
+    folders = [seed_runs(run_a), seed_runs(run_b)]
+    if all(folders):
+        return compare_seeds(*folders, force, **evaluate_kwargs)
+    if any(folders):
+        raise EvaluationError(
+            f"--compare {run_a} {run_b}: give two run directories or two folders of seed runs "
+            "(reproduce.py's OUT/<kind>, holding seed<s>/), not one of each."
+        )
     _check_resamples(resamples)  # before any evaluation
     per_run, notes = gather_runs([run_a, run_b], force, **{**evaluate_kwargs, "save": True})
     rows, more = compare_runs(per_run, resamples, seed)
@@ -472,8 +661,11 @@ def _check_against_results(run: Path, test: str, task: str, values: dict, record
 
 
 def _check_resamples(resamples: int) -> None:
-    if resamples < 1:
-        raise EvaluationError(f"--resamples must be at least 1, got {resamples}.")
+    if resamples < MIN_RESAMPLES:
+        raise EvaluationError(
+            f"--resamples must be at least {MIN_RESAMPLES}, got {resamples}: the 2.5th and 97.5th "
+            "percentiles of fewer resamples rest on a handful of them."
+        )
 
 
 def _read_json(path: Path) -> dict:

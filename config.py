@@ -1,6 +1,7 @@
 """One configuration for train.py and evaluate.py, and the run directory's file names.
 
-`TrainConfig` holds every training choice with the paper's default (docs/original.md);
+`TrainConfig` holds every training choice; each flag's help says whose its default is: the paper's,
+the original code's where the paper is silent, or ours (docs/original.md);
 `build_parser` turns it into argparse flags (help from the field metadata), `check_config` refuses
 values that cannot work (naming the flag), and config.json's "config" entry is
 `TrainConfig.to_dict()`. No TensorFlow here: `--help` must be fast.
@@ -44,6 +45,10 @@ VALID_DRAWS = ("once", "every-epoch")  # validation crops and labels
 # training flags that change nothing in the trained model: a resumed run may change them, aggregates
 # ignore them
 NO_EFFECT_FIELDS = ("run_dir", "verbose", "workers", "keep_checkpoints", "in_memory")
+# settings a model does not use: config.json records them as null, --collect ignores them
+UNUSED_SETTINGS = {
+    "classification": dict.fromkeys(("side_info", "loss_reduction", "margin", "negatives"))
+}
 # where training reads the mel store from (MelStore in_memory)
 IN_MEMORY = {"auto": None, "yes": True, "no": False}
 # the Keras backends we train with, and the packages each needs (the first is its module)
@@ -92,7 +97,9 @@ def _flag(help_text: str, **extra):
 
 @dataclass
 class TrainConfig:
-    """Every choice of a training run; defaults reproduce the paper."""
+    """Every choice of a training run; defaults: the paper's where it gives a value, else the
+    original code's, except --epochs, --weights and --valid-draws (ours; each help names the flag
+    that restores the original)."""
 
     dataset: str = field(
         default="demo",
@@ -135,18 +142,30 @@ class TrainConfig:
         default=None,
         metadata=_flag(
             "a file stem in the dataset's side_info/ (instrument-count, glove...); default: "
-            "instrument-count, else glove."
+            "instrument-count, else glove. Embedding model only (classification: recorded null)."
         ),
     )
-    negatives: int = field(default=1, metadata=_flag("negative labels per sample (paper: 1)."))
-    margin: float = field(default=0.4, metadata=_flag("hinge-loss margin Delta (paper: 0.4)."))
+    negatives: int = field(
+        default=1, metadata=_flag("negative labels per sample (paper: one). Embedding model only.")
+    )
+    margin: float = field(
+        default=0.4,
+        metadata=_flag(
+            "hinge-loss margin Delta: the paper gives no value; 0.4 is the original code's "
+            "default. Embedding model only."
+        ),
+    )
     loss_reduction: str = field(
         default="sum",
         metadata=_flag(
-            "sum (original: hinge loss summed over the batch) or mean.", choices=LOSS_REDUCTIONS
+            "sum (original code: hinge loss summed over the batch; the paper is silent) or mean. "
+            "Embedding model only.",
+            choices=LOSS_REDUCTIONS,
         ),
     )
-    batch_size: int = field(default=64, metadata=_flag("batch size (original: 64)."))
+    batch_size: int = field(
+        default=64, metadata=_flag("batch size (original code: 64; the paper is silent).")
+    )
     lr: float = field(default=0.001, metadata=_flag("SGD learning rate (paper: 0.001)."))
     lr_decay: float = field(
         default=1e-6,
@@ -156,31 +175,31 @@ class TrainConfig:
     epochs: int | None = field(
         default=None,
         metadata=_flag(
-            f"maximum epochs (early stopping ends a run); default {DEFAULT_EPOCHS_OTHER}, by "
-            f"dataset {DEFAULT_EPOCHS}."
+            f"maximum epochs (early stopping ends a run); ours: {DEFAULT_EPOCHS_OTHER}, by dataset "
+            f"{DEFAULT_EPOCHS} (the paper gives none; the original's budget: --epochs 20 "
+            "--weights last)."
         ),
     )
     patience: int = field(
-        default=20, metadata=_flag("EarlyStopping patience on val_loss (original: 20).")
+        default=20, metadata=_flag("EarlyStopping patience on val_loss (original code: 20).")
     )
     plateau_patience: int = field(
-        default=5, metadata=_flag("ReduceLROnPlateau patience (original: 5).")
+        default=5, metadata=_flag("ReduceLROnPlateau patience (original code: 5).")
     )
     plateau_factor: float = field(
-        default=0.2, metadata=_flag("ReduceLROnPlateau factor (original: 0.2).")
+        default=0.2, metadata=_flag("ReduceLROnPlateau factor (original code: 0.2).")
     )
     min_lr: float = field(
-        default=1.6e-7, metadata=_flag("ReduceLROnPlateau min_lr (original: 1.6e-7).")
+        default=1.6e-7, metadata=_flag("ReduceLROnPlateau min_lr (original code: 1.6e-7).")
     )
     checkpoint_every: int = field(
-        default=2, metadata=_flag("save a checkpoint every N epochs (original: 2).")
+        default=2, metadata=_flag("save a checkpoint every N epochs (original code: 2).")
     )
     weights: str = field(
         default="best",
         metadata=_flag(
-            "what becomes model.keras: best (the epoch of the lowest val_loss) or last (the last "
-            "epoch trained; the "
-            "original's budget is --epochs 20 --weights last).",
+            "what becomes model.keras: best (ours: the epoch of the lowest val_loss) or last (the "
+            "last epoch trained; the original's budget is --epochs 20 --weights last).",
             choices=WEIGHTS,
         ),
     )
@@ -188,8 +207,7 @@ class TrainConfig:
         default="drop",
         metadata=_flag(
             "drop: floor(n / batch size) training batches per epoch, the last partial batch left "
-            "out (original); "
-            "keep: ceil, every track every epoch.",
+            "out (original code); keep: ceil, every track every epoch.",
             choices=LAST_BATCH,
         ),
     )
@@ -198,7 +216,7 @@ class TrainConfig:
         metadata=_flag(
             "once: validation crops and labels drawn once, so val_loss compares across epochs "
             "(early stopping and "
-            "the best weights read it); every-epoch: new draws every epoch (original).",
+            "the best weights read it; ours); every-epoch: new draws every epoch (original code).",
             choices=VALID_DRAWS,
         ),
     )

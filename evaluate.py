@@ -7,8 +7,10 @@ command.
         (mean +- 95% CI)
     python evaluate.py --collect runs/A runs/B --report results.html   # + one self-contained
         results page (report.py)
-    python evaluate.py --compare runs/A runs/B          # A - B per metric, 95% paired bootstrap
-        interval
+    python evaluate.py --compare runs/demo/a runs/demo/b   # two folders of seed runs: A - B per
+        metric over the seeds, paired t-interval, sign-flip p
+    python evaluate.py --compare runs/A runs/B          # two runs: A - B, 95% paired bootstrap
+        interval over the test rows (within one trained pair)
     python evaluate.py --run-dir runs/X --query guitar --annotate song.mp3 --neighbors lovely  #
         case_studies.py
     python evaluate.py --external clap.npz --dataset demo   # another model's embeddings
@@ -79,9 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--compare",
         nargs=2,
-        metavar=("RUN_A", "RUN_B"),
-        help="paired bootstrap comparison of two "
-        "runs on the same split: A - B per metric with a 95%% interval (evaluates with scores/).",
+        metavar=("A", "B"),
+        help="two folders of seed runs (reproduce.py's OUT/<kind>, holding seed<s>/), paired by "
+        "seed (same split file and init seed; A's runs and B's differ only in the compared "
+        "setting): per setup and metric, the mean over seeds of A - B, its paired 95%% "
+        "t-interval and the exact sign-flip p. Two run directories: the paired bootstrap over "
+        "the test rows of that one trained pair, A - B with a 95%% interval (evaluates with "
+        "scores/).",
     )
     where.add_argument(
         "--external",
@@ -105,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resamples",
         type=int,
         default=aggregate.DEFAULT_RESAMPLES,
-        help="--compare: bootstrap resamples of the test tracks/labels.",
+        help="--compare of two runs: bootstrap resamples of the test tracks/labels (at least "
+        f"{aggregate.MIN_RESAMPLES}).",
     )
     add(
         "--bootstrap-seed",
@@ -318,7 +325,7 @@ def results(args) -> tuple[str, list[str]]:
         rows, notes = aggregate.compare(
             *args.compare, args.resamples, args.bootstrap_seed, args.force, **kwargs
         )
-        return tables.render_comparison(rows, fmt=args.format), notes
+        return tables.render_comparison(rows, fmt=args.format, names=args.compare), notes
     if args.collect:
         records, notes = aggregate.collect(
             args.collect,

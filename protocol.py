@@ -427,7 +427,8 @@ def make_record(run: Run, test: str, task: str, part: str, values: dict) -> dict
     return {
         "dataset": run.dataset,
         "model": run.model_kind,
-        "side_info": run.side_info_kind,
+        # null: the classification model reads no side information
+        "side_info": None if run.model_kind == "classification" else run.side_info_kind,
         "train": run.train_setup,
         "test": test,
         "task": task,

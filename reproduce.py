@@ -11,7 +11,11 @@ the tables with the mean and 95% confidence interval of every metric (evaluate.p
 
 Seed s trains on the split of seed s (the dataset's splits/split_seed<s>.json, made when missing),
 with weights and sampling seeded by s too: the split's generator and Keras' are separate, so one
-number serves both. Run OUT/<side-info>/seed<s> is trained by train.py's `run`, in this process:
+number serves both, and the interval over seeds holds the split's luck and training's.
+--split-seed N holds the split fixed (every seed trains on split N: training's luck alone, as with
+the paper's one split). --lr A B ... trains the grid lr x seed into OUT/<side-info>/lr<lr>/seed<s>;
+the tables then show each model at the original's lr and at the lr with the lowest mean best
+validation loss. Run OUT/<side-info>/seed<s> is trained by train.py's `run`, in this process:
 rerunning the command skips the finished runs and resumes an interrupted one after its last finished
 epoch. Every other flag is train.py's, with its default. Training's progress goes to stderr, the
 tables to stdout (--format json for scripts), the results page to OUT/report.html (report.py).
@@ -21,6 +25,7 @@ Without --side-info the embedding model trains with every kind of PAPER_SIDE_INF
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import os
@@ -42,7 +47,7 @@ PAPER_SIDE_INFO = ("instrument-count", "instrument-confidence", "glove")
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 # train.py flags this command sets per run
 REPORT_FILE = "report.html"  # OUT/report.html: the results page (report.py)
-SET_HERE = ("seed", "split_seed", "split", "side_info", "run_dir")
+SET_HERE = ("seed", "split_seed", "split", "side_info", "run_dir", "lr")
 
 
 class ReproduceError(ValueError):
@@ -65,25 +70,35 @@ def side_info_kinds(config: cfg.TrainConfig, asked: list[str] | None) -> list[st
     return kinds
 
 
-def run_dir(out: Path, kind: str | None, seed: int) -> Path:
-    """OUT/<side-info>/seed<s> (OUT/default/seed<s>: a classification run without --side-info)."""
-    return out / (kind or "default") / f"seed{seed}"
+def run_dir(out: Path, kind: str | None, seed: int, lr: float | None = None) -> Path:
+    """OUT/<side-info>/seed<s> (OUT/default/seed<s>: a classification run without --side-info);
+    OUT/<side-info>/lr<lr>/seed<s> for a run of an lr grid."""
+    return out / (kind or "default") / ("" if lr is None else f"lr{lr}") / f"seed{seed}"
 
 
 def plan(
-    base: cfg.TrainConfig, kinds: list[str | None], seeds: list[int], out: Path
+    base: cfg.TrainConfig,
+    kinds: list[str | None],
+    seeds: list[int],
+    out: Path,
+    lrs: tuple[float, ...] = (),
+    split_seed: int | None = None,
 ) -> list[cfg.TrainConfig]:
-    """One configuration per (side-information kind, seed): split seed = init seed = s."""
+    """One configuration per (side-information kind, lr of a grid of two or more, seed): split
+    seed = `split_seed`, else the init seed s."""
+    grid = lrs if len(lrs) > 1 else [None]
     return [
         dataclasses.replace(
             base,
             side_info=kind,
             seed=seed,
-            split_seed=seed,
+            split_seed=seed if split_seed is None else split_seed,
             split=None,
-            run_dir=str(run_dir(out, kind, seed)),
+            lr=base.lr if lr is None else lr,
+            run_dir=str(run_dir(out, kind, seed, lr)),
         )
         for kind in kinds
+        for lr in grid
         for seed in seeds
     ]
 
@@ -139,6 +154,24 @@ def build_parser():
         help="seeds: each gives one run per side-information kind (its split seed and init seed).",
     )
     parser.add_argument(
+        "--lr",
+        type=float,
+        nargs="+",
+        default=[cfg.TrainConfig.lr],
+        help="SGD learning rate (paper: 0.001); two or more values train the grid lr x seed, and "
+        "the tables show each model at the original's lr and at the lr with the lowest mean best "
+        "validation loss (chosen on validation data).",
+    )
+    parser.add_argument(
+        "--split-seed",
+        type=int,
+        default=None,
+        dest="fixed_split_seed",
+        metavar="N",
+        help="train every seed on the split of this seed (the split held fixed: the interval "
+        "holds training's luck alone). Default: seed s trains on split s.",
+    )
+    parser.add_argument(
         "--side-info",
         nargs="+",
         dest="side_info_kinds",
@@ -170,8 +203,23 @@ def main(argv=None) -> int:
             )
         if (out := resolved(args.out, "--out")).exists() and not out.is_dir():
             raise ReproduceError(f"--out {out} is a file: pass a folder for the runs.")
-        base = cfg.check_config(cfg.config_from_args(args))
-        configs = plan(base, side_info_kinds(base, args.side_info_kinds), args.seeds, out)
+        if len(set(args.lr)) != len(args.lr):
+            raise ReproduceError(
+                f"--lr {' '.join(map(str, args.lr))}: give distinct values (one lr, or a grid of "
+                "two or more)."
+            )
+        # the other lrs of a grid: check_plan checks every run's flags before anything trains
+        base = cfg.check_config(
+            cfg.config_from_args(argparse.Namespace(**vars(args) | {"lr": args.lr[0]}))
+        )
+        configs = plan(
+            base,
+            side_info_kinds(base, args.side_info_kinds),
+            args.seeds,
+            out,
+            tuple(args.lr),
+            args.fixed_split_seed,
+        )
         check_plan(configs)
         run_dirs = train_all(configs)
     except (
@@ -186,7 +234,7 @@ def main(argv=None) -> int:
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return print_tables(run_dirs, args.format, Path(args.out).expanduser() / REPORT_FILE)
+    return print_tables(run_dirs, args.format, out / REPORT_FILE)
 
 
 if __name__ == "__main__":

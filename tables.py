@@ -2,9 +2,10 @@
 al., ISMIR 2019), with the published numbers (reference/paper_tables.csv) and ours - paper for FMA
 and MSD, plus a clearly labelled generalized zero-shot view; a record outside the paper's tables
 goes to "Other results", never dropped. Aggregated records (aggregate.py: several seeds) show "mean
-± half-width" of their 95% interval, n, and for FMA/MSD where the published number lies against that
-interval; rows of other models (evaluate.py --external) come under ours. render_comparison prints
-evaluate.py --compare."""
+± half-width" of the 95% confidence interval of our mean, n, and for FMA/MSD where the published
+number (one run) lies against the 95% prediction interval of one new run; rows of other models
+(evaluate.py --external) come under ours. Table 4 shows, for a learning-rate grid, each model at the
+original's lr and at the lr chosen on validation. render_comparison prints evaluate.py --compare."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 import splits
+from config import TrainConfig
 from metrics import harmonic_mean
 
 PAPER_TABLES_PATH = Path(__file__).resolve().parent / "reference" / "paper_tables.csv"
@@ -43,6 +45,8 @@ LONG_FIELDS = (
     "ci95_high",
     "evaluated",
     "skipped",
+    "pi95_low",
+    "pi95_high",
 )
 COUNTS = ("evaluated", "skipped")
 COMPARISON_FIELDS = (
@@ -62,6 +66,18 @@ COMPARISON_FIELDS = (
     "run_a",
     "run_b",
 )  # csv of render_comparison
+SEED_COMPARISON_FIELDS = (
+    "train",
+    "test",
+    "task",
+    "part",
+    "metric",
+    "n_pairs",
+    "mean_diff",
+    "ci95_low",
+    "ci95_high",
+    "p_sign_flip",
+)  # csv of render_comparison across seeds
 OUR_MODELS = ("embedding", "classification")  # other model names: external models, shown under ours
 TABLE_TESTS = {
     "2": splits.ANNOTATION_TESTS,
@@ -109,15 +125,19 @@ PAPER_NOTE = (
     "shown for every side information of ours; diff = ours - paper."
 )
 AGGREGATE_NOTE = (
-    "ours = mean ± half-width of the 95% t-interval over the n runs that differ only in their "
-    "seeds "
-    "(mean ± t(0.975, n-1) * std / sqrt(n)); n = 1: the run's value, no interval."
+    "ours = mean ± half-width of the 95% confidence interval of our mean over the n runs that "
+    "differ only in their seeds (mean ± t(0.975, n-1) * std / sqrt(n), clipped to [0, 1]): where "
+    "the mean over many more seeds would lie; n = 1: the run's value, no interval."
 )
 VERDICT_NOTE = (
-    "paper is = where the published number lies against our 95% interval: 'inside' it, 'above' it "
-    "(the "
-    "paper reports more than our whole interval) or 'below' it (less); '-' without an interval (n "
-    "= 1)."
+    "paper is = where the published number, one training run, lies against our 95% prediction "
+    "interval of one new run (mean ± t(0.975, n-1) * std * sqrt(1 + 1/n), clipped to [0, 1]; "
+    "pi95 in csv/json): 'inside' it, 'above' or 'below' it; '-' without one (n = 1)."
+)
+MULTIPLE_NOTE = (
+    "{} comparisons (setups x metrics) in this table: where A and B do not differ, about {:.1f} of "
+    "them are expected to look significant at the 5% level by chance; for all of them at once "
+    "(Bonferroni) read each at p < {:.4f}."
 )
 
 
@@ -231,8 +251,9 @@ def _check_aggregate(record: dict, index: int) -> dict:
         problems.append(f"n_runs is {record.get('n_runs')!r}, not a positive integer")
     if not problems:
         problems += [
-            f"ci95 of {m} is {v!r}, not [low, high]"
-            for m, v in record["ci95"].items()
+            f"{key} of {m} is {v!r}, not [low, high]"
+            for key in ("ci95", "pi95")
+            for m, v in record.get(key, {}).items()
             if v is not None
             and not (isinstance(v, list) and len(v) == 2 and all(map(number, v)) and v[0] <= v[1])
         ]
@@ -248,13 +269,13 @@ def _check_aggregate(record: dict, index: int) -> dict:
     return dict(record["mean"])
 
 
-def paper_verdict(published: float | None, ci95) -> str | None:
-    """Where a published number lies against our 95% interval [low, high]: "inside" it, "above" it
-    (the paper's number is higher than our whole interval) or "below" it; None without a published
-    number or an interval."""
-    if published is None or not ci95:
+def paper_verdict(published: float | None, pi95) -> str | None:
+    """Where a published number (one training run) lies against our 95% prediction interval of one
+    new run [low, high]: "inside" it, "above" it (the paper's number is higher than the whole
+    interval) or "below" it; None without a published number or an interval."""
+    if published is None or not pi95:
         return None
-    low, high = ci95
+    low, high = pi95
     return "above" if published > high else "below" if published < low else "inside"
 
 
@@ -294,6 +315,7 @@ def _long_rows(record: dict, paper: dict) -> list[dict]:
     for metric in _metric_names([record]):
         value = record[metric]
         ci95 = record.get("ci95", {}).get(metric)
+        pi95 = record.get("pi95", {}).get(metric)
         published = (
             paper.get((*(record[k] for k in PAPER_KEYS[:-1]), metric))
             if record["part"] == "all"
@@ -310,12 +332,14 @@ def _long_rows(record: dict, paper: dict) -> list[dict]:
                 "diff": None
                 if published is None or math.isnan(value)
                 else round(value - published, 10),
-                "verdict": paper_verdict(published, ci95),
+                "verdict": paper_verdict(published, pi95),
                 "n_runs": record.get("n_runs"),
                 "std": record.get("std", {}).get(metric),
                 "ci95_low": ci95 and ci95[0],
                 "ci95_high": ci95 and ci95[1],
                 **{count: _count(record.get(count)) for count in COUNTS},
+                "pi95_low": pi95 and pi95[0],
+                "pi95_high": pi95 and pi95[1],
             }
         )
     return rows
@@ -328,7 +352,13 @@ def _json_record(record: dict, paper: dict) -> dict:
     rows = _long_rows(record, paper)
     out = {key: record[key] for key in (*ROW_KEYS, "n_runs", "runs") if key in record}
     out["mean"] = {r["metric"]: r["value"] for r in rows}
-    out.update({key: record[key] for key in ("std", "ci95", *COUNTS) if key in record})
+    out.update(
+        {
+            key: record[key]
+            for key in ("std", "ci95", "pi95", *COUNTS, "lr", "lr_selection", "beats_prior")
+            if key in record
+        }
+    )
     return {
         **out,
         "table": rows[0]["table"] if rows else None,
@@ -348,10 +378,11 @@ def _cell(value, sign: str = "") -> str:
 
 
 def _ours(record: dict, metric: str) -> str:
-    """Our value of a metric: "mean ± half-width" of an aggregated record's interval, else the value
-    alone."""
+    """Our value of a metric: "mean ± half-width" of an aggregated record's confidence interval
+    (the half-width of the side not clipped at 0 or 1), else the value alone."""
     ci95 = record.get("ci95", {}).get(metric)
-    return _cell(record.get(metric)) + (f" ± {(ci95[1] - ci95[0]) / 2:.4f}" if ci95 else "")
+    half = ci95 and max(record[metric] - ci95[0], ci95[1] - record[metric])
+    return _cell(record.get(metric)) + (f" ± {half:.4f}" if ci95 else "")
 
 
 def _count(value):
@@ -376,6 +407,8 @@ def dataset_tables(dataset: str, records: list[dict], paper: dict) -> list:
             f"{' and '.join(d.upper() for d in published_datasets)} only): ours alone."
         )
     placed = {table: [r for r in records if _placement(r) == table] for table in TITLES}
+    placed["4"], grid_rest, table4_notes = _table4_rows(placed["4"])
+    placed["other"] += grid_rest
     for table in TITLES:  # in the paper's order, then the GZSL view and the rest
         models = sorted({r["model"] for r in placed[table]})
         if table == "4" and models and not {"embedding", "classification"} <= set(models):
@@ -401,6 +434,7 @@ def dataset_tables(dataset: str, records: list[dict], paper: dict) -> list:
                 *[PAPER_NOTE.format(table)] * shows_paper,
                 *[AGGREGATE_NOTE] * aggregated,
                 *[VERDICT_NOTE] * (aggregated and shows_paper),
+                *table4_notes * (table == "4"),
             ]
             blocks.append(
                 {
@@ -412,6 +446,46 @@ def dataset_tables(dataset: str, records: list[dict], paper: dict) -> list:
                 }
             )
     return blocks
+
+
+def _table4_rows(records: list[dict]) -> tuple[list[dict], list[dict], list[str]]:
+    """Table 4's rows: of a model trained on a learning-rate grid (aggregate.py's lr_selection), the
+    original's lr and the lr chosen on validation, the variant saying which; the grid's other lrs
+    go to "Other results". Returns (rows, others, notes)."""
+    rows = [r for r in records if "lr_selection" not in r]
+    others = []
+    notes = []
+    for record in (r for r in records if "lr_selection" in r):
+        selection = record["lr_selection"]
+        roles = [
+            role
+            for role, lr in (("original", TrainConfig.lr), ("chosen", selection["chosen"]))
+            if record["lr"] == lr
+        ]
+        label = f"{record['variant']} ({' + '.join(roles)})"
+        (rows if roles else others).append({**record, "variant": label} if roles else record)
+        candidates = ", ".join(f"{lr}: {loss:.4f}" for lr, loss in selection["candidates"].items())
+        lrs = [*selection["candidates"]]  # ascending
+        notes += [
+            f"lr grid: 'original' = the original's lr ({TrainConfig.lr}), 'chosen' = the lr with "
+            "the lowest mean best validation loss over its seeds (train_summary.json; no test "
+            "data); the grid's other lrs are under 'Other results'.",
+            f"{record['model']}: mean best val_loss per lr: {candidates}"
+            + (
+                "; the chosen lr is at the edge of the grid: a wider grid may do better."
+                if str(selection["chosen"]) in (lrs[0], lrs[-1])
+                else "."
+            ),
+        ]
+    notes += [
+        f"{(r['model'] + ' ' + r['variant']).strip()}: {r['beats_prior'].count(False)} of "
+        f"{r['n_runs']} runs did "
+        "not get their best validation loss below that of the per-label prior (each label's "
+        "training frequency as the prediction)."
+        for r in rows
+        if not all(r.get("beats_prior", [True]))
+    ]
+    return rows, others, list(dict.fromkeys(notes))
 
 
 def _sorted(records: list[dict], table: str) -> list[dict]:
@@ -530,7 +604,8 @@ def _frame(rows: list[dict], records: list[dict], setup: dict[str, str]) -> pd.D
     names.update({"Variant": "variant"} if any(r.get("variant") for r in records) else {})
     names.update({"Run": "run"} if any("run" in r for r in records) else {})
     index = pd.MultiIndex.from_tuples(
-        [tuple(str(r.get(k, "-")) for k in names.values()) for r in records], names=list(names)
+        [tuple("-" if r.get(k) is None else str(r[k]) for k in names.values()) for r in records],
+        names=list(names),
     )
     frame = pd.DataFrame(rows, index=index)
     two_levels = any(sub for _, sub in frame.columns)
@@ -542,19 +617,26 @@ def _frame(rows: list[dict], records: list[dict], setup: dict[str, str]) -> pd.D
     return frame
 
 
-def render_comparison(rows: list[dict], fmt: str = "table") -> str:
-    """evaluate.py --compare (aggregate.compare_runs: per test setup, task and metric, A, B, A - B
-    and its 95% paired bootstrap interval) as "table", "markdown", "csv" (the interval as ci95_low,
-    ci95_high) or "json"."""
+def render_comparison(rows: list[dict], fmt: str = "table", names=("A", "B")) -> str:
+    """evaluate.py --compare as "table", "markdown", "csv" (the interval as ci95_low, ci95_high) or
+    "json": across seeds (aggregate.compare_seeds: n_pairs, mean_diff, its paired t-interval and the
+    sign-flip p of each setup and metric; `names`: the two folders), or within one trained pair
+    (aggregate.compare_runs: A, B, A - B and its 95% paired bootstrap interval)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    across_seeds = bool(rows) and "n_pairs" in rows[0]
     if fmt == "json":
         return json.dumps(rows, indent=2) + "\n"
     if fmt == "csv":
-        flat = [{**r, "ci95_low": r["ci95"][0], "ci95_high": r["ci95"][1]} for r in rows]
-        return pd.DataFrame(flat, columns=COMPARISON_FIELDS).to_csv(
-            index=False, lineterminator="\n"
-        )
+        flat = [
+            {**r, "ci95_low": r["ci95"] and r["ci95"][0], "ci95_high": r["ci95"] and r["ci95"][1]}
+            for r in rows
+        ]
+        return pd.DataFrame(
+            flat, columns=SEED_COMPARISON_FIELDS if across_seeds else COMPARISON_FIELDS
+        ).to_csv(index=False, lineterminator="\n")
+    if across_seeds:
+        return _seed_comparison(rows, fmt, names)
     if not rows:
         return "No test setup to compare.\n"
     frame = pd.DataFrame(
@@ -583,11 +665,53 @@ def render_comparison(rows: list[dict], fmt: str = "table") -> str:
         "defined in both runs; 95% interval = 2.5th and 97.5th percentiles of A - B over "
         f"{first['resamples']} "
         f"paired bootstrap resamples of those rows (seed {first['seed']}).",
-        "0 inside = no: the interval excludes 0, the sign of A - B holds at the 95% level for this "
-        "test split "
-        "(the split and the training seeds vary too: evaluate.py --collect aggregates seeds).",
+        "0 inside = no: the interval excludes 0, the sign of A - B holds at the 95% level for "
+        "these two trained models on this test split; it says nothing about another training "
+        "run or split (for that, --compare two folders of seed runs).",
+        MULTIPLE_NOTE.format(len(rows), 0.05 * len(rows), 0.05 / len(rows)),
     ]
-    return _render(f"Paired comparison A - B on dataset {first['dataset']}", frame, notes, fmt)
+    return _render(
+        "Paired comparison A - B within one trained pair (bootstrap over its test rows), dataset "
+        f"{first['dataset']}",
+        frame,
+        notes,
+        fmt,
+    )
+
+
+def _seed_comparison(rows: list[dict], fmt: str, names) -> str:
+    """The table of aggregate.compare_seeds' rows, with notes on what each column answers."""
+    n = max(r["n_pairs"] for r in rows)
+    frame = pd.DataFrame(
+        [
+            {
+                "A - B": _cell(r["mean_diff"], "+"),
+                "95% interval": "-"
+                if r["ci95"] is None
+                else f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]",
+                "p (sign flip)": f"{r['p_sign_flip']:.4f}",
+                "n pairs": r["n_pairs"],
+            }
+            for r in rows
+        ],
+        index=pd.MultiIndex.from_tuples(
+            [tuple(r[k] for k in SEED_COMPARISON_FIELDS[:5]) for r in rows],
+            names=["Train", "Test", "Task", "Part", "Metric"],
+        ),
+    )
+    notes = [
+        f"A = {names[0]}",
+        f"B = {names[1]}",
+        "A - B = mean over the seeds of A's metric - B's (the two runs of a seed share the split "
+        "and the init seed); 95% interval = paired t-interval of that mean (mean ± t(0.975, n-1) * "
+        "std / sqrt(n) over the per-seed differences): where the mean difference over many seeds "
+        "would lie, training and split luck included.",
+        "p (sign flip) = exact two-sided permutation p-value: the share of the 2^n sign "
+        "assignments of the per-seed differences whose |mean| is at least the observed one; n = "
+        f"{n} pairs: it cannot be below {2 / 2**n:.4f}.",
+        MULTIPLE_NOTE.format(len(rows), 0.05 * len(rows), 0.05 / len(rows)),
+    ]
+    return _render("Paired comparison A - B across seeds", frame, notes, fmt)
 
 
 def split_columns(frame: pd.DataFrame, width: int = MAX_WIDTH) -> list[pd.DataFrame]:

@@ -111,15 +111,15 @@ def prepare(config: cfg.TrainConfig) -> TrainingData:
     positives = {part: dsio.label_matrix(annotations, tracks[part], seen) for part in PARTS}
     for part in PARTS:
         check_positives(tracks[part], positives[part], part, config)
-    kind = resolve_side_info_kind(config, dataset_dir)
+    # the classification model reads no side information
+    kind = resolve_side_info_kind(config, dataset_dir) if config.model == "embedding" else None
     side_path = vectors = None
     if kind is not None:
         side_path = dsio.resolve_side_info(dataset_dir, kind).resolve()
         # the ONE "label has no side vector" check; read_side_info checks finite
-        if config.model == "embedding":
-            vectors = dsio.side_vectors(
-                dsio.read_side_info(side_path), seen, f"side information {side_path}"
-            )
+        vectors = dsio.side_vectors(
+            dsio.read_side_info(side_path), seen, f"side information {side_path}"
+        )
     facts, rows = store_rows(
         mels_path := resolved(dsio.mels_path(dataset_dir), "mel store"), tracks
     )
@@ -131,6 +131,8 @@ def prepare(config: cfg.TrainConfig) -> TrainingData:
         split=str(split_path),
         split_seed=int(split["seed"]),
     )
+    # settings the model does not use are recorded as null
+    config = dataclasses.replace(config, **cfg.UNUSED_SETTINGS.get(config.model, {}))
     return TrainingData(
         config,
         dataset,
@@ -377,10 +379,10 @@ def check_same_run(run_dir: Path, record: dict) -> None:
         ) from None
     # other side information: its kind or checksum differs
     new, new_sums = record["config"], record["checksums"]
+    # a run from before settings the model does not use were recorded as null
+    ignored = {*cfg.NO_EFFECT_FIELDS, *cfg.UNUSED_SETTINGS.get(new["model"], {})}
     changed = [
-        k
-        for k in sorted(set(old) | set(new))
-        if k not in cfg.NO_EFFECT_FIELDS and old.get(k) != new.get(k)
+        k for k in sorted(set(old) | set(new)) if k not in ignored and old.get(k) != new.get(k)
     ]
     # a run trained before content digests recorded the files' bytes: the same bytes are the same
     files = {
@@ -390,7 +392,8 @@ def check_same_run(run_dir: Path, record: dict) -> None:
     changed += [
         f"checksum of {k}"
         for k in sorted(new_sums)
-        if old_sums.get(k) != new_sums.get(k)
+        if k not in ignored
+        and old_sums.get(k) != new_sums.get(k)
         and not (files.get(k) and dsio.same_content(old_sums.get(k), files[k], new_sums[k]))
     ]
     if changed:
@@ -439,7 +442,7 @@ def run(config: cfg.TrainConfig) -> Path:
                 store,
                 {part: (data.rows[part], data.positives[part]) for part in PARTS},
                 data.label_vectors,
-                config.negatives,
+                config.negatives or 0,  # None: the classification model draws none
                 config.batch_size,
                 config.seed,
                 first_epoch,
@@ -559,6 +562,21 @@ def fit(model, batches: dict, callbacks: list, first_epoch: int, config: cfg.Tra
         raise AudioError(cause.group(1)) from None
 
 
+def prior_val_loss(positives: dict[str, np.ndarray]) -> float:
+    """The validation loss of the per-label prior: each seen label's frequency in the training
+    tracks as the prediction for every validation track, under the classification model's loss
+    (Keras' binary cross-entropy, mean over labels and tracks; its val_loss also holds the L2
+    weight penalty). A classifier that does not get below it has learned no more than how common
+    each label is."""
+    import keras
+
+    truth = positives["valid"].astype(np.float32)  # (n, L) multi-hot
+    prior = np.broadcast_to(
+        positives["train"].mean(axis=0, dtype=np.float32), truth.shape
+    )  # (n, L)
+    return float(keras.losses.BinaryCrossentropy()(truth, prior))
+
+
 def finish_run(run_dir: Path, data: TrainingData, backup, seconds: float, extra: dict) -> dict:
     """training_curve.png, train_summary.json (with the sha256 of the final model.keras), backup
     removed."""
@@ -583,6 +601,12 @@ def finish_run(run_dir: Path, data: TrainingData, backup, seconds: float, extra:
         **extra,
         "config_sha256": config_sha256,
         "model_sha256": sha256_file(run_dir / MODEL_FILE),
+        # the classification model's yardstick (the embedding model has no such prior)
+        **(
+            {"prior_val_loss": prior_val_loss(data.positives)}
+            if data.config.model == "classification"
+            else {}
+        ),
     }
     plot_training_curve(
         run_dir / LOG_FILE,

@@ -6,9 +6,12 @@ error messages."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import statistics
+from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,20 +137,33 @@ def test_aggregates_equal_a_recomputation_from_each_runs_results_json(tmp_path):
         assert record["runs"] == [str(run) for run in runs]
         for name, mean in record["mean"].items():
             column = [results[i][name] for results in own]
-            half = T975[2] * statistics.stdev(column) / math.sqrt(3)
+            sd = statistics.stdev(column)
             assert abs(mean - statistics.fmean(column)) < 1e-9
-            assert abs(record["std"][name] - statistics.stdev(column)) < 1e-9
-            assert np.allclose(record["ci95"][name], [mean - half, mean + half], rtol=0, atol=1e-9)
+            assert abs(record["std"][name] - sd) < 1e-9
+            # confidence interval of the mean, prediction interval of one run; clipped to [0, 1]
+            for key, half in (
+                ("ci95", T975[2] * sd / math.sqrt(3)),
+                ("pi95", T975[2] * sd * math.sqrt(1 + 1 / 3)),
+            ):
+                expected = [max(0.0, mean - half), min(1.0, mean + half)]
+                assert np.allclose(record[key][name], expected, rtol=0, atol=1e-9)
     assert records[0]["evaluated"] == [150, 151, 152] and records[0]["skipped"] == [0, 1, 2]
 
 
 def test_mean_std_ci_by_hand():
-    # std = 0.1 * sqrt(2); half = t(.975, 1) * 0.1
-    mean, std, ci95 = aggregate.mean_std_ci([0.5, 0.7])
-    assert mean == pytest.approx(0.6) and std == pytest.approx(0.1 * math.sqrt(2))
-    assert ci95 == pytest.approx([0.6 - T975[1] * 0.1, 0.6 + T975[1] * 0.1])
-    assert aggregate.mean_std_ci([0.5, 0.5, 0.5, 0.5, 0.5]) == (0.5, 0.0, [0.5, 0.5])
-    assert aggregate.mean_std_ci([0.25]) == (0.25, None, None)
+    # std = 0.01 * sqrt(2); ci half = t(.975, 1) * 0.01; pi half = t(.975, 1) * 0.01 * sqrt(3)
+    mean, std, ci95, pi95 = aggregate.mean_std_ci([0.5, 0.52])
+    assert mean == pytest.approx(0.51) and std == pytest.approx(0.01 * math.sqrt(2))
+    assert ci95 == pytest.approx([0.51 - T975[1] * 0.01, 0.51 + T975[1] * 0.01])
+    half = T975[1] * 0.01 * math.sqrt(3)
+    assert pi95 == pytest.approx([0.51 - half, 0.51 + half])
+    # at n = 5 the prediction interval is sqrt(1 + 5) = 2.45 times as wide
+    five = aggregate.mean_std_ci([0.40, 0.45, 0.5, 0.55, 0.6])
+    assert (five[3][1] - five[3][0]) / (five[2][1] - five[2][0]) == pytest.approx(math.sqrt(6))
+    # clipped to the metrics' range [0, 1]: (0.5, 0.7) has half-widths 1.27 and 2.2
+    assert aggregate.mean_std_ci([0.5, 0.7])[2:] == ([0.0, 1.0], [0.0, 1.0])
+    assert aggregate.mean_std_ci([0.5, 0.5, 0.5, 0.5, 0.5]) == (0.5, 0.0, [0.5, 0.5], [0.5, 0.5])
+    assert aggregate.mean_std_ci([0.25]) == (0.25, None, None, None)
 
 
 def test_grouping_seeds_only_and_variant_labels(tmp_path):
@@ -190,9 +206,7 @@ def test_grouping_seeds_only_and_variant_labels(tmp_path):
         ("random", "epochs=default weights=best", 1),
     ]
     assert any("1 records come from one run (n = 1)" in n for n in notes)
-    assert records[2]["std"] == dict.fromkeys(ANNOTATION) and records[2]["ci95"] == dict.fromkeys(
-        ANNOTATION
-    )
+    assert all(records[2][key] == dict.fromkeys(ANNOTATION) for key in ("std", "ci95", "pi95"))
     assert any("'variant' names the settings that differ" in n for n in notes)
     # --per-run: today's rows, twins told apart by the run directory's name.
     per_run, _ = aggregate.collect([*ours, other_side])
@@ -204,7 +218,10 @@ def test_variant_labels_name_what_differs():
         {
             "new": {"epochs": 20, "weights": "last", "model": "embedding", "lr": 0.001},
             # config.json from before --weights
-            "old": {"epochs": 20, "model": "classification", "lr": 0.001},
+            "old": {"epochs": 20, "model": "embedding", "lr": 0.001},
+            # each model is labelled apart (its records never share a key with the other's)
+            "cls": {"epochs": 40, "weights": "last", "model": "classification", "lr": 0.001},
+            "cls2": {"epochs": 40, "weights": "last", "model": "classification", "lr": 0.008},
             "clap": {"external": "clap", "allow_missing": False},
             "clap2": {"external": "clap2", "allow_missing": True},
         }
@@ -212,6 +229,8 @@ def test_variant_labels_name_what_differs():
     assert labels == {
         "new": "weights=last",
         "old": "weights=?",
+        "cls": "lr=0.001",
+        "cls2": "lr=0.008",
         "clap": "allow_missing=False",
         "clap2": "allow_missing=True",
     }
@@ -281,7 +300,7 @@ def test_collect_cli_json_is_the_aggregated_record_format(tmp_path, capsys):
             seed=s,
             split=f"split-{s}",
         )
-        for s, auc in enumerate((0.86, 0.87, 0.88))
+        for s, auc in enumerate((0.85, 0.855, 0.86))
     ]
     assert evaluate.main(["--collect", *map(str, runs), "--format", "json"]) == 0
     (record,) = json.loads(capsys.readouterr().out)
@@ -291,12 +310,16 @@ def test_collect_cli_json_is_the_aggregated_record_format(tmp_path, capsys):
         "mean",
         "std",
         "ci95",
+        "pi95",
         "verdict",
         "paper",
     }
-    assert record["n_runs"] == 3 and record["mean"]["AUC-i"] == pytest.approx(0.87)
-    half = T975[2] * 0.01 / math.sqrt(3)
-    assert record["ci95"]["AUC-i"] == pytest.approx([0.87 - half, 0.87 + half])
+    assert record["n_runs"] == 3 and record["mean"]["AUC-i"] == pytest.approx(0.855)
+    half = T975[2] * 0.005 / math.sqrt(3)
+    assert record["ci95"]["AUC-i"] == pytest.approx([0.855 - half, 0.855 + half])
+    assert record["pi95"]["AUC-i"] == pytest.approx([0.855 - 2 * half, 0.855 + 2 * half])
+    # the published run (0.8736) is above our mean's interval, inside that of one new run
+    assert record["ci95"]["AUC-i"][1] < 0.8736 < record["pi95"]["AUC-i"][1]
     assert record["paper"] == {"AUC-i": 0.8736} and record["verdict"] == {"AUC-i": "inside"}
 
 
@@ -327,24 +350,24 @@ def test_paired_bootstrap_matches_a_plain_loop():
     # undefined rows (one metric undefined means all are): left out of both metrics
     a["AUC-i"][[4, 9]] = np.nan
     b["MAP-i"][4] = np.nan
-    result, used, left_out = aggregate.paired_bootstrap(a, b, resamples=300, seed=11)
+    result, used, left_out = aggregate.paired_bootstrap(a, b, resamples=1000, seed=11)
     assert (used, left_out) == (38, 2)
     keep = ~np.isnan(a["AUC-i"])
     for name in a:
         b_kept = np.where(keep, b[name], np.nan)
-        diff, ci95, dropped = reference_bootstrap(np.where(keep, a[name], np.nan), b_kept, 300, 11)
+        diff, ci95, dropped = reference_bootstrap(np.where(keep, a[name], np.nan), b_kept, 1000, 11)
         assert dropped == 2
         assert result[name]["diff"] == pytest.approx(diff, abs=1e-12)
         assert result[name]["ci95"] == pytest.approx(ci95, abs=1e-12)
         assert result[name]["a"] - result[name]["b"] == pytest.approx(diff, abs=1e-12)
     # A constant difference has a zero-width interval; the same seed gives the same interval.
     same, _, _ = aggregate.paired_bootstrap(
-        {"AUC-i": np.full(9, 0.8)}, {"AUC-i": np.full(9, 0.5)}, 50, 0
+        {"AUC-i": np.full(9, 0.8)}, {"AUC-i": np.full(9, 0.5)}, 1000, 0
     )
     assert same["AUC-i"]["ci95"] == pytest.approx([0.3, 0.3])
-    assert aggregate.paired_bootstrap(a, b, 300, 11)[0] == result
-    with pytest.raises(protocol.EvaluationError, match="--resamples must be at least 1"):
-        aggregate.paired_bootstrap(a, b, 0, 0)
+    assert aggregate.paired_bootstrap(a, b, 1000, 11)[0] == result
+    with pytest.raises(protocol.EvaluationError, match="--resamples must be at least 1000, got 1"):
+        aggregate.paired_bootstrap(a, b, 1, 0)
 
 
 def test_row_metrics_are_the_per_row_definitions():
@@ -412,7 +435,7 @@ def test_compare_cli_on_scored_runs(tmp_path, capsys):
                 str(run_a),
                 str(run_b),
                 "--resamples",
-                "200",
+                "1000",
                 "--bootstrap-seed",
                 "4",
                 "--format",
@@ -437,16 +460,18 @@ def test_compare_cli_on_scored_runs(tmp_path, capsys):
     assert (auc["rows"], auc["left_out"]) == (defined, 30 - defined)
     a_rows = aggregate.row_metrics(good, labels, "annotation")["AUC-i"]
     b_rows = aggregate.row_metrics(bad, labels, "annotation")["AUC-i"]
-    assert auc["ci95"] == pytest.approx(reference_bootstrap(a_rows, b_rows, 200, 4)[1], abs=1e-12)
+    assert auc["ci95"] == pytest.approx(reference_bootstrap(a_rows, b_rows, 1000, 4)[1], abs=1e-12)
     assert (auc["resamples"], auc["seed"]) == (
-        200,
+        1000,
         4,
     ) and f"{30 - defined} test tracks left out" in err
-    assert evaluate.main(["--compare", str(run_a), str(run_b), "--resamples", "200"]) == 0
+    assert evaluate.main(["--compare", str(run_a), str(run_b), "--resamples", "1000"]) == 0
     text = capsys.readouterr().out
     assert (
-        "Paired comparison A - B on dataset demo" in text
-        and "over 200 paired bootstrap resamples" in text
+        "Paired comparison A - B within one trained pair (bootstrap over its test rows), dataset "
+        "demo"
+        in text
+        and "over 1000 paired bootstrap resamples" in text
     )
     assert f"A = {run_a}" in text
 
@@ -462,7 +487,7 @@ def test_compare_with_an_external_models_folder(tmp_path):
         ],
     )
     protocol.save_scores(clap, "B-Y", bad, labels, tracks, names)
-    rows, notes = aggregate.compare(run_a, clap, resamples=50)
+    rows, notes = aggregate.compare(run_a, clap, resamples=1000)
     assert {r["run_b"] for r in rows} == {str(clap)} and any(
         "an external model's results" in n for n in notes
     )
@@ -484,7 +509,7 @@ def test_compare_with_an_external_models_folder(tmp_path):
         ("stale scores", "the scores are from an earlier evaluation. Rerun evaluate.py"),
         ("no scores", "has no scores/ file for test B-Y"),
         ("same run", "--compare needs two different run directories, got 1"),
-        ("no resamples", "--resamples must be at least 1, got 0"),
+        ("few resamples", "--resamples must be at least 1000, got 999"),
     ],
 )
 def test_compare_errors(tmp_path, capsys, damage, message):
@@ -496,7 +521,7 @@ def test_compare_errors(tmp_path, capsys, damage, message):
         protocol.save_scores(run_b, "B-Y", bad[::-1].copy(), labels, tracks, names)
     elif damage == "no scores":
         (run_b / "scores" / "B-Y.npz").unlink()
-    extra = ["--resamples", "0"] if damage == "no resamples" else []
+    extra = ["--resamples", "999"] if damage == "few resamples" else []
     code = evaluate.main(
         ["--compare", str(run_a), str(run_a if damage == "same run" else run_b), *extra]
     )
@@ -539,13 +564,229 @@ def test_real_runs_aggregate_and_compare(tmp_path):
                 column = [r[name] for r in pair]
                 assert abs(mean - statistics.fmean(column)) < 1e-9
                 half = T975[1] * statistics.stdev(column) / math.sqrt(2)
-                assert np.allclose(
-                    record["ci95"][name], [mean - half, mean + half], rtol=0, atol=1e-9
-                )
-    rows, _ = aggregate.compare(*runs, resamples=100, seed=0, progress=False)
+                expected = [max(0.0, mean - half), min(1.0, mean + half)]  # clipped to [0, 1]
+                assert np.allclose(record["ci95"][name], expected, rtol=0, atol=1e-9)
+    rows, _ = aggregate.compare(*runs, resamples=1000, seed=0, progress=False)
     for row in rows:
         a, b = (results[row["test"], row["task"], "all"][row["metric"]] for results in own)
         assert (
             row["diff"] == pytest.approx(a - b, abs=1e-9)
             and row["ci95"][0] <= row["diff"] <= row["ci95"][1]
         )
+
+
+# ---- Settings a model does not use; the learning-rate grid ---------------------------------------
+def classification_run(path, records, seed, lr=0.001, old=False, summary=None):
+    """A classification run: config.json as train.py writes it today (unused settings null) or
+    before (old: side information and loss reduction recorded though unused)."""
+    unused = (
+        {"side_info": "instrument-count", "loss_reduction": "sum", "margin": 0.4, "negatives": 1}
+        if old
+        else {"side_info": None, "loss_reduction": None, "margin": None, "negatives": None}
+    )
+    records = [
+        {**r, "model": "classification", "side_info": unused["side_info"] if old else None}
+        for r in records
+    ]
+    run = write_run(
+        path, records, seed=seed, split=f"split-{seed}", model="classification", lr=lr, **unused
+    )
+    if summary is not None:
+        write_json(run / "train_summary.json", {"finished": True, **summary})
+    return run
+
+
+def test_old_and_new_classification_runs_collect_together(tmp_path):
+    rng = np.random.default_rng(4)
+    table4 = ("B-X", "retrieval")
+    runs = [
+        classification_run(
+            tmp_path / f"s{s}", [result(*table4, **values(rng, ("AUC-l",)))], s, old=s == 0
+        )
+        for s in range(3)
+    ]
+    (record,), notes = aggregate.collect(runs, aggregated=True)
+    assert (record["n_runs"], record["variant"], record["side_info"]) == (3, "", None)
+    assert not any("variant" in note for note in notes)
+
+
+def test_lr_selection_is_the_lowest_mean_best_val_loss_of_the_runs_train_summary(tmp_path):
+    rng = np.random.default_rng(5)
+    grid = (0.001, 0.008, 0.064)
+    runs = [
+        classification_run(
+            tmp_path / f"lr{lr}" / f"seed{s}",
+            [result("B-X", "retrieval", **values(rng, ("AUC-l", "MAP-l")))],
+            s,
+            lr=lr,
+            summary={
+                "best_val_loss": float(rng.uniform(0.1, 0.2)),
+                "prior_val_loss": 0.15,
+                "best_epoch": 3,
+            },
+        )
+        for lr in grid
+        for s in range(3)
+    ]
+    # the embedding model trained at one lr: no grid, no selection
+    embedding = write_run(tmp_path / "emb", [result("B-X", "retrieval", **{"AUC-l": 0.7})])
+    records, _ = aggregate.collect([*runs, embedding], aggregated=True)
+    summaries = {run: json.loads((run / "train_summary.json").read_text()) for run in runs}
+    losses = {
+        lr: statistics.fmean(
+            summaries[tmp_path / f"lr{lr}" / f"seed{s}"]["best_val_loss"] for s in range(3)
+        )
+        for lr in grid
+    }
+    chosen = min(losses, key=losses.get)
+    classification = [r for r in records if r["model"] == "classification"]
+    assert [(r["lr"], r["n_runs"], r["variant"]) for r in classification] == [
+        (lr, 3, f"lr={lr}") for lr in grid
+    ]
+    for record in classification:
+        assert (
+            record["lr_selection"]["chosen"] == chosen
+            and record["lr_selection"]["by"] == "val_loss"
+        )
+        assert record["lr_selection"]["candidates"] == pytest.approx(
+            {str(lr): loss for lr, loss in losses.items()}
+        )
+        assert record["beats_prior"] == [
+            summaries[Path(run)]["best_val_loss"] < 0.15 for run in record["runs"]
+        ]
+    (emb,) = [r for r in records if r["model"] == "embedding"]
+    assert "lr_selection" not in emb and "beats_prior" not in emb
+    # a grid run without its train_summary.json (unfinished): no selection from part of the grid
+    (runs[0] / "train_summary.json").unlink()
+    records, _ = aggregate.collect(runs, aggregated=True)
+    assert not any("lr_selection" in r for r in records)
+
+
+# ---- Paired comparison across seeds --------------------------------------------------------------
+def brute_force_sign_flip(diffs):
+    """The share of the 2^n sign assignments whose |sum| >= the observed |sum|, in exact
+    arithmetic."""
+    exact = [Fraction(str(d)) for d in diffs]
+    observed = abs(sum(exact))
+    signs = list(itertools.product((1, -1), repeat=len(exact)))
+    hits = [abs(sum(s * d for s, d in zip(one, exact, strict=True))) >= observed for one in signs]
+    return sum(hits) / len(signs)
+
+
+@pytest.mark.parametrize(
+    "diffs",
+    [
+        [0.02, 0.03, 0.01, 0.04, 0.02],  # all positive: 2 / 2^5
+        [0.1, -0.1, 0.2, 0.3, -0.2, 0.1],  # ties between assignments
+        [0.05, -0.01, 0.02],
+        [0.0, 0.0, 0.0],  # no difference: every assignment ties, p = 1
+        [0.013],
+    ],
+)
+def test_sign_flip_p_equals_a_brute_force_enumeration(diffs):
+    assert aggregate.sign_flip_p(diffs) == pytest.approx(brute_force_sign_flip(diffs), abs=1e-15)
+
+
+def seed_folder(root, kind, aucs, side_info="instrument-count", splits=None, **settings):
+    """reproduce.py's <out>/<kind>/seed<s> with one Table 4 record per run."""
+    for s, auc in enumerate(aucs):
+        write_run(
+            root / kind / f"seed{s}",
+            [
+                result(
+                    "B-X",
+                    "retrieval",
+                    side_info=side_info,
+                    train="A-X",
+                    **{"AUC-l": auc, "MAP-l": auc / 2},
+                )
+            ],
+            seed=s,
+            split=(splits or {}).get(s, f"split-{s}"),
+            side_info=side_info,
+            **settings,
+        )
+    return root / kind
+
+
+def test_compare_across_seeds_against_scipy_and_an_enumeration(tmp_path, capsys):
+    from scipy import stats
+
+    a = [0.80, 0.78, 0.83, 0.79, 0.81]
+    b = [0.76, 0.77, 0.80, 0.80, 0.75]
+    folder_a = seed_folder(tmp_path, "instrument-count", a)
+    folder_b = seed_folder(
+        tmp_path, "random", b[:4] + [0.7, 0.7], side_info="random"
+    )  # seed5: B only
+    rows, notes = aggregate.compare(folder_a, folder_b)
+    auc = next(r for r in rows if r["metric"] == "AUC-l")
+    assert set(auc) == {
+        "train",
+        "test",
+        "task",
+        "part",
+        "metric",
+        "n_pairs",
+        "mean_diff",
+        "ci95",
+        "p_sign_flip",
+    }
+    diffs = [x - y for x, y in zip(a, b[:4] + [0.7], strict=True)]
+    assert (auc["train"], auc["test"], auc["task"], auc["part"], auc["n_pairs"]) == (
+        "A-X",
+        "B-X",
+        "retrieval",
+        "all",
+        5,
+    )
+    assert auc["mean_diff"] == pytest.approx(statistics.fmean(diffs), abs=1e-12)
+    low, high = stats.t.interval(0.95, 4, loc=statistics.fmean(diffs), scale=stats.sem(diffs))
+    assert auc["ci95"] == pytest.approx([low, high], abs=1e-12)
+    assert auc["p_sign_flip"] == pytest.approx(brute_force_sign_flip(diffs), abs=1e-15)
+    assert any(
+        "A - B compares side_info instrument-count -> random, paired over seeds 0 1 2 3 4" in n
+        for n in notes
+    )
+    assert any("seeds in one folder only, not compared: 5" in n for n in notes)
+    assert evaluate.main(["--compare", str(folder_a), str(folder_b)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "Paired comparison A - B across seeds" in out and "2 comparisons (setups x metrics)" in out
+    )
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        (
+            "no common seed",
+            "A holds seed [0, 1, 2], B seed [7]: 0 seeds in both; pairing by seed needs 2 to 20",
+        ),
+        ("one seed", "1 seeds in both"),
+        ("other split", "seed 1: "),
+        (
+            "mixed folder",
+            "differ in more than their seeds (epochs 20 -> 40): one folder must hold one system",
+        ),
+        ("folder and run", "give two run directories or two folders of seed runs"),
+    ],
+)
+def test_compare_across_seeds_errors(tmp_path, capsys, case, message):
+    folder_a = seed_folder(tmp_path / "a", "emb", [0.8, 0.7, 0.75], epochs=20)
+    other = {"other split": {"splits": {1: "split-9"}}, "mixed folder": {"epochs": 20}}
+    folder_b = seed_folder(
+        tmp_path / "b",
+        "emb",
+        {"no common seed": [], "one seed": [0.7]}.get(case, [0.7, 0.6, 0.6]),
+        **other.get(case, {}),
+    )
+    if case == "mixed folder":  # seed 3 of A trained for other epochs
+        for folder, epochs in ((folder_a, 40), (folder_b, 20)):
+            write_run(folder / "seed3", [result()], seed=3, split="split-3", epochs=epochs)
+    if case == "no common seed":
+        write_run(folder_b / "seed7", [result()], seed=7)
+    if case == "folder and run":
+        folder_b = folder_b / "seed0"
+    code = evaluate.main(["--compare", str(folder_a), str(folder_b)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and message in err and "Traceback" not in err

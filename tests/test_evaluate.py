@@ -1069,7 +1069,10 @@ def test_classification_run_averages_sigmoids_on_b_x(trained, tmp_path):
     run_dir = write_run(tmp_path / "clf", trained["data"], model="classification")
     model = save_model(run_dir / config.MODEL_FILE, "classification", seed=3)
     records, notes = protocol.evaluate_run(run_dir, save=True, progress=False)
-    assert [(r["test"], r["task"], r["part"]) for r in records] == [("B-X", "retrieval", "all")]
+    # side information: null, the classification model reads none
+    assert [(r["test"], r["task"], r["part"], r["side_info"]) for r in records] == [
+        ("B-X", "retrieval", "all", None)
+    ]
     assert any("classification model scores only its seen labels" in n for n in notes)
     with MelStore(trained["data"] / "mels.h5", in_memory=False) as store:
         expected = np.stack(

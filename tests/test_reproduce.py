@@ -5,6 +5,7 @@ test_train.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from importlib import metadata
 from pathlib import Path
@@ -179,6 +180,41 @@ def test_reproduce_plans_one_run_per_kind_and_seed(tmp_path):
     } == {3}
 
 
+def test_reproduce_plans_an_lr_grid_and_a_fixed_split(tmp_path):
+    base = cfg.TrainConfig(dataset="demo", model="classification")
+    configs = reproduce.plan(base, [None], [0, 1], tmp_path, (0.001, 0.064), split_seed=3)
+    assert [(c.lr, c.seed, c.split_seed) for c in configs] == [
+        (0.001, 0, 3),
+        (0.001, 1, 3),
+        (0.064, 0, 3),
+        (0.064, 1, 3),
+    ]
+    assert configs[2].run_dir == str(tmp_path / "default" / "lr0.064" / "seed0")
+    # one lr: today's layout, the lr of the flags
+    (one,) = reproduce.plan(dataclasses.replace(base, lr=0.01), ["random"], [2], tmp_path, (0.01,))
+    assert (one.lr, one.split_seed, one.run_dir) == (0.01, 2, str(tmp_path / "random" / "seed2"))
+
+
+@pytest.mark.parametrize(
+    "lrs, message",
+    [
+        (
+            ["0.01", "0.01"],
+            "--lr 0.01 0.01: give distinct values (one lr, or a grid of two or more)",
+        ),
+        (["0.01", "-1"], "--lr -1.0 must be > 0"),
+        (["nan", "0.01"], "--lr nan must be a finite number > 0"),
+        (["0.01", "inf"], "--lr inf must be a finite number > 0"),
+    ],
+)
+def test_reproduce_refuses_bad_lr_grids(dataset, tmp_path, capsys, lrs, message):
+    out = tmp_path / "runs"
+    argv = ["--dataset", str(dataset), "--out", str(out), "--batch-size", "8", "--lr", *lrs]
+    assert reproduce.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and not out.exists()
+
+
 def test_reproduce_refuses_bad_flags_before_training(dataset, tmp_path, capsys):
     out = tmp_path / "runs"
     common = ["--dataset", str(dataset), "--out", str(out), "--batch-size", "8"]
@@ -256,3 +292,38 @@ def test_reproduce_trains_every_seed_then_prints_the_aggregate(dataset, tmp_path
     err = capsys.readouterr().err
     assert err.count("has already finished") == 2 and f"wrote {out / 'report.html'}" in err
     assert [read_csv_rows(d / cfg.LOG_FILE) for d in runs] == logs
+
+
+@pytest.mark.slow
+def test_reproduce_lr_grid_selects_on_the_runs_train_summary(dataset, tmp_path, capsys):
+    """A classification grid (2 lrs x 2 seeds, one epoch each): every aggregated record carries the
+    lr with the lowest mean best val_loss of its runs' train_summary.json, and whether each run beat
+    the per-label prior."""
+    out = tmp_path / "runs"
+    argv = ["--dataset", str(dataset), "--out", str(out), "--model", "classification"]
+    argv += ["--train-setup", "A-X", "--seeds", "0", "1", "--lr", "0.01", "0.1", "--epochs", "1"]
+    argv += ["--batch-size", "4", "--verbose", "0", "--format", "json"]
+    assert reproduce.main(argv) == 0
+    records = json.loads(capsys.readouterr().out)
+    summaries = {
+        (lr, seed): json.loads(
+            (out / "default" / f"lr{lr}" / f"seed{seed}" / cfg.SUMMARY_FILE).read_text()
+        )
+        for lr in (0.01, 0.1)
+        for seed in (0, 1)
+    }
+    losses = {
+        lr: np.mean([summaries[lr, s]["best_val_loss"] for s in (0, 1)]) for lr in (0.01, 0.1)
+    }
+    assert {r["lr"] for r in records} == {0.01, 0.1} and {r["side_info"] for r in records} == {None}
+    for record in records:
+        assert record["lr_selection"] == {
+            "chosen": min(losses, key=losses.get),
+            "by": "val_loss",
+            "candidates": {str(lr): pytest.approx(loss) for lr, loss in losses.items()},
+        }
+        assert record["beats_prior"] == [
+            summaries[record["lr"], s]["best_val_loss"]
+            < summaries[record["lr"], s]["prior_val_loss"]
+            for s in (0, 1)
+        ]

@@ -547,11 +547,21 @@ def test_merged_runs_keep_datasets_apart_and_show_run_column():
 
 
 def aggregated(
-    dataset="fma", test="B-Y", task="annotation", means=None, ci95=None, n=3, variant="", **keys
+    dataset="fma",
+    test="B-Y",
+    task="annotation",
+    means=None,
+    ci95=None,
+    n=3,
+    variant="",
+    pi95=None,
+    **keys,
 ):
-    """An aggregated record as aggregate.py writes it (evaluate.py --collect)."""
+    """An aggregated record as aggregate.py writes it (evaluate.py --collect); pi95 defaults to
+    ci95."""
     means = means or {"AUC-i": 0.88, "MAP-i": 0.50}
     ci95 = ci95 if ci95 is not None else {"AUC-i": [0.87, 0.89], "MAP-i": [0.49, 0.51]}
+    pi95 = ci95 if pi95 is None else pi95
     return {
         **record(dataset, keys.pop("train", "A-X"), test, task, **keys),
         "variant": variant,
@@ -560,6 +570,7 @@ def aggregated(
         "mean": means,
         "std": {m: 0.01 if n > 1 else None for m in means},
         "ci95": {m: ci95.get(m) for m in means},
+        "pi95": {m: pi95.get(m) for m in means},
         "evaluated": [100, 101, 100][:n],
         "skipped": [3, 2, 3][:n],
     }
@@ -614,10 +625,32 @@ def test_aggregated_cells_show_mean_half_width_n_and_verdict():
         "2..3",
         "100",
     )
-    assert "'above' it (the paper reports more than our whole interval)" in text
-    assert "mean ± half-width of the 95% t-interval" in text
+    assert "mean ± half-width of the 95% confidence interval of our mean" in text
+    assert "against our 95% prediction interval of one new run" in text
     plain = tables.render_tables(records[:1], fmt="table")
     assert "0.8800 ± 0.0100" in plain and "paper is" in plain
+
+
+def test_verdict_is_judged_against_the_prediction_interval_of_one_run():
+    """Paper 0.8736 (FMA A-X B-Y AUC-i, one run) lies above our mean's confidence interval but
+    inside the prediction interval of one new run: "inside", since one run can land there."""
+    one = aggregated(
+        means={"AUC-i": 0.855}, ci95={"AUC-i": [0.8426, 0.8674]}, pi95={"AUC-i": [0.8302, 0.8798]}
+    )
+    assert tables.paper_verdict(0.8736, one["ci95"]["AUC-i"]) == "above"
+    (row,) = json.loads(tables.render_tables([one], fmt="json"))
+    assert row["verdict"] == {"AUC-i": "inside"} and row["pi95"] == {"AUC-i": [0.8302, 0.8798]}
+    (flat,) = csv.DictReader(io.StringIO(tables.render_tables([one], fmt="csv")))
+    assert (flat["verdict"], flat["ci95_high"], flat["pi95_low"], flat["pi95_high"]) == (
+        "inside",
+        "0.8674",
+        "0.8302",
+        "0.8798",
+    )
+    # an interval clipped at 1: the half-width of its other side
+    high = aggregated(means={"AUC-i": 0.99}, ci95={"AUC-i": [0.97, 1.0]})
+    cell = find_table(markdown_tables(tables.render_tables([high], fmt="markdown")), "Table 2")
+    assert cell[0]["AUC-i ours"] == "0.9900 ± 0.0200"
 
 
 def test_verdicts_only_for_fma_and_msd():
@@ -734,7 +767,9 @@ def comparison_rows():
 
 def test_render_comparison():
     text = tables.render_comparison(comparison_rows(), fmt="markdown")
-    rows = find_table(markdown_tables(text), "Paired comparison A - B on dataset demo")
+    rows = find_table(
+        markdown_tables(text), "Paired comparison A - B within one trained pair (bootstrap"
+    )
     assert [(r["Metric"], r["A - B"], r["95% interval"], r["0 inside"]) for r in rows] == [
         ("AUC-i", "+0.2500", "[+0.1800, +0.3200]", "no"),
         ("P@1", "-0.0100", "[-0.0500, +0.0300]", "yes"),
@@ -743,6 +778,7 @@ def test_render_comparison():
         "A = runs/a" in text
         and "over 1000 paired bootstrap resamples of those rows (seed 0)" in text
     )
+    assert "2 comparisons (setups x metrics) in this table" in text
     flat = list(csv.DictReader(io.StringIO(tables.render_comparison(comparison_rows(), fmt="csv"))))
     assert list(flat[0]) == list(tables.COMPARISON_FIELDS) and (
         flat[1]["ci95_low"],
@@ -752,3 +788,103 @@ def test_render_comparison():
     assert tables.render_comparison([], fmt="table") == "No test setup to compare.\n"
     with pytest.raises(ValueError, match="unknown format 'html'"):
         tables.render_comparison([], fmt="html")
+
+
+def seed_rows():
+    common = {"train": "A-X", "test": "B-X", "task": "retrieval", "part": "all"}
+    return [
+        {
+            **common,
+            "metric": "AUC-l",
+            "n_pairs": 5,
+            "mean_diff": 0.02,
+            "ci95": [0.01, 0.03],
+            "p_sign_flip": 0.0625,
+        },
+        {
+            **common,
+            "metric": "MAP-l",
+            "n_pairs": 1,
+            "mean_diff": -0.01,
+            "ci95": None,
+            "p_sign_flip": 1.0,
+        },
+    ]
+
+
+def test_render_comparison_across_seeds():
+    text = tables.render_comparison(seed_rows(), fmt="markdown", names=("runs/emb", "runs/cls"))
+    rows = find_table(markdown_tables(text), "Paired comparison A - B across seeds")
+    assert [
+        (r["Metric"], r["A - B"], r["95% interval"], r["p (sign flip)"], r["n pairs"]) for r in rows
+    ] == [
+        ("AUC-l", "+0.0200", "[+0.0100, +0.0300]", "0.0625", "5"),
+        ("MAP-l", "-0.0100", "-", "1.0000", "1"),
+    ]
+    assert "A = runs/emb" in text and "B = runs/cls" in text
+    assert "paired t-interval" in text and "n = 5 pairs: it cannot be below 0.0625" in text
+    assert "2 comparisons (setups x metrics) in this table" in text and "p < 0.0250" in text
+    flat = list(csv.DictReader(io.StringIO(tables.render_comparison(seed_rows(), fmt="csv"))))
+    assert list(flat[0]) == list(tables.SEED_COMPARISON_FIELDS)
+    assert (flat[0]["ci95_low"], flat[1]["ci95_low"], flat[1]["p_sign_flip"]) == ("0.01", "", "1.0")
+    assert json.loads(tables.render_comparison(seed_rows(), fmt="json")) == seed_rows()
+
+
+def grid_record(model, lr, auc, chosen, beats=None, side_info="instrument-count"):
+    """An aggregated Table 4 record of one lr of a grid (aggregate.py: lr, lr_selection)."""
+    candidates = {
+        "embedding": {"0.001": 0.41, "0.008": 0.45},
+        "classification": {"0.001": 0.2, "0.008": 0.11, "0.064": 0.12},
+    }[model]
+    out = aggregated(
+        test="B-X",
+        task="retrieval",
+        means={"AUC-l": auc},
+        ci95={"AUC-l": [auc - 0.01, auc + 0.01]},
+        variant=f"lr={lr}",
+        model=model,
+        side_info=side_info,
+        lr=lr,
+        lr_selection={"chosen": chosen, "by": "val_loss", "candidates": candidates},
+    )
+    return out if beats is None else {**out, "beats_prior": beats}
+
+
+def test_table4_shows_each_model_at_the_original_and_the_chosen_lr():
+    records = [
+        grid_record("embedding", 0.001, 0.74, 0.001),
+        grid_record("embedding", 0.008, 0.70, 0.001),
+        grid_record("classification", 0.001, 0.62, 0.008, [False, False, False], None),
+        grid_record("classification", 0.008, 0.80, 0.008, [True, True, False], None),
+        grid_record("classification", 0.064, 0.81, 0.008, [True, True, True], None),
+    ]
+    text = tables.render_tables(records, fmt="markdown")
+    found = markdown_tables(text)
+    table4 = find_table(found, "Table 4")
+    assert [(r["Side info"], r["Model"], r["Variant"], r["AUC-l ours"]) for r in table4] == [
+        ("instrument-count", "embedding", "lr=0.001 (original + chosen)", "0.7400 ± 0.0100"),
+        ("-", "classification", "lr=0.001 (original)", "0.6200 ± 0.0100"),
+        ("-", "classification", "lr=0.008 (chosen)", "0.8000 ± 0.0100"),
+    ]
+    others = find_table(found, "Other results")
+    assert sorted((r["Model"], r["Variant"]) for r in others) == [
+        ("classification", "lr=0.064"),
+        ("embedding", "lr=0.008"),
+    ]
+    assert "the lr with the lowest mean best validation loss over its seeds" in text
+    assert (
+        "classification: mean best val_loss per lr: 0.001: 0.2000, 0.008: 0.1100, 0.064: 0.1200."
+        in text
+    )
+    assert (
+        "embedding: mean best val_loss per lr: 0.001: 0.4100, 0.008: 0.4500; the chosen lr is at "
+        "the edge of the grid: a wider grid may do better." in text
+    )
+    assert (
+        "classification lr=0.001 (original): 3 of 3 runs did not get their best validation loss"
+        in text
+    )
+    assert "classification lr=0.008 (chosen): 1 of 3 runs did not" in text
+    assert "lr=0.064: " not in text.split("Other results")[0]
+    (first, *_) = json.loads(tables.render_tables(records, fmt="json"))
+    assert first["lr"] == 0.001 and first["lr_selection"]["chosen"] == 0.001

@@ -211,6 +211,50 @@ def test_resume_with_other_flags_is_refused(tmp_path, capsys, dataset_dir):
     assert status == 2 and f"{tmp_path / 'run' / cfg.CONFIG_FILE} is damaged" in err
 
 
+def test_classification_run_records_unused_settings_as_null(tmp_path, dataset_dir):
+    unused = cfg.UNUSED_SETTINGS["classification"]
+    data = train.prepare(
+        tiny_config(dataset_dir, tmp_path / "run", model="classification", loss_reduction="mean")
+    )
+    record = train.run_record(data)
+    assert {key: record["config"][key] for key in unused} == dict.fromkeys(unused)
+    assert record["side_info_path"] is None and record["checksums"]["side_info"] is None
+    embedding = train.run_record(train.prepare(tiny_config(dataset_dir, tmp_path / "emb")))
+    assert (embedding["config"]["side_info"], embedding["config"]["loss_reduction"]) == (
+        "instrument-count",
+        "sum",
+    )
+    # a classification run written before (unused settings recorded) still resumes
+    old = tmp_path / "old"
+    old.mkdir()
+    recorded = {"side_info": "instrument-count", "loss_reduction": "sum", "margin": 0.4}
+    (old / cfg.CONFIG_FILE).write_text(
+        json.dumps(
+            {
+                **record,
+                "config": {**record["config"], **recorded, "negatives": 1},
+                "checksums": {**record["checksums"], "side_info": "0" * 64},
+            }
+        )
+    )
+    train.check_same_run(old, record)
+    with pytest.raises(train.TrainError, match=r"lr: 0.01 -> 0.5"):
+        train.check_same_run(old, {**record, "config": {**record["config"], "lr": 0.5}})
+
+
+def test_prior_val_loss_is_the_cross_entropy_of_the_label_frequencies():
+    rng = np.random.default_rng(0)
+    positives = {
+        "train": (rng.uniform(size=(50, 6)) < 0.3).astype(np.uint8),
+        "valid": (rng.uniform(size=(9, 6)) < 0.3).astype(np.uint8),
+    }
+    positives["train"][0] = 1  # every label has a training positive: no clipping at 0
+    prior = positives["train"].mean(axis=0)  # (6,)
+    truth = positives["valid"]
+    expected = -np.mean(truth * np.log(prior) + (1 - truth) * np.log(1 - prior))
+    assert train.prior_val_loss(positives) == pytest.approx(expected, rel=1e-5)
+
+
 def test_empty_training_setup(tmp_path, capsys):
     data = make_dataset(tmp_path / "d")
     split = splits.load_split(splits.default_split_path(data))
@@ -619,6 +663,10 @@ def test_classification_run_from_a_lazily_read_store(tmp_path, dataset_dir, monk
     assert json.loads((run_dir / cfg.SUMMARY_FILE).read_text())["input_pipeline"] == "numpy-lazy"
     record = json.loads((run_dir / cfg.CONFIG_FILE).read_text())
     assert record["train"]["input_pipeline"] == "numpy-lazy" and record["train"]["side_dim"] is None
+    assert record["config"]["side_info"] is None and record["config"]["loss_reduction"] is None
+    config = tiny_config(dataset_dir, tmp_path / "run", epochs=1, model="classification")
+    summary = json.loads((run_dir / cfg.SUMMARY_FILE).read_text())
+    assert summary["prior_val_loss"] == train.prior_val_loss(train.prepare(config).positives)
     model = keras.saving.load_model(run_dir / cfg.MODEL_FILE)
     assert (
         model.output_shape

@@ -258,19 +258,25 @@ def aggregate_runs(per_run: dict[Path, list[dict]]) -> tuple[list[dict], list[st
 
 def lr_selections(identity: dict, summaries: dict[Path, dict]) -> dict[Path, dict]:
     """{run: its lr_selection} for the runs of every family that differs only in seed and lr and
-    holds two lrs or more, all finished (identity: run_identity of each run; summaries: their
-    train_summary.json): the mean best validation loss of each lr's runs, and the lr with the
-    lowest. Validation data only: the test setups never choose a setting."""
+    holds two lrs or more, all finished and every lr on the same seeds and splits (identity:
+    run_identity of each run; summaries: their train_summary.json): the mean best validation loss of
+    each lr's runs, and the lr with the lowest. Validation data only: the test setups never choose a
+    setting."""
     families: dict[str, dict[float, list[Path]]] = {}
     for run, (settings, _) in identity.items():
         if "lr" in settings:
             rest = json.dumps({k: v for k, v in settings.items() if k != "lr"}, sort_keys=True)
             families.setdefault(rest, {}).setdefault(settings["lr"], []).append(run)
     selections = {}
-    finished = lambda runs: all("best_val_loss" in summaries[run] for run in runs)  # noqa: E731
-    for grid in (
-        lrs for lrs in families.values() if len(lrs) > 1 and finished(sum(lrs.values(), []))
-    ):
+
+    def comparable(grid: dict[float, list[Path]]) -> bool:  # finished, every lr on the same seeds
+        seeds = {json.dumps(sorted(identity[run][1] for run in runs)) for runs in grid.values()}
+        runs = sum(grid.values(), [])
+        return (
+            len(grid) > 1 and len(seeds) == 1 and all("best_val_loss" in summaries[r] for r in runs)
+        )
+
+    for grid in filter(comparable, families.values()):
         losses = {
             lr: float(np.mean([summaries[run]["best_val_loss"] for run in runs]))
             for lr, runs in sorted(grid.items())
@@ -329,14 +335,16 @@ def collect(
     (label_runs). Unfinished runs (is_unfinished) are left out with a note, or with
     `include_unfinished` kept apart: their own rows, variant "training=unfinished". Returns
     (records, notes)."""
-    per_run, notes = gather_runs(run_dirs, force, **evaluate_kwargs)
-    if not include_unfinished and (unfinished := [run for run in per_run if is_unfinished(run)]):
+    unfinished = [] if include_unfinished else [run for run in run_dirs if is_unfinished(run)]
+    per_run, notes = gather_runs(  # the unfinished ones left out before evaluating them
+        [run for run in run_dirs if run not in unfinished], force, **evaluate_kwargs
+    )
+    if unfinished:
         notes.append(
             f"left out {len(unfinished)} unfinished run(s) (no {config.SUMMARY_FILE}: still "
             f"training, or interrupted): {', '.join(map(str, unfinished))}. Let them finish "
             "(train.py --run-dir resumes one), or pass --include-unfinished to see them apart."
         )
-        per_run = {run: records for run, records in per_run.items() if run not in unfinished}
     records, more = (aggregate_runs if aggregated else label_runs)(per_run)
     return records, notes + more
 

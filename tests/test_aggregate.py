@@ -52,14 +52,16 @@ def result(
     }
 
 
-def write_run(path, records, seed=0, split="split-0", **settings):
+def write_run(path, records, seed=0, split="split-0", root=None, **settings):
     """A finished run directory as train.py + evaluate.py leave it, on test_evaluate's tiny dataset
-    (one per folder; split "split-N" is its split saved with seed N): config.json, a placeholder
-    model.keras, train_summary.json, and `records` as its results.json with what evaluate.py
-    records beside them (finished, provenance), so that --collect reuses them."""
-    data = path.parent / "tiny"
+    (in `root`, default the run's parent folder; split "split-N" is its split saved with seed N):
+    config.json, a placeholder model.keras, train_summary.json, and `records` as its results.json
+    with what evaluate.py records beside them (finished, provenance), so that --collect reuses
+    them."""
+    root = Path(root or path.parent)
+    data = root / "tiny"
     if not data.is_dir():
-        build_dataset(path.parent)
+        build_dataset(root)
     split_path = data / "splits" / f"{split}.json"
     if not split_path.is_file():
         split_seed = int(split.rsplit("-", 1)[1])
@@ -615,7 +617,7 @@ def test_lr_selection_is_the_lowest_mean_best_val_loss_of_the_runs_train_summary
     grid = (0.001, 0.008, 0.064)
     runs = [
         classification_run(
-            tmp_path / f"lr{lr}" / f"seed{s}",
+            tmp_path / f"lr{lr}-seed{s}",  # one folder: one dataset
             [result("B-X", "retrieval", **values(rng, ("AUC-l", "MAP-l")))],
             s,
             lr=lr,
@@ -634,7 +636,7 @@ def test_lr_selection_is_the_lowest_mean_best_val_loss_of_the_runs_train_summary
     summaries = {run: json.loads((run / "train_summary.json").read_text()) for run in runs}
     losses = {
         lr: statistics.fmean(
-            summaries[tmp_path / f"lr{lr}" / f"seed{s}"]["best_val_loss"] for s in range(3)
+            summaries[tmp_path / f"lr{lr}-seed{s}"]["best_val_loss"] for s in range(3)
         )
         for lr in grid
     }
@@ -656,7 +658,8 @@ def test_lr_selection_is_the_lowest_mean_best_val_loss_of_the_runs_train_summary
         ]
     (emb,) = [r for r in records if r["model"] == "embedding"]
     assert "lr_selection" not in emb and "beats_prior" not in emb
-    # a grid run without its train_summary.json (unfinished): no selection from part of the grid
+    # a grid run without its train_summary.json (unfinished: left out): no selection from part of
+    # the grid, whose lrs would be compared on different seeds
     (runs[0] / "train_summary.json").unlink()
     records, _ = aggregate.collect(runs, aggregated=True)
     assert not any("lr_selection" in r for r in records)
@@ -703,6 +706,7 @@ def seed_folder(root, kind, aucs, side_info="instrument-count", splits=None, **s
             ],
             seed=s,
             split=(splits or {}).get(s, f"split-{s}"),
+            root=root,  # both folders on one dataset
             side_info=side_info,
             **settings,
         )
@@ -782,7 +786,14 @@ def test_compare_across_seeds_errors(tmp_path, capsys, case, message):
     )
     if case == "mixed folder":  # seed 3 of A trained for other epochs
         for folder, epochs in ((folder_a, 40), (folder_b, 20)):
-            write_run(folder / "seed3", [result()], seed=3, split="split-3", epochs=epochs)
+            write_run(
+                folder / "seed3",
+                [result()],
+                seed=3,
+                split="split-3",
+                root=folder.parent,
+                epochs=epochs,
+            )
     if case == "no common seed":
         write_run(folder_b / "seed7", [result()], seed=7)
     if case == "folder and run":

@@ -258,7 +258,7 @@ def test_compare_names_an_unfinished_run(tmp_path):
     run_a, run_b, _ = compare_world(tmp_path, np.random.default_rng(2))
     (run_b / config.SUMMARY_FILE).unlink()
     write_results(run_b, json.loads((run_b / "results.json").read_text()))
-    rows, notes = aggregate.compare(run_a, run_b, resamples=20)
+    rows, notes = aggregate.compare(run_a, run_b, resamples=1000)
     assert rows and [n for n in notes if "training has not finished" in n] == [
         f"{run_b}: training has not finished (no train_summary.json): compared as it is so far."
     ]

@@ -111,9 +111,11 @@ def run_identity(run_dir) -> tuple[dict, tuple]:
 
 
 def is_unfinished(run_dir) -> bool:
-    """A training run without train_summary.json: still training, or interrupted (an external
-    model's result folder is never unfinished)."""
-    return not is_external(run_dir) and not (Path(run_dir) / config.SUMMARY_FILE).is_file()
+    """A training run (config.json) without train_summary.json: still training, or interrupted (an
+    external model's result folder is never unfinished; a folder that is no run is none)."""
+    run_dir = Path(run_dir)
+    ours = (run_dir / config.CONFIG_FILE).is_file() and not is_external(run_dir)
+    return ours and not (run_dir / config.SUMMARY_FILE).is_file()
 
 
 def variant_labels(settings: dict[Path, dict]) -> dict[Path, str]:

@@ -209,55 +209,57 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_flags(args) -> None:
-    """EvaluationError for flags that cannot work or do not go together."""
-    if args.batch_size < 1:
-        raise EvaluationError(f"--batch-size must be >= 1, got {args.batch_size}.")
-    if not 0 <= args.bootstrap_seed <= config.MAX_SEED:
-        raise EvaluationError(
-            f"--bootstrap-seed must be in 0..{config.MAX_SEED}, got {args.bootstrap_seed}."
-        )
+    """EvaluationError naming the first flag that cannot work or does not go with the others."""
+    case_study = case_study_asked(args)
+    stray = [flag for flag, key in ONLY_EXTERNAL.items() if getattr(args, key)]
+    seconds = args.max_seconds
+    rules = [  # (holds, the message when it does not)
+        (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}."),
+        (
+            0 <= args.bootstrap_seed <= config.MAX_SEED,
+            f"--bootstrap-seed must be in 0..{config.MAX_SEED}, got {args.bootstrap_seed}.",
+        ),
+        (args.top is None or args.top >= 1, f"--top must be >= 1, got {args.top}."),
+        (
+            seconds is None or (math.isfinite(seconds) and seconds > 0),
+            f"--max-seconds must be a positive number of seconds, got {seconds}.",
+        ),
+        (
+            args.collect or not args.include_unfinished,
+            "--include-unfinished: used with --collect only.",
+        ),
+        (
+            not (case_study and (args.collect or args.compare)),
+            "--query/--annotate/--neighbors work on one run: use --run-dir, not --collect.",
+        ),
+        (args.external or not stray, f"{', '.join(stray)}: used with --external only."),
+        (
+            not (args.export_embeddings and (args.external or args.collect or args.compare)),
+            "--export-embeddings exports one run (--run-dir), not several or an external model.",
+        ),
+        (
+            not args.report or (args.collect and not args.per_run),
+            "--report needs --collect RUN... (aggregated over seeds: no --per-run).",
+        ),
+        (
+            args.dataset or not args.external,
+            "--external needs --dataset: the dataset directory whose split scores the file.",
+        ),
+        (
+            not (case_study and (args.external or args.export_embeddings)),
+            "--query/--annotate/--neighbors work on a --run-dir, not with --external or "
+            "--export-embeddings.",
+        ),
+    ]
+    if broken := next((message for holds, message in rules if not holds), None):
+        raise EvaluationError(broken)
     paths = {"--run-dir": [args.run_dir], "--collect": args.collect, "--compare": args.compare}
     paths |= {"--external": [args.external], "--out": [args.out], "--split": [args.split]}
     for flag, values in {**paths, "--export-embeddings": [args.export_embeddings]}.items():
         for value in filter(None, values or []):
             resolved(value, flag)  # a symbolic link loop: one line naming the flag
-    if args.top is not None and args.top < 1:
-        raise EvaluationError(f"--top must be >= 1, got {args.top}.")
-    if args.max_seconds is not None and not (
-        math.isfinite(args.max_seconds) and args.max_seconds > 0
-    ):
-        raise EvaluationError(
-            f"--max-seconds must be a positive number of seconds, got {args.max_seconds}."
-        )
-    if args.include_unfinished and not args.collect:
-        raise EvaluationError("--include-unfinished: used with --collect only.")
-    if case_study_asked(args) and (args.collect or args.compare):
-        raise EvaluationError(
-            "--query/--annotate/--neighbors work on one run: use --run-dir, not --collect."
-        )
-    if not args.external and (
-        stray := [flag for flag, key in ONLY_EXTERNAL.items() if getattr(args, key)]
-    ):
-        raise EvaluationError(f"{', '.join(stray)}: used with --external only.")
-    if args.export_embeddings and (args.external or args.collect or args.compare):
-        raise EvaluationError(
-            "--export-embeddings exports one run (--run-dir), not several or an external model."
-        )
-    if args.report and (not args.collect or args.per_run):
-        raise EvaluationError(
-            "--report needs --collect RUN... (aggregated over seeds: no --per-run)."
-        )
     if args.report:
         report.check_path(args.report)
-    if args.external and not args.dataset:
-        raise EvaluationError(
-            "--external needs --dataset: the dataset directory whose split scores the file."
-        )
-    if (args.external or args.export_embeddings) and case_study_asked(args):
-        raise EvaluationError(
-            "--query/--annotate/--neighbors work on a --run-dir, not with --external or "
-            "--export-embeddings."
-        )
 
 
 def case_study_asked(args) -> bool:

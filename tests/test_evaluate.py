@@ -560,10 +560,13 @@ def test_collect_reuses_results_by_content_and_tells_twin_runs_apart(world, tmp_
     write_results(unfinished, [fake_record()])
     with zipfile.ZipFile(unfinished / "model.keras", "a") as model:  # training saved a better one
         model.writestr("epoch.txt", "7")
-    assert reason(unfinished) == (
+    assert reason(unfinished, include_unfinished=True) == (
         "results.json is out of date (its model_sha256 differ from the run's now)"
     )
     assert [name for name, _ in evaluated] == ["run"] * 6 + ["unfinished"]
+    records, notes = aggregate.collect([unfinished])  # left out, before it is evaluated
+    assert records == [] and notes[0].startswith("left out 1 unfinished run(s)")
+    assert len(evaluated) == 7
     write_json(second / "results.json", {"not": "a list"})
     with pytest.raises(protocol.EvaluationError, match="not a list of result records"):
         aggregate.collect([second])

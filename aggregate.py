@@ -461,10 +461,9 @@ def sign_flip_p(diffs) -> float:
 # ---- Paired bootstrap ----------------------------------------------------------------------------
 def row_metrics(scores, labels, task: str) -> dict[str, np.ndarray]:
     """The value of each metric per test track (annotation: rows of the (n_tracks, n_labels) arrays)
-    or per test
-    label (retrieval: columns): metrics.roc_auc, average_precision and apk (P@K) of each, NaN where
-        undefined (labels all 0 or all 1). metrics.annotation_metrics / retrieval_metrics are their
-        means over the defined ones."""
+    or per test label (retrieval: columns): metrics.roc_auc, average_precision and apk (P@K) of
+    each, NaN where undefined (labels all 0 or all 1). metrics.annotation_metrics /
+    retrieval_metrics are their means over the defined ones."""
     if task == "retrieval":
         return metrics.per_label_metrics(scores, labels)
     return metrics.per_track_metrics(scores, labels)

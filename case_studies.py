@@ -1,11 +1,8 @@
 """The paper's case studies (Sec. 6, Tables 5-7) on one trained run; run through evaluate.py:
 
-    python evaluate.py --run-dir runs/X --query guitar      # Table 5: the split's top tracks for a
-        word
-    python evaluate.py --run-dir runs/X --annotate song.mp3 # Table 6: the top labels of any audio
-        file
-    python evaluate.py --run-dir runs/X --neighbors lovely  # Table 7: nearest labels,
-        side-information vs embedding
+    python evaluate.py --run-dir runs/X --query guitar      # Table 5: top tracks for a word
+    python evaluate.py --run-dir runs/X --annotate song.mp3 # Table 6: top labels of an audio file
+    python evaluate.py --run-dir runs/X --neighbors lovely  # Table 7: nearest labels, two spaces
 
 A word's side vector is its row in the run's side-information file; with GloVe side information, any
 word of the GloVe file that the dataset's summary.json records (read with

@@ -1,22 +1,17 @@
 """Evaluate trained runs on every zero-shot test setup of the paper and print its tables: the
 command.
 
-    python evaluate.py                                  # the latest run under runs/
-    python evaluate.py --run-dir runs/X --save-scores   # + scores/<setup>.npz per test setup
-    python evaluate.py --collect runs/A runs/B runs/C   # several runs merged; seeds aggregated
-        (mean +- 95% CI)
-    python evaluate.py --collect runs/A runs/B --report results.html   # + one self-contained
-        results page (report.py)
-    python evaluate.py --compare runs/demo/a runs/demo/b   # two folders of seed runs: A - B per
-        metric over the seeds, paired t-interval, sign-flip p
-    python evaluate.py --compare runs/A runs/B          # two runs: A - B, 95% paired bootstrap
-        interval over the test rows (within one trained pair)
-    python evaluate.py --run-dir runs/X --query guitar --annotate song.mp3 --neighbors lovely  #
-        case_studies.py
+    python evaluate.py                                # the latest run under runs/
+    python evaluate.py --run-dir runs/X --save-scores # + scores/<setup>.npz per test setup
+    python evaluate.py --collect runs/A runs/B        # runs merged; seeds aggregated (mean, CI, PI)
+    python evaluate.py --collect runs/*/seed* --report results.html  # + the results page
+    python evaluate.py --compare runs/demo/a runs/demo/b  # two folders of seed runs: A - B over
+                                                          # the seeds, t-interval, sign-flip p
+    python evaluate.py --compare runs/A runs/B        # two runs: A - B, paired bootstrap over the
+                                                      # test rows (within one trained pair)
+    python evaluate.py --run-dir runs/X --query guitar --annotate song.mp3 --neighbors lovely
     python evaluate.py --external clap.npz --dataset demo   # another model's embeddings
-        (external.py)
-    python evaluate.py --run-dir runs/X --export-embeddings ours.npz   # this run's, in the same
-        format
+    python evaluate.py --run-dir runs/X --export-embeddings ours.npz   # ours, in that format
 
 This file holds the flags, the dispatch and the printing. The evaluation itself is protocol.py (one
 run: its embeddings, scores, test setups and results.json); aggregate.py merges runs and compares

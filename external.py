@@ -1,5 +1,5 @@
-"""Score any model under the paper's zero-shot protocol: its embeddings (or scores) in, Tables 2-3
-out.
+"""Score any model under the paper's zero-shot protocol: its embeddings (or scores) in, Tables
+2-3 out.
 
 The exchange format is one .npz of plain arrays (numpy.savez; np.load(path, allow_pickle=False)
 reads it):
@@ -7,17 +7,16 @@ reads it):
     track_ids         (n,) str       track ids of the dataset directory (annotations.csv)
     track_embeddings  (n, d) float   the model's audio embedding of each track
     label_names       (m,) str       labels of the dataset directory, spelled as in annotations.csv
-    label_embeddings  (m, d) float   the model's text embedding of each label (e.g. of a prompt per
-                                     label)
-  or, for a model that does not embed tracks and labels into one space, instead of the two embedding
-  arrays:
+    label_embeddings  (m, d) float   the model's text embedding of each label (e.g. of a prompt)
+  or, for a model that does not embed tracks and labels into one space, instead of the two
+  embedding arrays:
     scores            (n, m) float   relevance of label j to track i, higher = more relevant
 
 Scores from embeddings are cosines (embeddings.cosine_scores), as for our models. Tracks and labels
 of the file that the split does not use are ignored.
 
-    python evaluate.py --external clap.npz --dataset demo [--split S.json] [--name clap] [--out DIR]
-        [--allow-missing]
+    python evaluate.py --external clap.npz --dataset demo [--split S.json] [--name clap] \\
+        [--out DIR] [--allow-missing]
     python evaluate.py --run-dir runs/X --export-embeddings ours.npz   # our run in this format
 
 A model scored this way saw none of the split's training tracks, so every zero-shot test setup

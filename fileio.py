@@ -4,21 +4,16 @@ delete.
 Every command of the project writes through these helpers:
 
 * `atomic_write(path, write)` / `atomic_write_text` / `write_json`: `path` never holds a partial
-  file. The
-  content goes to a hidden temporary sibling that is renamed over `path` only when complete.
-* `output_lock(folder, what)`: one writer per output folder. A second process that asks for the same
-  folder
-  is refused at once with a message naming the folder (the OS releases the lock when its holder
-      dies, even by
-  kill -9, so a folder is never locked for good).
+  file. The content goes to a hidden temporary sibling that is renamed over `path` only when
+  complete.
+* `output_lock(folder, what)`: one writer per output folder. A second process that asks for the
+  same folder is refused at once with a message naming the folder (the OS releases the lock when
+  its holder dies, even by kill -9, so a folder is never locked for good).
 * `claim_folder(folder, owner)` / `is_ours(folder, owner)`: the rule for deleting. A command deletes
-  or
-  overwrites only inside folders that carry its marker file (`.zsl-music.json`, written when the
-      command
-  created the folder, or when it found it missing or empty). A non-empty folder without the marker
-      belongs to
-  the user: the command refuses it and names it. `remove_temporaries` deletes, in such a folder,
-  only the temporaries that `atomic_write` left behind when a process was killed.
+  or overwrites only inside folders that carry its marker file (`.zsl-music.json`, written when the
+  command created the folder, or when it found it missing or empty). A non-empty folder without the
+  marker belongs to the user: the command refuses it and names it. `remove_temporaries` deletes, in
+  such a folder, only the temporaries that `atomic_write` left behind when a process was killed.
 * A write the system refuses (a read-only folder, a full disk) is one OutputError naming the folder
   or file (`cannot_write`); `resolved(path, flag)` turns a symbolic link loop into one naming the
   flag.

@@ -1,13 +1,11 @@
 """Train one setup over several seeds and side-information kinds into one folder of runs, then print
 the tables with the mean and 95% confidence interval of every metric (evaluate.py --collect).
 
-    python reproduce.py --dataset fma --train-setup A-X --out runs/fma/emb-A-X             # ours,
-        seeds 0-4
+    python reproduce.py --dataset fma --train-setup A-X --out runs/fma/emb-A-X   # ours, seeds 0-4
     python reproduce.py --dataset fma --train-setup A-X --epochs 20 --weights last \\
-        --valid-draws every-epoch --out runs/fma/orig-A-X                                     # the
-            original's budget
-    python reproduce.py --dataset demo --side-info instrument-count random --epochs 6 --out
-        runs/demo  # make demo
+        --valid-draws every-epoch --out runs/fma/orig-A-X           # the original's budget
+    python reproduce.py --dataset demo --side-info instrument-count random --epochs 6 \\
+        --out runs/demo                                             # make demo
 
 Seed s trains on the split of seed s (the dataset's splits/split_seed<s>.json, made when missing),
 with weights and sampling seeded by s too: the split's generator and Keras' are separate, so one

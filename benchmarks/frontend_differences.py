@@ -1,5 +1,5 @@
-"""How far two undocumented front-end choices move the log-mel (docs/original.md, "Audio front
-end").
+"""How far two undocumented front-end choices move the log-mel (docs/original.md, "Audio
+front end").
 
     python benchmarks/frontend_differences.py      # resampy needed for kaiser_best (else skipped)
 

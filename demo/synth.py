@@ -346,10 +346,9 @@ _SOUNDS = dict(
 @cache
 def note_sample(name: str, midi: int, variant: int = 0) -> np.ndarray:
     """The cached (NOTE_SECONDS * SR,) float32 sample of one note, peak 1; depends only on its
-    arguments.
-    midi: the pitch, drum piece (KICK...) or cymbal kind (CRASH, RIDE); variant: the voice's vowel
-        (0-4) or one of N_VARIANTS hits. The generator is seeded by integers only (never by Python's
-        salted str hash)."""
+    arguments. midi: the pitch, drum piece (KICK...) or cymbal kind (CRASH, RIDE); variant: the
+    voice's vowel (0-4) or one of N_VARIANTS hits. The generator is seeded by integers only (never
+    by Python's salted str hash)."""
     f0 = 440.0 * 2.0 ** ((midi - 69) / 12.0)  # equal temperament, A4 = MIDI 69 = 440 Hz
     rng = np.random.default_rng([7919, INSTRUMENTS.index(name), midi, variant])
     sample = unit_peak(_SOUNDS[VOICES[name].sound](name, f0, midi, variant, rng)).astype(np.float32)

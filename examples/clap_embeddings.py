@@ -7,10 +7,12 @@ evaluate.py --external.
     python evaluate.py --external clap.npz --dataset demo --name clap
 
 Audio tower: CLAP_Module.get_audio_embedding_from_filelist on each file of tracks.csv (the
-non-fusion model reads 10 s at 48 kHz: a random excerpt of a longer file, hence the seeds). Text
-tower: CLAP_Module.get_text_embedding of one prompt per label of annotations.csv, by default "This
-audio is a {label} song." (--prompt): text towers are sensitive to the prompt, so report it with the
-results. Nothing in the project imports or tests this script.
+    non-fusion model reads
+10 s at 48 kHz: a random excerpt of a longer file, hence the seeds). Text tower:
+    CLAP_Module.get_text_embedding of
+one prompt per label of annotations.csv, by default "This audio is a {label} song." (--prompt): text
+towers are sensitive to the prompt, so report it with the results. Nothing in the project imports or
+tests this script.
 """
 
 import argparse

@@ -1,16 +1,11 @@
 """Models of Choi et al., "Zero-shot Learning for Audio-based Music Classification and Tagging"
 (ISMIR 2019).
 
-    build_audio_module()                   audio CNN (paper Sec. 4.1, Fig. 3): (130, 128) log-mel ->
-                                           100-d embedding
-    build_semantic_module(side_dim)        one Dense(100) over a label's side-information vector
-                                           (Sec. 4.1)
-    build_embedding_model(side_dim, N)     deep embedding model: [mel, positive, negatives] -> N + 1
-                                           cosines
-    build_classification_model(n_labels)   audio module + Dense(n_labels, sigmoid) (Sec. 4.2, Table
-                                           4)
-    HingeRankingLoss, DecaySGD             the original loss (Eq. 1) and optimizer (SGD, Keras-2
-                                           decay)
+    build_audio_module()                  audio CNN (Sec. 4.1, Fig. 3): (130, 128) log-mel -> 100-d
+    build_semantic_module(side_dim)       one Dense(100) over a label's side vector (Sec. 4.1)
+    build_embedding_model(side_dim, N)    [mel, positive, negatives] -> N + 1 cosines (Sec. 4.1)
+    build_classification_model(n_labels)  audio module + Dense(n_labels, sigmoid) (Sec. 4.2)
+    HingeRankingLoss, DecaySGD            the original loss (Eq. 1) and optimizer (SGD, Keras-2 decay)
 
 Details follow the original implementation (docs/original.md, "Models"), in `keras.ops` only (any
 Keras backend). Importing this package registers the layers, the loss and the optimizer, so a saved

@@ -1,32 +1,26 @@
 """FMA + OpenMIC-2018 -> the dataset directory of paper Experiment 1 (genres described by instrument
 vectors).
 
-    python -m preprocess.fma --metadata DIR/fma_metadata --audio DIR/fma_large --openmic
+    python -m preprocess.fma --metadata DIR/fma_metadata --audio DIR/fma_large --openmic \
         DIR/openmic-2018 \
         --out data/fma [--jobs N] [--seed 0]
 
 Formats: docs/formats.md; the instrument vectors: docs/original.md and preprocess/side_info.py.
 
 1. Metadata: ('track', 'genres') of fma_metadata/tracks.csv (two-level header; Python-literal lists
-   read with
-   ast.literal_eval) and genres.csv's titles, which are our labels; OpenMIC-2018 instrument
-       annotations keyed by
-   sample_key ("000046_3840" -> track "46").
+   read with ast.literal_eval) and genres.csv's titles, which are our labels; OpenMIC-2018
+   instrument annotations keyed by sample_key ("000046_3840" -> track "46").
 2. Candidates: tracks in OpenMIC with >= 1 annotated instrument and >= 1 known genre ("audio files
-   [with] both
-   genre and instrument annotations"). A genre whose instrument vector cannot be standardized (std
-       0, in either
-   flavour) is dropped with its annotations; a track left without a genre is dropped.
+   [with] both genre and instrument annotations"). A genre whose instrument vector cannot be
+   standardized (std 0, in either flavour) is dropped with its annotations; a track left without a
+   genre is dropped.
 3. Audio: the store decodes <first 3 digits>/<6-digit id>.mp3 of the candidates into mels.h5 (files
-   under 3,000
-   samples are dropped, as in the original); undecodable files go to the store's failure list, never
-       a crash.
+   under 3,000 samples are dropped, as in the original); undecodable files go to the store's failure
+   list, never a crash.
 4. Final tracks = the stored candidates. The side information is computed again from them and step
-   2's rule
-   applied again. The store is never rebuilt for a smaller set, so a track whose only genre is
-       dropped only now
-   stays in tracks.csv and mels.h5 without labels (summary.json:
-       tracks_left_without_genre_after_audio).
+   2's rule applied again. The store is never rebuilt for a smaller set, so a track whose only genre
+   is dropped only now stays in tracks.csv and mels.h5 without labels (summary.json:
+   tracks_left_without_genre_after_audio).
 5. summary.json: dataset_dir.summarize + what was dropped and why, printed next to the paper's
    counts.
 """

@@ -3,7 +3,7 @@ s inputs.
 
     y   = librosa.load(path, sr=22050, mono=True)     channel mean, resampled with soxr "HQ"
     mel = |STFT(y)| @ Slaney-mel(128)                  n_fft 1024, Hann window, hop 512, centered
-        (zero padding)
+                                                       (zero padding)
     x   = log10(1 + 10 * mel)                          (frames, 128) float32
     z   = (x - mean) / std                             mean and std over a whole dataset's store
 

@@ -9,36 +9,26 @@ Formats: docs/formats.md (the TSVs: preprocess/jamendo_tsv.py); downloads and ru
     data/README.md.
 
 * `--labels genre` (Experiment 1, default): tracks with a genre tag; labels = the genres. Side
-  information
-  `instrument-count`: for each genre one dimension per instrument tag (sorted by name), the number
-      of tracks tagged
-  with both, counted over ALL tracks of the given metadata (knowledge about labels, not about the
-      audio at hand),
-  then standardized per genre like the FMA vectors (side_info.standardize_rows). A genre that cannot
-      be
-  standardized (no co-occurring instrument, or the same count for every one) is dropped and
-      reported.
+  information `instrument-count`: for each genre one dimension per instrument tag (sorted by name),
+  the number of tracks tagged with both, counted over ALL tracks of the given metadata (knowledge
+  about labels, not about the audio at hand), then standardized per genre like the FMA vectors
+  (side_info.standardize_rows). A genre that cannot be standardized (no co-occurring instrument, or
+  the same count for every one) is dropped and reported.
 * `--labels all` (Experiment 2): tracks with any tag; labels = every tag name (no category prefix).
-  Side information
-  `glove`: the GloVe vector of the name; else, for a compound name of the word-split table
-      (jamendo_words.csv, made
-  by us from the tag names), the mean of its words' vectors; a tag still without a vector is dropped
-      and listed.
+  Side information `glove`: the GloVe vector of the name; else, for a compound name of the
+  word-split table (jamendo_words.csv, made by us from the tag names), the mean of its words'
+  vectors; a tag still without a vector is dropped and listed.
 * Both add `random` (seeded normal vectors of the same dimension). Tracks left without a label are
   dropped.
 * Audio: PATH under --audio, as `41/241.mp3` (raw_30s/audio) or `41/241.low.mp3`
-  (raw_30s/audio-low). Tracks are
-  full songs (median 224 s); the store reads the MIDDLE 30 s (--clip-seconds; 0 = the whole track):
-      the paper's
-  inputs are 30 s clips, and a song's middle is its body, not the intro or fade-out that its first
-      or last 30 s
-  often are. A missing or undecodable file goes to mels.failures.csv with the reason; --sha256 first
-      excludes
-  files whose checksum differs (listed in summary.json). Final tracks = the stored ones; labels =
-      those with a
+  (raw_30s/audio-low). Tracks are full songs (median 224 s); the store reads the MIDDLE 30 s
+  (--clip-seconds; 0 = the whole track): the paper's inputs are 30 s clips, and a song's middle is
+  its body, not the intro or fade-out that its first or last 30 s often are. A missing or
+  undecodable file goes to mels.failures.csv with the reason; --sha256 first excludes files whose
+  checksum differs (listed in summary.json). Final tracks = the stored ones; labels = those with a
   positive among them. `--metadata-only` writes tracks.csv (PATH as given), annotations, side
-      information and
-  summary.json without audio or store (for split statistics; --glove is then optional).
+  information and summary.json without audio or store (for split statistics; --glove is then
+  optional).
 """
 
 from __future__ import annotations

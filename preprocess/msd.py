@@ -1,6 +1,6 @@
 """Million Song Dataset + Last.fm tags + GloVe -> the dataset directory of paper Experiment 2.
 
-    python -m preprocess.msd --lastfm-db lastfm_tags.db --genres genres.txt --glove
+    python -m preprocess.msd --lastfm-db lastfm_tags.db --genres genres.txt --glove \
         glove.42B.300d.txt \
         --audio DIR --audio-map map.csv --out data/msd [--min-tag-value 50] [--jobs N] [--seed 0]
     (or --lastfm-json DIR [DIR ...], the lastfm_train / lastfm_test JSON folders, instead of
@@ -8,14 +8,12 @@
 
 Formats: docs/formats.md; the tag filter: docs/original.md.
 1. Tags are normalized (`normalize_tag`); only those of the genre vocabulary (--genres; the paper
-   used the
-   Tagtraum genre ontology) are kept. Positives: pairs whose Last.fm value is >= --min-tag-value.
+   used the Tagtraum genre ontology) are kept. Positives: pairs whose Last.fm value is >=
+   --min-tag-value.
 2. GloVe is streamed once (`preprocess.common.read_glove`); tags without a vector are dropped.
 3. Audio: --audio-map gives each track's clip; the store reads its first 30 s and drops clips under
-   29 s, as in
-   the original. tracks.csv, annotations.csv, side_info/{glove,random}.csv and mels.h5 then describe
-       the same
-   tracks (a positive and a stored clip each) and labels.
+   29 s, as in the original. tracks.csv, annotations.csv, side_info/{glove,random}.csv and mels.h5
+   then describe the same tracks (a positive and a stored clip each) and labels.
 4. summary.json: dataset_dir.summarize + the tag counts of every step + "glove_path" (for
    `evaluate.py --query`).
 """

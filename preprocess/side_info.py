@@ -2,14 +2,12 @@
 random baseline.
 
 * Per track, from OpenMIC-style annotations (Y_true likelihoods, Y_mask True where annotated), K
-  instruments:
-  instrument i annotated > 0.5 fills slot i ("present"), annotated <= 0.5 fills slot K + i
-      ("absent"); flavour
-  `count` puts 1 there, `confidence` |likelihood - 0.5|. Unannotated cells fill nothing.
+  instruments: instrument i annotated > 0.5 fills slot i ("present"), annotated <= 0.5 fills slot K
+  + i ("absent"); flavour `count` puts 1 there, `confidence` |likelihood - 0.5|. Unannotated cells
+  fill nothing.
 * Per label (genre): the sum over its tracks, standardized on its own (minus its mean over the 2K
-  dims, divided
-  by its population std). A label with std 0 (e.g. no annotated track) cannot be standardized and is
-      dropped.
+  dims, divided by its population std). A label with std 0 (e.g. no annotated track) cannot be
+  standardized and is dropped.
 The demo corpus and the FMA adapter both call `instrument_side_info`.
 """
 

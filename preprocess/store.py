@@ -1,22 +1,21 @@
 """The log-mel store: a dataset's tracks through the front end into one HDF5 file (``mels.h5``), and
 its reader.
 
-    /track_ids    (n,)           UTF-8, in --tracks order (or sorted relative paths when scanning a
-                                 folder)
-    /offsets      (n + 1,)       int64; track i is mel[offsets[i]:offsets[i + 1]] (every track has
-                                 >= 1 frame)
-    /mel          (frames, 128)  standardized log-mel (x - mean) / std, float16 by default (--dtype
-                                 float32)
-    /track_stats  (n, 3)         float64 [count, mean, M2] of each track's raw log-mel; mean/std
-                                 combine them
-    /failures     (f, 3)         [track_id, path, reason] of the files not stored (also
+    /track_ids    (n,)           UTF-8, in --tracks order (or the sorted relative paths of a
+                                 scanned folder)
+    /offsets      (n + 1,)       int64; track i is mel[offsets[i]:offsets[i + 1]] (>= 1 frame)
+    /mel          (frames, 128)  standardized log-mel (x - mean) / std, float16 by default
+                                 (--dtype float32)
+    /track_stats  (n, 3)         float64 [count, mean, M2] of each track's raw log-mel; mean and
+                                 std combine them
+    /failures     (f, 3)         [track_id, path, reason] of the files not stored (also in
                                  failures_path(store))
-    /sources      scalar         JSON {absolute path: [size, mtime_ns, ctime_ns, inode, sha256]} of
-                                 the listed files: what a rerun compares with
+    /sources      scalar         JSON {absolute path: [size, mtime_ns, ctime_ns, inode, sha256]}
+                                 of the listed files: what a rerun compares with
     /warnings     (w, 3)         [track_id, path, warning]: stored, but decoded shorter than their
                                  header says
-    attributes    the front end (frontend.FRONT_END), mean, std, dtype and provenance (build_digest,
-                  versions...)
+    attributes    the front end (frontend.FRONT_END), mean, std, dtype and provenance
+                  (build_digest, versions...)
 
 float16 keeps ~5e-4 relative precision near 0 and halves disk and RAM; reads return float32.
 

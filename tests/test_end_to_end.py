@@ -1,9 +1,9 @@
 """End to end on a tiny demo corpus, through the same command lines a user runs (README Quickstart):
 
 python -m demo -> python -m splits.make -> train.py (embedding: instrument-count and random;
-classification) -> evaluate.py (--run-dir with --save-scores, --collect, case studies). Each stage's
-outputs are read back and
-checked: files present, values in range, the expected setups and table rows there.
+classification) -> evaluate.py (--run-dir with --save-scores, --collect, case studies). Each
+stage's outputs are read back and checked: files present, values in range, the expected setups and
+table rows there.
 """
 
 import csv

@@ -5,7 +5,7 @@
     build_semantic_module(side_dim)       one Dense(100) over a label's side vector (Sec. 4.1)
     build_embedding_model(side_dim, N)    [mel, positive, negatives] -> N + 1 cosines (Sec. 4.1)
     build_classification_model(n_labels)  audio module + Dense(n_labels, sigmoid) (Sec. 4.2)
-    HingeRankingLoss, DecaySGD            the original loss (Eq. 1) and optimizer (SGD, Keras-2 decay)
+    HingeRankingLoss, DecaySGD            the loss (Eq. 1) and optimizer (SGD with Keras-2 decay)
 
 Details follow the original implementation (docs/original.md, "Models"), in `keras.ops` only (any
 Keras backend). Importing this package registers the layers, the loss and the optimizer, so a saved

@@ -87,9 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--external",
         metavar="FILE.npz",
-        help="score another model's embeddings or scores "
-        "(exchange format: external.py, README) on every zero-shot setup of Tables 2-3; with "
-        "--dataset.",
+        help="score another model's embeddings or scores (exchange format: external.py, "
+        "docs/external.md) on every zero-shot setup of Tables 2-3; with --dataset.",
     )
     add(
         "--per-run",

@@ -1,4 +1,4 @@
-"""Keras backends other than TensorFlow (README "Choosing a Keras backend"): JAX (and PyTorch)
+"""Keras backends other than TensorFlow (docs/backends.md): JAX (and PyTorch)
 train, resume after kill -9 and evaluate a run that TensorFlow then scores with the same metrics; a
 model saved under TensorFlow loads under them; the tf.distribute strategies say that they need
 TensorFlow. A backend's tests skip when it is not installed (CI installs TensorFlow only); they run
@@ -31,7 +31,7 @@ BACKENDS = [
         name,
         marks=pytest.mark.skipif(
             importlib.util.find_spec(module) is None,
-            reason=f"{module} is not installed (README 'Choosing a Keras backend')",
+            reason=f"{module} is not installed (docs/backends.md)",
         ),
     )
     for name, module in (("jax", "jax"), ("torch", "torch"))

@@ -230,7 +230,7 @@ def load_run(run_dir) -> Run:
         )
     annotations = ds.read_annotations(ds.annotations_path(meta["dataset_dir"]))
     # the split must be made from these annotations
-    split = splits.load_split(meta["split_path"], annotations)
+    split = splits.load_split(meta["split_path"], ds.annotations_path(meta["dataset_dir"]))
     if meta["config"]["model"] == "classification" and sorted(meta["seen_labels"]) != sorted(
         split["seen"]
     ):

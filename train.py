@@ -92,7 +92,7 @@ def prepare(config: cfg.TrainConfig) -> TrainingData:
     annotations = dsio.read_annotations(dsio.annotations_path(dataset_dir))
     split_path = resolve_split(config, dataset_dir)
     # made from these annotations, however it was given
-    split = splits.load_split(split_path, annotations)
+    split = splits.load_split(split_path, dsio.annotations_path(dataset_dir))
     tracks, seen = setup_tracks(split, config.train_setup, split_path)
     check_full_batch(len(tracks["train"]), config)
     positives = {part: dsio.label_matrix(annotations, tracks[part], seen) for part in PARTS}

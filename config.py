@@ -31,7 +31,7 @@ CHECKPOINT_DIR = "checkpoints"
 BACKUP_DIR = "backup"
 
 MODELS = ("embedding", "classification")
-STRATEGIES = ("default", "mirrored", "multi-worker")
+STRATEGIES = ("default", "mirrored", "multi-worker", "data-parallel")
 LOSS_REDUCTIONS = ("sum", "mean")
 WEIGHTS = ("best", "last")  # which epoch's weights become model.keras
 LAST_BATCH = ("drop", "keep")  # the last, partial training batch of an epoch
@@ -206,7 +206,8 @@ class TrainConfig:
     strategy: str = field(
         default="default",
         metadata=_flag(
-            "default (one device), mirrored (several GPUs) or multi-worker (machines, TF_CONFIG).",
+            "default (one device); TensorFlow: mirrored (several GPUs) or multi-worker (machines, "
+            "TF_CONFIG); JAX: data-parallel (every device, hosts via jax.distributed).",
             choices=STRATEGIES,
         ),
     )

@@ -414,6 +414,7 @@ def run(config: cfg.TrainConfig) -> Path:
                 replicas,
                 config.last_batch,
                 config.valid_draws,
+                distribute.process_part(strategy),
             )
             loader = record["train"]["input_pipeline"] = pipeline.input_pipeline(store)
             if not (run_dir / CONFIG_FILE).is_file():
@@ -430,7 +431,8 @@ def run(config: cfg.TrainConfig) -> Path:
             )
             start = time.time()
             if first_epoch < config.epochs and not backup.stopped:
-                fit(model, batches, callbacks, first_epoch, config)
+                with distribute.scope(strategy):  # the JAX trainer reads the distribution in fit
+                    fit(model, batches, callbacks, first_epoch, config)
         summary = finish_run(
             run_dir,
             data,

@@ -165,6 +165,19 @@ def test_batches_cut_to_a_multiple_of_the_replicas_and_classification_targets(id
         training_batches(store, parts, None, 1, 4, 0, 0, replicas=3)
 
 
+def test_processes_of_a_data_parallel_run_draw_equal_parts_of_each_batch(id_store):
+    """part=(k, 2): the k-th half of the whole batch's draws, so that the processes' parts put
+    together are the batch one process would train on."""
+    _, positives = id_store
+    whole = sampler_for(positives, multiple=2)
+    halves = [sampler_for(positives, multiple=2, part=(k, 2)) for k in range(2)]
+    for epoch, step in ((0, 0), (3, 1), (3, 2)):  # the last batch: 10 = 4 + 4 + 2
+        parts = [half.draw(epoch, step) for half in halves]
+        assert len(parts[0].tracks) == len(parts[1].tracks) == len(whole.draw(epoch, step)[0]) // 2
+        for field, together in zip(whole.draw(epoch, step), zip(*parts, strict=True), strict=True):
+            np.testing.assert_array_equal(field, np.concatenate(together))
+
+
 def assert_same_draws(one, two):
     for a, b in zip(one, two, strict=True):
         np.testing.assert_array_equal(a, b)

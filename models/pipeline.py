@@ -154,6 +154,16 @@ class Sampler:
         return Draw(tracks[mine], starts[mine], positive[mine], negatives[mine])
 
 
+def loader_options(workers: int) -> dict:
+    """keras.utils.PyDataset's options for train.py --workers. 1 loads beside training: in tf.data's
+    prefetching thread under TensorFlow, in two Keras threads under other backends (Keras 3 runs a
+    PyDataset of one worker in the training loop itself, where a synchronous step, e.g. with
+    TerminateOnNaN, would wait for every batch); N > 1 in N worker processes (for many cores;
+    threads would share the GIL with the training loop)."""
+    threads = 2 if workers == 1 and keras.backend.backend() != "tensorflow" else workers
+    return {"workers": threads, "use_multiprocessing": workers > 1, "max_queue_size": 2 * workers}
+
+
 class Batches(keras.utils.PyDataset):
     """The batches of one stream for `fit`, as numpy arrays: ({"mel", "positive", "negatives"},
     target) for the embedding model, (mel, multi-hot target) for the classification model
@@ -163,9 +173,7 @@ class Batches(keras.utils.PyDataset):
         without end; use `fit(..., steps_per_epoch=sampler.steps, initial_epoch=first_epoch)`. Keras
         keeps one iterator across the epochs, and its worker pool goes on with the next index after
         each epoch. Validation: the `steps` batches of epoch 0 (`RedrawnValidation`: of the epoch
-        being trained). workers 1 loads in one thread beside training (Keras prefetches), `workers`
-        > 1 in that many worker processes (for many cores; threads would share the GIL with the
-        training loop).
+        being trained). `workers`: see `loader_options`.
 
     Args:
         store: an open `preprocess.melstore.MelStore`; rows: (n,) the store row of each of the
@@ -183,9 +191,7 @@ class Batches(keras.utils.PyDataset):
         first_epoch: int | None = None,
         workers: int = 1,
     ):
-        super().__init__(
-            workers=workers, use_multiprocessing=workers > 1, max_queue_size=max(2, 2 * workers)
-        )
+        super().__init__(**loader_options(workers))
         self.store = store
         self.rows = np.asarray(rows, dtype=np.int64)
         self.sampler = sampler

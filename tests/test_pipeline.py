@@ -12,7 +12,14 @@ import pytest
 from test_train import write_store
 
 import config as cfg
-from models.pipeline import Batches, RedrawnValidation, Sampler, input_pipeline, training_batches
+from models.pipeline import (
+    Batches,
+    RedrawnValidation,
+    Sampler,
+    input_pipeline,
+    loader_options,
+    training_batches,
+)
 from preprocess.frontend import N_MELS, SEGMENT_FRAMES, crop, crop_starts
 from preprocess.melstore import MelStore
 
@@ -176,6 +183,23 @@ def test_processes_of_a_data_parallel_run_draw_equal_parts_of_each_batch(id_stor
         assert len(parts[0].tracks) == len(parts[1].tracks) == len(whole.draw(epoch, step)[0]) // 2
         for field, together in zip(whole.draw(epoch, step), zip(*parts, strict=True), strict=True):
             np.testing.assert_array_equal(field, np.concatenate(together))
+
+
+def test_one_worker_loads_beside_training_under_every_backend(monkeypatch):
+    """--workers 1: tf.data prefetches a one-worker PyDataset under TensorFlow; Keras runs it in the
+    training loop under JAX and PyTorch, so there it gets two Keras threads (processes only for
+    --workers N > 1)."""
+    import keras
+
+    assert loader_options(1) == {"workers": 1, "use_multiprocessing": False, "max_queue_size": 2}
+    for backend in ("jax", "torch"):
+        monkeypatch.setattr(keras.backend, "backend", lambda backend=backend: backend)
+        assert loader_options(1) == {
+            "workers": 2,
+            "use_multiprocessing": False,
+            "max_queue_size": 2,
+        }
+        assert loader_options(3) == {"workers": 3, "use_multiprocessing": True, "max_queue_size": 6}
 
 
 def assert_same_draws(one, two):

@@ -243,7 +243,8 @@ def _fast_row_metrics(scores: np.ndarray, labels: np.ndarray, ks=()) -> dict[str
         out = {"AUC": (rank_sum - n_pos * (n_pos - 1) / 2) / (n_pos * (m - n_pos))}
         # AP = mean over the positives of the precision of "score >= its score".
         out["AP"] = np.bincount(row, weights=hits / (m - below), minlength=n) / n_pos
-        top = _top_labels(scores, labels, ordered, min(max(ks, default=0), m))  # (n, K)
+        k_max = min(max(ks, default=0), m)  # (retrieval: no AP@K, no re-ranking)
+        top = _top_labels(scores, labels, ordered, k_max) if k_max else np.zeros((n, 0), bool)
         precision_at_rank = np.cumsum(top, axis=1) / np.arange(1, top.shape[1] + 1)
         for k in ks:
             out[f"P@{k}"] = np.sum((top * precision_at_rank)[:, :k], axis=1) / np.minimum(n_pos, k)
@@ -262,19 +263,16 @@ def _count_below(ordered: np.ndarray, rows: np.ndarray, values: np.ndarray) -> n
         half = size // 2
         position += half * (flat[position + half] < values)
         size -= half
-    if size:  # one entry left to compare
-        position += flat[position] < values
-    return position - first
+    return position + (flat[position] < values) - first  # the one entry left (none if m = 0)
 
 
 def _top_labels(scores: np.ndarray, labels: np.ndarray, ordered: np.ndarray, k: int) -> np.ndarray:
     """(n, k) labels of each row's k highest scores, by descending score, ties by lower column (as
-    apk ranks them); ordered: the rows' ascending scores, k <= m."""
+    apk ranks them); ordered: the rows' ascending scores, 1 <= k <= m."""
     n, m = scores.shape
-    cut = ordered[:, m - k] if k else np.full(n, np.inf)  # (n,) each row's k-th largest score
-    flat = np.flatnonzero(
-        scores >= cut[:, None]
-    )  # (c,) >= k per row, row by row, columns ascending
+    cut = ordered[:, m - k]  # (n,) each row's k-th largest score
+    # (c,) the candidates, >= k per row, row by row, columns ascending
+    flat = np.flatnonzero(scores >= cut[:, None])
     row = flat // m
     flat = flat[np.lexsort((-scores.ravel()[flat], row))]  # stable: tied columns stay ascending
     keep = np.arange(len(flat)) - np.searchsorted(row, row) < k  # the first k of each row

@@ -65,7 +65,7 @@ def make_strategy(name: str):
 def replicas(strategy) -> int:
     if strategy is None:
         return 1
-    return int(getattr(strategy, "num_model_replicas", None) or strategy.num_replicas_in_sync)
+    return int(getattr(strategy, "num_model_replicas", 0) or strategy.num_replicas_in_sync)
 
 
 def process_part(strategy) -> tuple[int, int]:

@@ -185,6 +185,7 @@ def test_fast_path_search_counts_like_searchsorted_at_every_width(m):
     np.testing.assert_array_equal(metrics._count_below(ordered, rows, values), expected)
     wide = rng.normal(size=(600, m))
     np.testing.assert_array_equal(metrics._transposed(wide), wide.T)
+    assert metrics._transposed(wide).flags.c_contiguous  # rows to sort, not a strided view
 
 
 def test_signed_zeros_tie():

@@ -202,6 +202,26 @@ def test_one_worker_loads_beside_training_under_every_backend(monkeypatch):
         assert loader_options(3) == {"workers": 3, "use_multiprocessing": True, "max_queue_size": 6}
 
 
+def test_a_store_in_memory_is_checked_for_finite_values_once_not_per_batch(tmp_path, monkeypatch):
+    """The finite check was 30-40% of a batch's work: a store held in RAM is checked whole when it
+    opens; a store read lazily is checked at every read (tests/test_store.py: both refuse a damaged
+    track)."""
+    import preprocess.melstore as melstore
+
+    checked = []
+    original = melstore._all_finite
+    monkeypatch.setattr(melstore, "_all_finite", lambda x: checked.append(x.size) or original(x))
+    path = id_store_path(tmp_path, LENGTHS)
+    for in_memory, reads_checked in ((True, 0), (False, 3)):
+        with MelStore(path, in_memory=in_memory) as store:
+            checked.clear()
+            for _ in range(3):
+                store.crops([0, 1], [0, 1], SEGMENT_FRAMES)
+            assert len(checked) == reads_checked
+    with MelStore(path, in_memory=True) as store:
+        assert store._all_checked  # checked when it opened: every value of the store
+
+
 def assert_same_draws(one, two):
     for a, b in zip(one, two, strict=True):
         np.testing.assert_array_equal(a, b)

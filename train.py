@@ -414,7 +414,7 @@ def run(config: cfg.TrainConfig) -> Path:
                 replicas,
                 config.last_batch,
                 config.valid_draws,
-                distribute.process_part(strategy),
+                distribute.process_part(config.strategy),
             )
             loader = record["train"]["input_pipeline"] = pipeline.input_pipeline(store)
             if not (run_dir / CONFIG_FILE).is_file():

@@ -63,17 +63,18 @@ def make_strategy(name: str):
 
 
 def replicas(strategy) -> int:
-    if strategy is None:
-        return 1
-    return int(getattr(strategy, "num_model_replicas", 0) or strategy.num_replicas_in_sync)
+    """Devices that share a batch (a Keras distribution counts them as model replicas)."""
+    return (
+        1
+        if strategy is None
+        else int(getattr(strategy, "num_model_replicas", 0) or strategy.num_replicas_in_sync)
+    )
 
 
-def process_part(strategy) -> tuple[int, int]:
+def process_part(name: str) -> tuple[int, int]:
     """(this process, processes): each process of a data-parallel run feeds its part of every
     global batch (Keras' JAX trainer assembles them); other strategies feed whole batches."""
-    import keras
-
-    if not isinstance(strategy, keras.distribution.DataParallel):
+    if name != "data-parallel":
         return (0, 1)
     import jax
 

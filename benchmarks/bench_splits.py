@@ -152,8 +152,13 @@ def main(argv=None) -> int:
         f"{full['split_s'] / full['read_s']:.2f} at full size"
     )
     checks = {
-        "growth": (growth, "<=", growth_target, growth <= growth_target),
-        "repeated_load_over_first": (load_ratio, "<=", LOAD_TARGET, load_ratio <= LOAD_TARGET),
+        "growth": (growth, "<=", growth_target, bool(growth <= growth_target)),
+        "repeated_load_over_first": (
+            load_ratio,
+            "<=",
+            LOAD_TARGET,
+            bool(load_ratio <= LOAD_TARGET),
+        ),
     }
     for name, (value, relation, target, ok) in checks.items():
         print(f"{name}: {value:.3f} (target {relation} {target:g})  {'PASS' if ok else 'MISS'}")

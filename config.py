@@ -37,7 +37,7 @@ BACKUP_DIR = "backup"
 RUN_OWNER = "train.py"  # the fileio marker of a run directory
 
 MODELS = ("embedding", "classification")
-STRATEGIES = ("default", "mirrored", "multi-worker")
+STRATEGIES = ("default", "mirrored", "multi-worker", "data-parallel")
 LOSS_REDUCTIONS = ("sum", "mean")
 WEIGHTS = ("best", "last")  # which epoch's weights become model.keras
 LAST_BATCH = ("drop", "keep")  # the last, partial training batch of an epoch
@@ -234,7 +234,8 @@ class TrainConfig:
     strategy: str = field(
         default="default",
         metadata=_flag(
-            "default (one device), mirrored (several GPUs) or multi-worker (machines, TF_CONFIG).",
+            "default (one device); TensorFlow: mirrored (several GPUs) or multi-worker (machines, "
+            "TF_CONFIG); JAX: data-parallel (every device, hosts via jax.distributed).",
             choices=STRATEGIES,
         ),
     )

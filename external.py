@@ -364,7 +364,8 @@ def evaluate_external(
     dataset_dir = ds.resolve_dataset_dir(dataset, must_exist=True)
     split_path = Path(split_path or splits.default_split_path(dataset_dir)).expanduser().resolve()
     annotations = ds.read_annotations(ds.annotations_path(dataset_dir))
-    split = splits.load_split(split_path, annotations)  # checked against these annotations
+    # checked against these annotations (their digest remembered beside the file)
+    split = splits.load_split(split_path, ds.annotations_path(dataset_dir))
     model = ExternalModel(ds.dataset_name(dataset_dir), name)
     missing = missing_members(exchange, split)
     if any(missing.values()) and not allow_missing:  # refused before the result folder is made
@@ -389,7 +390,7 @@ def evaluate_external(
                 "source": {"path": str(path), "sha256": sha256_file(path)},
                 "split": {"path": str(split_path), "sha256": sha256_file(split_path)},
                 # by content, as config.json's (protocol.external_changes compares it)
-                "annotations_sha256": splits.annotations_sha256(annotations),
+                "annotations_sha256": split["annotations_sha256"],  # load_split checked it
                 "file": {
                     "tracks": len(exchange.track_ids),
                     "labels": len(exchange.label_names),

@@ -239,7 +239,9 @@ def load_run(run_dir) -> Run:
     provenance = {
         "model_sha256": sha256_file(model_path),
         "config_sha256": sha256_file(run_dir / config.CONFIG_FILE),
-        "annotations_sha256": splits.annotations_sha256(annotations),
+        "annotations_sha256": splits.annotations_file_sha256(
+            ds.annotations_path(meta["dataset_dir"])
+        ),
         "split_sha256": sha256_file(split_path) if split_path.is_file() else None,
         "side_info_sha256": side_info and ds.side_info_sha256(side_info),
         "mels": mels,
@@ -257,7 +259,7 @@ def load_run(run_dir) -> Run:
             + ". Restore what the run was trained on, or re-train."
         )
     # the split must be made from these annotations
-    split = splits.load_split(split_path, annotations)
+    split = splits.load_split(split_path, ds.annotations_path(meta["dataset_dir"]))
     if meta["config"]["model"] == "classification" and sorted(meta["seen_labels"]) != sorted(
         split["seen"]
     ):
@@ -672,7 +674,7 @@ def external_changes(run_dir: Path) -> list[str]:
         or not ds.same_content(
             recorded,
             path,
-            splits.annotations_sha256(ds.read_annotations(path)) if name == "annotations" else None,
+            splits.annotations_file_sha256(path) if name == "annotations" else None,
         )
     ]
     return [

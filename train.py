@@ -105,7 +105,7 @@ def prepare(config: cfg.TrainConfig) -> TrainingData:
     annotations = dsio.read_annotations(dsio.annotations_path(dataset_dir))
     split_path = resolve_split(config, dataset_dir)
     # made from these annotations, however it was given
-    split = splits.load_split(split_path, annotations)
+    split = splits.load_split(split_path, dsio.annotations_path(dataset_dir))
     tracks, seen = setup_tracks(split, config.train_setup, split_path)
     check_full_batch(len(tracks["train"]), config)
     positives = {part: dsio.label_matrix(annotations, tracks[part], seen) for part in PARTS}
@@ -332,9 +332,7 @@ def run_record(data: TrainingData) -> dict:
         "seen_labels": data.seen_labels,
         # annotations and side information by content (reordered rows are the same data)
         "checksums": {
-            "annotations": splits.annotations_sha256(
-                dsio.read_annotations(dsio.annotations_path(data.dataset_dir))
-            ),
+            "annotations": splits.annotations_file_sha256(dsio.annotations_path(data.dataset_dir)),
             "split": sha256_file(data.split_path),
             "side_info": side and dsio.side_info_sha256(dsio.read_side_info(side)),
             "mels": dict(data.store_facts),
@@ -450,6 +448,7 @@ def run(config: cfg.TrainConfig) -> Path:
                 replicas,
                 config.last_batch,
                 config.valid_draws,
+                distribute.process_part(config.strategy),
             )
             loader = record["train"]["input_pipeline"] = pipeline.input_pipeline(store)
             if not (run_dir / CONFIG_FILE).is_file():
@@ -466,7 +465,8 @@ def run(config: cfg.TrainConfig) -> Path:
             )
             start = time.time()
             if first_epoch < config.epochs and not backup.stopped:
-                fit(model, batches, callbacks, first_epoch, config)
+                with distribute.scope(strategy):  # the JAX trainer reads the distribution in fit
+                    fit(model, batches, callbacks, first_epoch, config)
         summary = finish_run(
             run_dir,
             data,

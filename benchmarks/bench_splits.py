@@ -7,17 +7,23 @@ million positive rows) into a temporary CSV, then times (best of --repeats):
     read:   pandas.read_csv(csv, dtype=str)                      the floor: parsing the file
     split:  read_annotations + make_split_with_statistics + save_split + save_statistics
             (everything `python -m splits.make` does)
+    load:   load_split(split, annotations file), as every train.py and evaluate.py call does:
+            "first" hashes the annotations (their canonical SHA-256), "repeated" finds the digest
+            remembered beside the file (splits.annotations_file_sha256) -> target: repeated load
+            <= 0.2 x first load
 
 at full size and at one tenth. Prints split/read at both sizes and the growth factor of the split
-time between them (10x the data -> ~10x the time when the work is linear). Usage:
+time between them (10x the data -> ~10x the time when the work is linear; target: at most 2.6x the
+time per doubling of the data, compounded: <= 23.9x for 10x). Usage:
 
     .venv/bin/python benchmarks/bench_splits.py [--tracks 406409] [--labels 1126] [--repeats 3]
-        [--seed 0]
+        [--seed 0] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -33,6 +39,8 @@ from dataset_dir import read_annotations  # noqa: E402
 
 MSD_TRACKS = 406_409
 MSD_LABELS = 1_126
+LOAD_TARGET = 0.2  # repeated load / first load
+DOUBLING_TARGET = 2.6  # at most this factor of time per doubling of the data (bench_scale's rule)
 
 
 def msd_like_annotations(
@@ -80,11 +88,21 @@ def measure(n_tracks: int, n_labels: int, repeats: int, seed: int, folder: Path)
     stats = make()  # warm-up; also gives the sizes printed below
     read_s = best_time(lambda: pd.read_csv(csv_path, dtype=str, keep_default_na=False), repeats)
     split_s = best_time(make, repeats)
+    remembered = csv_path.with_name(f".{csv_path.name}.sha256.json")
+
+    def first_load():
+        remembered.unlink(missing_ok=True)
+        splits.load_split(out, csv_path)
+
+    first_load_s = best_time(first_load, repeats)
+    load_s = best_time(lambda: splits.load_split(out, csv_path), repeats)
     return {
         "tracks": n_tracks,
         "rows": len(frame),
         "read_s": read_s,
         "split_s": split_s,
+        "first_load_s": first_load_s,
+        "repeated_load_s": load_s,
         "stats": stats,
     }
 
@@ -103,6 +121,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the random annotations and of the split"
     )
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,14 +136,38 @@ def main(argv=None) -> int:
                 f"split/read {result['split_s'] / result['read_s']:.2f} "
                 f"(A {ins['A']}, B {ins['B']}, C {ins['C']}, dropped {ins['dropped']})"
             )
+            print(
+                f"{'':>8} load_split with the annotations check: first {result['first_load_s']:.2f}"
+                f" s (hashes them), repeated {result['repeated_load_s']:.2f} s (remembered digest)"
+            )
     small, full = results
+    growth = full["split_s"] / small["split_s"]
+    growth_target = DOUBLING_TARGET ** np.log2(full["rows"] / small["rows"])
+    load_ratio = full["repeated_load_s"] / full["first_load_s"]
     print(
         f"split time growth for {full['rows'] / small['rows']:.1f}x the rows: "
-        f"{full['split_s'] / small['split_s']:.1f}x (read: "
+        f"{growth:.1f}x (read: "
         f"{full['read_s'] / small['read_s']:.1f}x); "
         f"split/read ratio {small['split_s'] / small['read_s']:.2f} at 1/10 size, "
         f"{full['split_s'] / full['read_s']:.2f} at full size"
     )
+    checks = {
+        "growth": (growth, "<=", growth_target, bool(growth <= growth_target)),
+        "repeated_load_over_first": (
+            load_ratio,
+            "<=",
+            LOAD_TARGET,
+            bool(load_ratio <= LOAD_TARGET),
+        ),
+    }
+    for name, (value, relation, target, ok) in checks.items():
+        print(f"{name}: {value:.3f} (target {relation} {target:g})  {'PASS' if ok else 'MISS'}")
+    if args.json:
+        for result in results:
+            result.pop("stats")
+        record = {"sizes": results, **{name: check[0] for name, check in checks.items()}}
+        record["pass"] = {name: check[3] for name, check in checks.items()}
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
     return 0
 
 

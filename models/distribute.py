@@ -1,15 +1,21 @@
-"""Several devices for train.py (TensorFlow backend only): --strategy mirrored or multi-worker.
+"""Several devices for train.py: --strategy mirrored or multi-worker (TensorFlow backend), or
+data-parallel (JAX backend).
 
-    mirrored      tf.distribute.MirroredStrategy over all GPUs of the machine; without GPUs, all
-                  logical CPU devices
-    multi-worker  MultiWorkerMirroredStrategy, the cluster from TF_CONFIG; every worker runs the
-                  same command, the
-                  chief (or worker 0) writes the run directory, the others a scratch copy in <run
-                      dir>/.worker<i>
+    mirrored       tf.distribute.MirroredStrategy over all GPUs of the machine; without GPUs, all
+                   logical CPU devices
+    multi-worker   MultiWorkerMirroredStrategy, the cluster from TF_CONFIG; every worker runs the
+                   same command, the chief (or worker 0) writes the run directory, the others a
+                   scratch copy in <run dir>/.worker<i>
+    data-parallel  keras.distribution.DataParallel over every device JAX sees (variables
+                   replicated, each batch sharded). Several hosts (jax.distributed): every process
+                   sets KERAS_DISTRIBUTION_JOB_ADDRESSES (the coordinator's host:port),
+                   KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID and feeds its
+                   part of every batch; process 0 writes the run directory, the others
+                   <run dir>/.worker<i>
 
 --batch-size is the global batch, split evenly over the replicas (pipeline.Sampler cuts an epoch's
 last batch to a multiple of them); a step equals one device's step on the whole global batch
-(models.HingeRankingLoss says why).
+(models.HingeRankingLoss says why; under JAX the loss of the sharded batch is one global sum).
 """
 
 from __future__ import annotations
@@ -21,19 +27,33 @@ from pathlib import Path
 
 from config import ConfigError
 
+# the Keras backend each strategy needs, and the strategies of each backend
+BACKENDS = {"mirrored": "TensorFlow", "multi-worker": "TensorFlow", "data-parallel": "JAX"}
+OTHERS = {"tensorflow": " or mirrored", "jax": " or data-parallel"}
+
 
 def make_strategy(name: str):
-    """The tf.distribute strategy of --strategy, or None for "default" (one device, any Keras
-    backend)."""
+    """The tf.distribute strategy or the Keras distribution of --strategy, or None for "default"
+    (one device, any Keras backend)."""
     if name == "default":
         return None
     import keras
 
-    if keras.backend.backend() != "tensorflow":
+    if (backend := keras.backend.backend()) != BACKENDS[name].lower():
         raise ConfigError(
-            f"--strategy {name} needs the TensorFlow backend; this is {keras.backend.backend()} "
-            "(KERAS_BACKEND). Use --strategy default."
+            f"--strategy {name} needs the {BACKENDS[name]} backend; this is {backend} "
+            f"(KERAS_BACKEND). Use --strategy default{OTHERS.get(backend, '')}."
         )
+    if name == "data-parallel":
+        import jax
+
+        if (
+            os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES")
+            and not jax.distributed.is_initialized()
+        ):
+            keras.distribution.initialize()  # jax.distributed, from KERAS_DISTRIBUTION_*
+        # the batches come from our sampler, one part per process (process_part)
+        return keras.distribution.DataParallel(auto_shard_dataset=False)
     import tensorflow as tf
 
     if name == "mirrored":
@@ -43,18 +63,38 @@ def make_strategy(name: str):
 
 
 def replicas(strategy) -> int:
-    return 1 if strategy is None else int(strategy.num_replicas_in_sync)
+    """Devices that share a batch (a Keras distribution counts them as model replicas)."""
+    return (
+        1
+        if strategy is None
+        else int(getattr(strategy, "num_model_replicas", 0) or strategy.num_replicas_in_sync)
+    )
+
+
+def process_part(name: str) -> tuple[int, int]:
+    """(this process, processes): each process of a data-parallel run feeds its part of every
+    global batch (Keras' JAX trainer assembles them); other strategies feed whole batches."""
+    if name != "data-parallel":
+        return (0, 1)
+    import jax
+
+    return (jax.process_index(), jax.process_count())
 
 
 def scope(strategy):
-    """Build the model inside this (its variables are then mirrored)."""
+    """Build the model and fit inside this (its variables are then mirrored or replicated; the JAX
+    trainer reads the Keras distribution in fit)."""
     return contextlib.nullcontext() if strategy is None else strategy.scope()
 
 
 def output_dir(run_dir: Path, name: str) -> Path:
     """Where this process writes: the run directory, or <run dir>/.worker<i> for the other workers
     of a multi-worker run (their role read from TF_CONFIG as TensorFlow reads it, before TensorFlow
-    starts)."""
+    starts) or the other processes of a data-parallel run (KERAS_DISTRIBUTION_PROCESS_ID)."""
+    if name == "data-parallel":
+        if not (index := os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID", "0")).isdigit():
+            raise ConfigError(f"KERAS_DISTRIBUTION_PROCESS_ID={index!r} must be a process number.")
+        return run_dir / f".worker{index}" if int(index) else run_dir
     # without TF_CONFIG: one worker, the chief
     if name != "multi-worker" or not os.environ.get("TF_CONFIG"):
         return run_dir

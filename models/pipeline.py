@@ -59,10 +59,11 @@ class Sampler:
         n_negatives: N per sample (0: classification model). Each track needs >= N seen negatives
             (train.py checks). batch_size, seed: train.py's flags.
         stream: "train" or "valid": keys the draws apart.
-        multiple: every batch holds a multiple of this many samples (the replicas of a tf.distribute
-            strategy
-            need equal shares): the last batch of an epoch is cut, leaving out at most multiple - 1
-                samples.
+        multiple: every batch holds a multiple of this many samples (the replicas of a strategy need
+            equal shares): the last batch of an epoch is cut, leaving out at most multiple - 1
+            samples.
+        part: (k, parts): draw whole batches, keep the k-th of `parts` equal slices (the process k
+            of a multi-process data-parallel run feeds that slice; `multiple` must divide by parts).
         drop_last: leave the last, partial batch of an epoch out (the original's floor(n /
             batch_size) batches).
         redraw: new draws every epoch; False: every epoch draws the batches of epoch 0. Default: the
@@ -83,6 +84,7 @@ class Sampler:
         multiple: int = 1,
         drop_last: bool = False,
         redraw: bool | None = None,
+        part: tuple[int, int] = (0, 1),
     ):
         self.positives = np.asarray(positives).astype(bool)
         self.lengths = np.asarray(lengths, dtype=np.int64)
@@ -92,6 +94,7 @@ class Sampler:
         self.multiple = int(multiple)
         self.drop_last = bool(drop_last)
         self.redraw = stream == "train" if redraw is None else bool(redraw)
+        self.part = part
         if stream not in STREAMS:
             raise ValueError(f"stream must be one of {', '.join(STREAMS)}, got {stream!r}")
         if self.batch_size < 1 or self.multiple < 1 or self.batch_size % self.multiple:
@@ -146,7 +149,19 @@ class Sampler:
                 :, : self.n_negatives
             ]
         starts = rng.integers(0, crop_starts(self.lengths[tracks], self.n_frames))  # (b,)
-        return Draw(tracks, starts, positive, negatives)
+        size = len(tracks) // self.part[1]  # (the whole batch is drawn: the same in every part)
+        mine = slice(self.part[0] * size, (self.part[0] + 1) * size)
+        return Draw(tracks[mine], starts[mine], positive[mine], negatives[mine])
+
+
+def loader_options(workers: int) -> dict:
+    """keras.utils.PyDataset's options for train.py --workers. 1 loads beside training: in tf.data's
+    prefetching thread under TensorFlow, in two Keras threads under other backends (Keras 3 runs a
+    PyDataset of one worker in the training loop itself, where a synchronous step, e.g. with
+    TerminateOnNaN, would wait for every batch); N > 1 in N worker processes (for many cores;
+    threads would share the GIL with the training loop)."""
+    threads = 2 if workers == 1 and keras.backend.backend() != "tensorflow" else workers
+    return {"workers": threads, "use_multiprocessing": workers > 1, "max_queue_size": 2 * workers}
 
 
 class Batches(keras.utils.PyDataset):
@@ -158,9 +173,7 @@ class Batches(keras.utils.PyDataset):
         without end; use `fit(..., steps_per_epoch=sampler.steps, initial_epoch=first_epoch)`. Keras
         keeps one iterator across the epochs, and its worker pool goes on with the next index after
         each epoch. Validation: the `steps` batches of epoch 0 (`RedrawnValidation`: of the epoch
-        being trained). workers 1 loads in one thread beside training (Keras prefetches), `workers`
-        > 1 in that many worker processes (for many cores; threads would share the GIL with the
-        training loop).
+        being trained). `workers`: see `loader_options`.
 
     Args:
         store: an open `preprocess.melstore.MelStore`; rows: (n,) the store row of each of the
@@ -178,9 +191,7 @@ class Batches(keras.utils.PyDataset):
         first_epoch: int | None = None,
         workers: int = 1,
     ):
-        super().__init__(
-            workers=workers, use_multiprocessing=workers > 1, max_queue_size=max(2, 2 * workers)
-        )
+        super().__init__(**loader_options(workers))
         self.store = store
         self.rows = np.asarray(rows, dtype=np.int64)
         self.sampler = sampler
@@ -243,6 +254,7 @@ def training_batches(
     replicas: int = 1,
     last_batch: str = "keep",
     valid_draws: str = "once",
+    part: tuple[int, int] = (0, 1),
 ) -> dict:
     """{"train", "valid"} `Batches` of parts {stream: (store rows, positives)} for train.py's flags,
     training from `first_epoch`; label_vectors None: the classification model. Several replicas load
@@ -250,7 +262,7 @@ def training_batches(
 
     last_batch "drop" leaves the last partial training batch out; validation always uses every
     track. valid_draws "every-epoch": the validation batches are a `RedrawnValidation` (pass its
-    `follow_epochs()` to fit)."""
+    `follow_epochs()` to fit). part: (this process, processes) of a data-parallel run (Sampler)."""
     if batch_size % replicas or len(parts["valid"][0]) < replicas:
         raise ConfigError(
             f"--batch-size {batch_size} and the {len(parts['valid'][0])} validation tracks must be "
@@ -273,6 +285,7 @@ def training_batches(
             multiple=replicas,
             drop_last=stream == "train" and last_batch == "drop",
             redraw=redraw[stream],
+            part=part,
         )
         kind = RedrawnValidation if stream == "valid" and redraw["valid"] else Batches
         batches[stream] = kind(

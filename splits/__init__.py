@@ -6,6 +6,7 @@ splits.make` is the command line."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from dataset_dir import annotations_path, read_annotations, resolve_dataset_dir, splits_dir
-from fileio import OutputError, atomic_write_text, write_json
+from fileio import OutputError, atomic_write_text, sha256_file, write_json
 
 TRAIN_SETUPS = ("A-X", "B-X", "(A+B)-X")
 ANNOTATION_TESTS = ("B-Y", "C-Y", "(B+C)-Y", "B-(X+Y)", "C-(X+Y)", "(B+C)-(X+Y)")
@@ -231,10 +232,29 @@ def _sha256_of(labels_of: dict[str, set[str]]) -> str:
     return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
 
 
+def annotations_file_sha256(path) -> str:
+    """annotations_sha256 of the annotations file `path`, remembered beside it in
+    .<name>.sha256.json under the SHA-256 of the file's bytes: a repeated call costs a read of the
+    bytes (~0.05 s at MSD size) instead of the canonical hash (~5 s); a changed file has other bytes
+    and is hashed in full. A folder that cannot be written to is hashed every time."""
+    path = Path(path)
+    remembered = path.with_name(f".{path.name}.sha256.json")
+    file_sha256 = sha256_file(path) if path.is_file() else None  # missing: read_annotations says so
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        entry = json.loads(remembered.read_text(encoding="utf-8"))
+        if entry["file_sha256"] == file_sha256:
+            return str(entry["annotations_sha256"])
+    digest = annotations_sha256(read_annotations(path), str(path))
+    if sha256_file(path) == file_sha256:  # the bytes hashed are the bytes read
+        with contextlib.suppress(OSError):
+            write_json(remembered, {"file_sha256": file_sha256, "annotations_sha256": digest})
+    return digest
+
+
 def _check_made_from(
-    split: dict, labels_of: dict, where: str, source: str = "the given annotations"
+    split: dict, digest: str, where: str, source: str = "the given annotations"
 ) -> None:
-    if (digest := _sha256_of(labels_of)) != split["annotations_sha256"]:
+    if digest != split["annotations_sha256"]:
         raise SplitError(
             f"{where} was made from other annotations (sha256 "
             f"{split['annotations_sha256'][:12]}...) "
@@ -293,7 +313,7 @@ def split_statistics(split: dict, annotations: pd.DataFrame, source: str = "anno
     labels, positives, label_cardinality (positives / tracks, area's labels only: paper Sec. 6.1),
     labels_without_positives."""
     labels_of = _labels_of_tracks(annotations, source)
-    _check_made_from(split, labels_of, "this split", source)
+    _check_made_from(split, _sha256_of(labels_of), "this split", source)
     if {t for key in ("A", "B", "C", "dropped") for t in split[key]} != labels_of.keys():
         raise SplitError(
             f"split groups A, B, C and dropped do not list exactly the tracks of {source}."
@@ -461,9 +481,10 @@ def save_split(split: dict, path) -> Path:
     return atomic_write_text(Path(path), format_split(split))
 
 
-def load_split(path, annotations: pd.DataFrame | None = None) -> dict:
-    """Read and validate a split file (SplitError naming it). With `annotations`, also check that
-    the split was made from them (its annotations_sha256): a split made before the annotations
+def load_split(path, annotations: pd.DataFrame | str | Path | None = None) -> dict:
+    """Read and validate a split file (SplitError naming it). With `annotations` (a DataFrame, or
+    the path of an annotations file: its digest is remembered, annotations_file_sha256), also check
+    that the split was made from them (its annotations_sha256): a split made before the annotations
     changed is never used silently."""
     path = Path(path)
     if not path.is_file():
@@ -475,8 +496,11 @@ def load_split(path, annotations: pd.DataFrame | None = None) -> dict:
         split = validate_split(json.loads(path.read_text(encoding="utf-8")), f"split file {path}")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SplitError(f"split file {path} is not valid JSON: {exc}") from None
-    if annotations is not None:
-        _check_made_from(split, _labels_of_tracks(annotations, "annotations"), f"split file {path}")
+    if isinstance(annotations, pd.DataFrame):
+        _check_made_from(split, annotations_sha256(annotations), f"split file {path}")
+    elif annotations is not None:
+        digest = annotations_file_sha256(annotations)
+        _check_made_from(split, digest, f"split file {path}", str(annotations))
     return split
 
 
@@ -501,9 +525,8 @@ def ensure_split(dataset_dir, seed: int = 0) -> Path:
     dataset_dir = resolve_dataset_dir(dataset_dir, must_exist=True)
     path = default_split_path(dataset_dir, seed)
     source = str(annotations_path(dataset_dir))
-    annotations = read_annotations(source)
     if not path.is_file():
-        split, stats = make_split_with_statistics(annotations, seed, source=source)
+        split, stats = make_split_with_statistics(read_annotations(source), seed, source=source)
         try:
             save_split(split, path)
             save_statistics(stats, stats_path(path))
@@ -520,5 +543,5 @@ def ensure_split(dataset_dir, seed: int = 0) -> Path:
             f"split file {path} holds seed {split['seed']}, not {seed}; remake it with "
             f"python -m splits.make --dataset {dataset_dir} --seed {seed}."
         )
-    _check_made_from(split, _labels_of_tracks(annotations, source), f"split file {path}", source)
+    _check_made_from(split, annotations_file_sha256(source), f"split file {path}", source)
     return path

@@ -1,8 +1,9 @@
 """Keras backends other than TensorFlow (docs/backends.md): JAX (and PyTorch)
 train, resume after kill -9 and evaluate a run that TensorFlow then scores with the same metrics; a
 model saved under TensorFlow loads under them; the tf.distribute strategies say that they need
-TensorFlow. A backend's tests skip when it is not installed (CI installs TensorFlow only); they run
-in subprocesses, since a process has one Keras backend."""
+TensorFlow; --strategy data-parallel (JAX) trains on two devices and on two processes as on one. A
+backend's tests skip when it is not installed (CI installs TensorFlow only); they run in
+subprocesses, since a process has one Keras backend."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from test_train import (
     PYTHON,
     REPO_ROOT,
     flags,
+    free_ports,
     kill_after_two_epochs,
     make_dataset,
     read_csv_rows,
@@ -178,6 +180,78 @@ def test_a_model_saved_under_tensorflow_loads_and_predicts_alike_under_another_b
     assert np.ptp(expected) > 1e-3  # not a constant output
 
 
+NEEDS_JAX = pytest.mark.skipif(
+    importlib.util.find_spec("jax") is None, reason="jax is not installed"
+)
+
+
+def losses(run_dir) -> list[tuple[float, float]]:
+    return [(float(r["loss"]), float(r["val_loss"])) for r in read_csv_rows(run_dir / cfg.LOG_FILE)]
+
+
+def summary(run_dir) -> dict:
+    return json.loads((run_dir / cfg.SUMMARY_FILE).read_text())
+
+
+@NEEDS_JAX
+@pytest.mark.slow
+def test_data_parallel_on_two_devices_trains_as_one_device(tmp_path):
+    """--strategy data-parallel (JAX, keras.distribution.DataParallel) on two host devices: every
+    global batch of 8 split 4 + 4, the summed loss one global sum: the losses of one device."""
+    data = make_dataset(tmp_path / "data", n_tracks=40)  # 32 training, 4 validation tracks
+    two_devices = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    for strategy in ("default", "data-parallel"):
+        done = subprocess.run(
+            [PYTHON, "-c", WITHOUT_TENSORFLOW, "train.py"]
+            + flags(data, tmp_path / strategy, "--epochs", "2", "--strategy", strategy),
+            cwd=REPO_ROOT,
+            env=dict(environment("jax"), **two_devices),
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert summary(tmp_path / "default")["replicas"] == 1
+    assert summary(tmp_path / "data-parallel")["replicas"] == 2
+    one, two = losses(tmp_path / "default"), losses(tmp_path / "data-parallel")
+    assert len(one) == 2 and one[0][0] > one[1][0]  # trained, and the loss went down
+    np.testing.assert_allclose(two, one, rtol=1e-5)
+
+
+@NEEDS_JAX
+@pytest.mark.slow
+def test_data_parallel_over_two_processes_trains_as_one_device(tmp_path):
+    """Two processes (jax.distributed from KERAS_DISTRIBUTION_*), one device each: each feeds half
+    of every global batch; process 0 writes the run directory, process 1 <run dir>/.worker1."""
+    data = make_dataset(tmp_path / "data", n_tracks=40)
+    run_under("jax", "train.py", *flags(data, tmp_path / "one", "--epochs", "2"), timeout=240)
+    cluster = {
+        "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"localhost:{free_ports(1)[0]}",
+        "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
+    }
+    command = [PYTHON, "-c", WITHOUT_TENSORFLOW, "train.py"] + flags(
+        data, tmp_path / "two", "--epochs", "2", "--strategy", "data-parallel"
+    )
+    processes = [
+        subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=dict(environment("jax"), **cluster, KERAS_DISTRIBUTION_PROCESS_ID=str(index)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(2)
+    ]
+    outputs = [process.communicate(timeout=240) for process in processes]
+    for process, (_, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err[-3000:]
+    assert summary(tmp_path / "two")["replicas"] == 2
+    assert summary(tmp_path / "two" / ".worker1")["replicas"] == 2
+    np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)
+    assert losses(tmp_path / "two" / ".worker1") == losses(tmp_path / "two")
+
+
 def test_strategies_say_they_need_tensorflow(tmp_path, monkeypatch, capsys):
     import keras
 
@@ -195,3 +269,13 @@ def test_strategies_say_they_need_tensorflow(tmp_path, monkeypatch, capsys):
             f"error: --strategy {strategy} needs the TensorFlow backend; this is jax"
         )
         assert not (tmp_path / strategy / cfg.MODEL_FILE).exists()
+    monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
+    status = train.main(
+        flags(data, tmp_path / "dp", "--strategy", "data-parallel", "--epochs", "1")
+    )
+    err = capsys.readouterr().err
+    assert status == 2 and err == (
+        "error: --strategy data-parallel needs the JAX backend; this is tensorflow "
+        "(KERAS_BACKEND). Use --strategy default or mirrored.\n"
+    )
+    assert not (tmp_path / "dp" / cfg.MODEL_FILE).exists()

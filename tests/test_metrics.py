@@ -170,6 +170,37 @@ def test_large_matrix_with_ties_matches_sklearn():
     np.testing.assert_allclose(got["P@10"][4:], expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("m", [1, 2, 3, 7, 64, 65, 157, 1126])
+def test_fast_path_search_counts_like_searchsorted_at_every_width(m):
+    """The fast path's binary search of many values in their sorted rows (log2(m) halvings) counts
+    what np.searchsorted counts, at the row ends too; the blocked transpose is x.T."""
+    rng = np.random.default_rng(m)
+    ordered = np.sort(np.round(rng.normal(size=(5, m)), 1), axis=1)
+    rows = rng.integers(0, 5, 400)
+    values = np.concatenate([np.round(rng.normal(size=394), 1), [-9, 9, 0.0, -0.0]])
+    values = np.concatenate([values, ordered[rows[-2:], [0, -1]]])  # a row's own min and max
+    expected = [
+        np.searchsorted(ordered[r], v, side="left") for r, v in zip(rows, values, strict=True)
+    ]
+    np.testing.assert_array_equal(metrics._count_below(ordered, rows, values), expected)
+    wide = rng.normal(size=(600, m))
+    np.testing.assert_array_equal(metrics._transposed(wide), wide.T)
+    assert metrics._transposed(wide).flags.c_contiguous  # rows to sort, not a strided view
+
+
+def test_signed_zeros_tie():
+    """-0.0 and 0.0 are one score (a tie), in the definitions and in the fast path."""
+    scores = np.array([[0.0, -0.0, 0.5, -0.0, 0.0, -1.0]])
+    labels = np.array([[0, 1, 0, 1, 0, 0]], dtype=bool)
+    got = fast(scores, labels, ks=(1, 2, 3))
+    for key, metric in (("AUC", metrics.roc_auc), ("AP", metrics.average_precision)):
+        assert got[key][0] == metric(scores[0], labels[0])
+    # AUC: each positive beats one negative (-1) and ties two zeros: (1 + 1) / 2 per positive
+    assert got["AUC"][0] == pytest.approx(0.5, abs=1e-15)
+    for k in (1, 2, 3):
+        assert got[f"P@{k}"][0] == apk_reference(scores[0], labels[0], k)
+
+
 def test_integer_and_float_labels_and_integer_scores_accepted():
     scores = np.array([[3, 1, 2, 2]])
     expected = metrics.annotation_metrics(

@@ -12,7 +12,14 @@ import pytest
 from test_train import write_store
 
 import config as cfg
-from models.pipeline import Batches, RedrawnValidation, Sampler, input_pipeline, training_batches
+from models.pipeline import (
+    Batches,
+    RedrawnValidation,
+    Sampler,
+    input_pipeline,
+    loader_options,
+    training_batches,
+)
 from preprocess.frontend import N_MELS, SEGMENT_FRAMES, crop, crop_starts
 from preprocess.melstore import MelStore
 
@@ -163,6 +170,56 @@ def test_batches_cut_to_a_multiple_of_the_replicas_and_classification_targets(id
         match="--batch-size 4 and the 2 validation tracks must be shared evenly by the 3 replicas",
     ):
         training_batches(store, parts, None, 1, 4, 0, 0, replicas=3)
+
+
+def test_processes_of_a_data_parallel_run_draw_equal_parts_of_each_batch(id_store):
+    """part=(k, 2): the k-th half of the whole batch's draws, so that the processes' parts put
+    together are the batch one process would train on."""
+    _, positives = id_store
+    whole = sampler_for(positives, multiple=2)
+    halves = [sampler_for(positives, multiple=2, part=(k, 2)) for k in range(2)]
+    for epoch, step in ((0, 0), (3, 1), (3, 2)):  # the last batch: 10 = 4 + 4 + 2
+        parts = [half.draw(epoch, step) for half in halves]
+        assert len(parts[0].tracks) == len(parts[1].tracks) == len(whole.draw(epoch, step)[0]) // 2
+        for field, together in zip(whole.draw(epoch, step), zip(*parts, strict=True), strict=True):
+            np.testing.assert_array_equal(field, np.concatenate(together))
+
+
+def test_one_worker_loads_beside_training_under_every_backend(monkeypatch):
+    """--workers 1: tf.data prefetches a one-worker PyDataset under TensorFlow; Keras runs it in the
+    training loop under JAX and PyTorch, so there it gets two Keras threads (processes only for
+    --workers N > 1)."""
+    import keras
+
+    assert loader_options(1) == {"workers": 1, "use_multiprocessing": False, "max_queue_size": 2}
+    for backend in ("jax", "torch"):
+        monkeypatch.setattr(keras.backend, "backend", lambda backend=backend: backend)
+        assert loader_options(1) == {
+            "workers": 2,
+            "use_multiprocessing": False,
+            "max_queue_size": 2,
+        }
+        assert loader_options(3) == {"workers": 3, "use_multiprocessing": True, "max_queue_size": 6}
+
+
+def test_a_store_in_memory_is_checked_for_finite_values_once_not_per_batch(tmp_path, monkeypatch):
+    """The finite check was 30-40% of a batch's work: a store held in RAM is checked whole when it
+    opens; a store read lazily is checked at every read (tests/test_store.py: both refuse a damaged
+    track)."""
+    import preprocess.melstore as melstore
+
+    checked = []
+    original = melstore._all_finite
+    monkeypatch.setattr(melstore, "_all_finite", lambda x: checked.append(x.size) or original(x))
+    path = id_store_path(tmp_path, LENGTHS)
+    for in_memory, reads_checked in ((True, 0), (False, 3)):
+        with MelStore(path, in_memory=in_memory) as store:
+            checked.clear()
+            for _ in range(3):
+                store.crops([0, 1], [0, 1], SEGMENT_FRAMES)
+            assert len(checked) == reads_checked
+    with MelStore(path, in_memory=True) as store:
+        assert store._all_checked  # checked when it opened: every value of the store
 
 
 def assert_same_draws(one, two):

@@ -453,6 +453,53 @@ def test_load_split_checks_the_annotations_it_was_made_from(tmp_path):
     assert splits.load_split(path)["seed"] == 0  # without annotations: structure only
 
 
+def test_annotations_digest_is_remembered_and_a_changed_file_is_hashed_again(tmp_path, monkeypatch):
+    """load_split(path, annotations file) hashes the annotations once; later loads read the digest
+    remembered beside the file, keyed by the file's bytes: a file edited in place, same size and
+    same mtime, is hashed again and refused."""
+    csv_path = tmp_path / "annotations.csv"
+    ds.write_annotations(csv_path, frame(HAND_PAIRS))
+    path = splits.save_split(splits.make_split(frame(HAND_PAIRS), seed=0), tmp_path / "split.json")
+    hashed = []
+    full_hash = splits.annotations_sha256
+    monkeypatch.setattr(
+        splits, "annotations_sha256", lambda *args: hashed.append(1) or full_hash(*args)
+    )
+    for _ in range(3):
+        assert splits.load_split(path, csv_path)["unseen"] == ["rock"]
+    assert len(hashed) == 1
+    remembered = json.loads((tmp_path / ".annotations.csv.sha256.json").read_text())
+    assert remembered == {
+        "file_sha256": hashlib.sha256(csv_path.read_bytes()).hexdigest(),
+        "annotations_sha256": full_hash(frame(HAND_PAIRS)),
+    }
+    stat = csv_path.stat()
+    text = csv_path.read_text()
+    assert "t06,rock" in text
+    csv_path.write_text(text.replace("t06,rock", "t06,jazz"))  # as long, same mtime
+    os.utime(csv_path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert csv_path.stat().st_size == stat.st_size
+    with pytest.raises(splits.SplitError, match=r"was made from other annotations .* than .*csv"):
+        splits.load_split(path, csv_path)
+    assert len(hashed) == 2
+    # a damaged entry is hashed anew; a folder that cannot be written to is hashed every time
+    csv_path.write_text(text)
+    (tmp_path / ".annotations.csv.sha256.json").write_text("{")
+    assert splits.load_split(path, csv_path)["seed"] == 0 and len(hashed) == 3
+    assert splits.load_split(path, csv_path)["seed"] == 0 and len(hashed) == 3
+    (tmp_path / ".annotations.csv.sha256.json").unlink()
+
+    def read_only(*args):
+        raise PermissionError("read-only folder")
+
+    monkeypatch.setattr(splits, "write_json", read_only)
+    for expected in (4, 5):
+        assert splits.load_split(path, csv_path)["seed"] == 0 and len(hashed) == expected
+    assert not (tmp_path / ".annotations.csv.sha256.json").exists()
+    with pytest.raises(ds.DatasetError, match="annotations"):
+        splits.load_split(path, tmp_path / "missing.csv")
+
+
 def test_split_error_is_a_value_error_of_its_own():
     assert issubclass(splits.SplitError, ValueError) and not issubclass(
         splits.SplitError, ds.DatasetError

@@ -260,27 +260,37 @@ def check_checksums(
 
 
 # The whole build ----------------------------------------------------------------------------------
+# DatasetError naming the first flag that cannot work or does not go with the others
 def _check_options(labels, audio, metadata_only, glove, clip_seconds, dim) -> None:
-    if labels not in LABEL_SETS:
-        raise DatasetError(f"--labels {labels!r}: choose one of {', '.join(LABEL_SETS)}.")
-    if (audio is None) != bool(metadata_only):
-        raise DatasetError(
-            "give exactly one of --audio (the MTG-Jamendo audio folder) and --metadata-only."
-        )
-    if labels == "all" and glove is None and not metadata_only:
-        raise DatasetError(
-            "--labels all needs --glove (e.g. glove.42B.300d.txt) for its side information."
-        )
-    if labels == "genre" and glove is not None:
-        raise DatasetError("--glove is used by --labels all only; leave it out for --labels genre.")
-    if not (math.isfinite(clip_seconds) and clip_seconds >= 0):
-        raise DatasetError(
-            f"--clip-seconds {clip_seconds}: must be >= 0 seconds (0 = the whole track)."
-        )
-    if dim < 1:
-        raise DatasetError(
-            f"--glove-dim {dim}: must be a positive dimension (300 for glove.42B.300d.txt)."
-        )
+    rules = [  # (holds, the message when it does not)
+        (labels in LABEL_SETS, f"--labels {labels!r}: choose one of {', '.join(LABEL_SETS)}."),
+        (
+            (audio is None) == bool(metadata_only),
+            "give exactly one of --audio (the MTG-Jamendo audio folder) and --metadata-only.",
+        ),
+        (
+            labels != "all" or glove is not None or metadata_only,
+            "--labels all needs --glove (e.g. glove.42B.300d.txt) for its side information.",
+        ),
+        (
+            labels != "genre" or glove is None,
+            "--glove is used by --labels all only; leave it out for --labels genre.",
+        ),
+        (
+            math.isfinite(clip_seconds) and clip_seconds >= 0,
+            f"--clip-seconds {clip_seconds}: must be >= 0 seconds (0 = the whole track).",
+        ),
+        (
+            dim >= 1,
+            f"--glove-dim {dim}: must be a positive dimension (300 for glove.42B.300d.txt).",
+        ),
+        (  # checked before the metadata and the store
+            glove is None or Path(glove).is_file(),
+            f"--glove {glove}: file does not exist (e.g. glove.42B.300d.txt, unzipped).",
+        ),
+    ]
+    if broken := next((message for holds, message in rules if not holds), None):
+        raise DatasetError(broken)
 
 
 def _check_label_set(out: Path, labels: str) -> None:
@@ -363,10 +373,6 @@ def build_jamendo(
             audio, "--audio", "the MTG-Jamendo audio folder (41/241.mp3 or 41/241.low.mp3 below it)"
         )
     )
-    if glove is not None and not Path(glove).is_file():  # checked before the metadata and the store
-        raise DatasetError(
-            f"--glove {glove}: file does not exist (e.g. glove.42B.300d.txt, unzipped)."
-        )
     _check_label_set(Path(out), labels)
     digests = read_sha256_list(sha256) if sha256 is not None and not metadata_only else None
     metadata = read_metadata(

@@ -542,12 +542,16 @@ def _describe(params: dict | None) -> str:
 
 def _check_sizes(seed, tracks, seconds) -> dict:
     """The build's parameters (as recorded in summary.json), or DemoError naming the bad flag."""
-    if int(tracks) < 1:
-        raise DemoError(f"--tracks {tracks}: need at least 1 track.")
-    if not 0.5 <= float(seconds) <= 60.0:
-        raise DemoError(f"--seconds {seconds}: clip length must be between 0.5 and 60 seconds.")
-    if int(seed) < 0:
-        raise DemoError(f"--seed {seed}: must be a non-negative integer.")
+    rules = [  # (holds, the message when it does not)
+        (int(tracks) >= 1, f"--tracks {tracks}: need at least 1 track."),
+        (
+            0.5 <= float(seconds) <= 60.0,
+            f"--seconds {seconds}: clip length must be between 0.5 and 60 seconds.",
+        ),
+        (int(seed) >= 0, f"--seed {seed}: must be a non-negative integer."),
+    ]
+    if broken := next((message for holds, message in rules if not holds), None):
+        raise DemoError(broken)
     return {
         "version": DEMO_VERSION,
         "seed": int(seed),

@@ -95,14 +95,19 @@ class Sampler:
         self.drop_last = bool(drop_last)
         self.redraw = stream == "train" if redraw is None else bool(redraw)
         self.part = part
-        if stream not in STREAMS:
-            raise ValueError(f"stream must be one of {', '.join(STREAMS)}, got {stream!r}")
-        if self.batch_size < 1 or self.multiple < 1 or self.batch_size % self.multiple:
-            raise ValueError(f"batch_size {batch_size} must be a positive multiple of {multiple}")
-        if self.positives.ndim != 2 or len(self.positives) != len(self.lengths):
-            raise ValueError(
-                f"{len(self.lengths)} tracks but positives of shape {self.positives.shape}"
-            )
+        rules = [  # (holds, the message when it does not)
+            (stream in STREAMS, f"stream must be one of {', '.join(STREAMS)}, got {stream!r}"),
+            (
+                self.batch_size >= 1 and self.multiple >= 1 and not self.batch_size % self.multiple,
+                f"batch_size {batch_size} must be a positive multiple of {multiple}",
+            ),
+            (
+                self.positives.ndim == 2 and len(self.positives) == len(self.lengths),
+                f"{len(self.lengths)} tracks but positives of shape {self.positives.shape}",
+            ),
+        ]
+        if broken := next((message for holds, message in rules if not holds), None):
+            raise ValueError(broken)
         self._orders: dict[int, np.ndarray] = {}
 
     @property

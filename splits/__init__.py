@@ -179,14 +179,22 @@ def _generator(seed: int, stream: int) -> np.random.Generator:
 
 
 def _check_parameters(seed, unseen_fraction, valid_fraction) -> tuple[int, float, float]:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise SplitError(f"--seed must be a non-negative integer, got {seed!r}.")
-    if not 0.0 < float(unseen_fraction) < 1.0:
-        raise SplitError(
-            f"--unseen-fraction must be in (0, 1) (paper: 0.2), got {unseen_fraction}."
-        )
-    if not 0.0 <= float(valid_fraction) < 1.0:
-        raise SplitError(f"--valid-fraction must be in [0, 1) (paper: 0.1), got {valid_fraction}.")
+    rules = [  # (holds, the message when it does not)
+        (
+            not isinstance(seed, bool) and isinstance(seed, (int, np.integer)) and seed >= 0,
+            f"--seed must be a non-negative integer, got {seed!r}.",
+        ),
+        (
+            0.0 < float(unseen_fraction) < 1.0,
+            f"--unseen-fraction must be in (0, 1) (paper: 0.2), got {unseen_fraction}.",
+        ),
+        (
+            0.0 <= float(valid_fraction) < 1.0,
+            f"--valid-fraction must be in [0, 1) (paper: 0.1), got {valid_fraction}.",
+        ),
+    ]
+    if broken := next((message for holds, message in rules if not holds), None):
+        raise SplitError(broken)
     return int(seed), float(unseen_fraction), float(valid_fraction)
 
 

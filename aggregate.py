@@ -395,12 +395,11 @@ def compare_seeds(
             [by_setup[run][test, task, part] for run in pair] for pair in pairs.values()
         ]
         for metric in filter(METRIC_PATTERN.match, pair_records[0][0]):
-            diffs = [
+            if diffs := [
                 a[metric] - b[metric]
                 for a, b in pair_records
                 if None not in (a.get(metric), b.get(metric))
-            ]
-            if diffs:
+            ]:
                 rows.append(
                     {
                         "train": pair_records[0][0]["train"],

@@ -144,8 +144,7 @@ def side_vectors(side_info: SideInfo, labels, source) -> np.ndarray:
     a vector."""
     labels = [str(label) for label in labels]
     positions = pd.Index(side_info.labels).get_indexer(labels)
-    missing = [label for label, pos in zip(labels, positions, strict=True) if pos < 0]
-    if missing:
+    if missing := [label for label, pos in zip(labels, positions, strict=True) if pos < 0]:
         raise DatasetError(
             f"{source}: {len(missing)} label(s) have no side-information vector: "
             f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}. Add a row for each "
@@ -176,8 +175,7 @@ def read_csv_columns(path, required, what: str) -> pd.DataFrame:
         ) from None
     if header is None:
         raise DatasetError(f"{what} file {path} is empty; expected a header {','.join(required)}.")
-    missing = [c for c in required if c not in header]
-    if missing:
+    if missing := [c for c in required if c not in header]:
         raise DatasetError(
             f"{what} file {path} lacks column(s) {', '.join(missing)}; expected header "
             f"{','.join(required)} (found {','.join(header)})."

@@ -316,10 +316,9 @@ def _load_model(run: Run):
     elif kind == run.model_kind:
         want["labels"] = (None, run.meta["train"].get("n_labels"))
         found["labels"] = tuple(model.output_shape)
-    wrong = [
+    if wrong := [
         f"{key} {found[key]} (config.json: {want[key]})" for key in want if found[key] != want[key]
-    ]
-    if wrong:
+    ]:
         raise EvaluationError(
             f"run {run.run_dir}: {path.name} does not fit the run's config.json: "
             f"{'; '.join(wrong)}. It comes from another run; restore it or re-train."

@@ -90,8 +90,7 @@ def load_openmic(openmic_dir) -> OpenMIC:
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise DatasetError(f"{npz_path} is not a readable .npz file: {exc}") from None
     with archive:
-        missing = [k for k in ("Y_true", "Y_mask", "sample_key") if k not in archive.files]
-        if missing:
+        if missing := [k for k in ("Y_true", "Y_mask", "sample_key") if k not in archive.files]:
             raise DatasetError(
                 f"{npz_path} lacks array(s) {', '.join(missing)} (has {', '.join(archive.files)})."
             )

@@ -200,8 +200,7 @@ def _check_parameters(seed, unseen_fraction, valid_fraction) -> tuple[int, float
 
 def _labels_of_tracks(annotations: pd.DataFrame, source: str) -> dict[str, set[str]]:
     """{track_id: set of labels} of a (track_id, label) DataFrame, or SplitError naming `source`."""
-    missing = [c for c in ("track_id", "label") if c not in annotations.columns]
-    if missing:
+    if missing := [c for c in ("track_id", "label") if c not in annotations.columns]:
         raise SplitError(
             f"{source}: lacks column(s) {', '.join(missing)}; expected header track_id,label "
             f"(found {','.join(map(str, annotations.columns)) or 'no columns'})."

@@ -368,7 +368,7 @@ def choose_run_dir(data: TrainingData) -> Path:
 def check_same_run(run_dir: Path, record: dict) -> None:
     """An existing run directory may only be resumed with the same configuration and data."""
     try:
-        existing = cfg.read_run_config(run_dir)
+        existing = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
         old, old_sums = dict(existing["config"]), dict(existing["checksums"])
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise RunDirError(

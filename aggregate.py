@@ -114,8 +114,11 @@ def is_unfinished(run_dir) -> bool:
     """A training run (config.json) without train_summary.json: still training, or interrupted (an
     external model's result folder is never unfinished; a folder that is no run is none)."""
     run_dir = Path(run_dir)
-    ours = (run_dir / config.CONFIG_FILE).is_file() and not is_external(run_dir)
-    return ours and not (run_dir / config.SUMMARY_FILE).is_file()
+    return (
+        (run_dir / config.CONFIG_FILE).is_file()
+        and not is_external(run_dir)
+        and not (run_dir / config.SUMMARY_FILE).is_file()
+    )
 
 
 def variant_labels(settings: dict[Path, dict]) -> dict[Path, str]:
@@ -496,16 +499,19 @@ def paired_bootstrap(
         means[i] = diffs[:, rows].mean(axis=1)
     # (k,) each
     low, high = np.percentile(means, [50 * (1 - CONFIDENCE), 50 * (1 + CONFIDENCE)], axis=0)
-    out = {
-        name: {
-            "a": float(a[name][both].mean()),
-            "b": float(b[name][both].mean()),
-            "diff": float(diffs[i].mean()),
-            "ci95": [float(low[i]), float(high[i])],
-        }
-        for i, name in enumerate(names)
-    }
-    return out, used, int(both.size - used)
+    return (
+        {
+            name: {
+                "a": float(a[name][both].mean()),
+                "b": float(b[name][both].mean()),
+                "diff": float(diffs[i].mean()),
+                "ci95": [float(low[i]), float(high[i])],
+            }
+            for i, name in enumerate(names)
+        },
+        used,
+        int(both.size - used),
+    )
 
 
 def compare(

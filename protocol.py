@@ -116,9 +116,10 @@ class Run:
         4.1)."""
         import models
 
-        module = models.get_semantic_module(self.model)
         return np.asarray(
-            module.predict(np.asarray(vectors, dtype=np.float32), batch_size=1024, verbose=0)
+            models.get_semantic_module(self.model).predict(
+                np.asarray(vectors, dtype=np.float32), batch_size=1024, verbose=0
+            )
         )
 
 
@@ -266,8 +267,15 @@ def load_run(run_dir) -> Run:
         raise EvaluationError(
             f"{run_dir / config.CONFIG_FILE}: seen_labels differ from the split's seen labels."
         )
-    finished = (run_dir / config.SUMMARY_FILE).is_file()
-    return Run(run_dir, meta, split, annotations, side_info, provenance, finished)
+    return Run(
+        run_dir,
+        meta,
+        split,
+        annotations,
+        side_info,
+        provenance,
+        finished=(run_dir / config.SUMMARY_FILE).is_file(),
+    )
 
 
 def model_stamp(path: Path) -> dict:
@@ -278,9 +286,10 @@ def model_stamp(path: Path) -> dict:
         with zipfile.ZipFile(path) as archive:
             if (member := archive.testzip()) is not None:
                 raise zipfile.BadZipFile(f"member {member} fails its CRC check")
-            names = archive.namelist()
             stamp = (
-                json.loads(archive.read(config.MODEL_STAMP)) if config.MODEL_STAMP in names else {}
+                json.loads(archive.read(config.MODEL_STAMP))
+                if config.MODEL_STAMP in archive.namelist()
+                else {}
             )
     except Exception as exc:  # zipfile raises many types for a truncated or damaged archive
         raise EvaluationError(
@@ -345,9 +354,12 @@ def embed(
     _load_model's checks. A read-only run directory gets no cache written."""
 
     def compute_tracks(ids: list[str]) -> np.ndarray:
-        predict = lambda segments: run.predict(segments, batch_size)  # noqa: E731
         return embeddings.track_embeddings(
-            predict, store, [store.index(t) for t in ids], 8 * batch_size, progress
+            lambda segments: run.predict(segments, batch_size),
+            store,
+            [store.index(t) for t in ids],
+            8 * batch_size,
+            progress,
         )
 
     made_from = {
@@ -402,10 +414,9 @@ def setup_plan(model_kind: str, train_setup: str) -> tuple[list[tuple[str, str]]
             "the classification model scores only its seen labels (X): the zero-shot setups "
             f"({', '.join(splits.ANNOTATION_TESTS + splits.RETRIEVAL_TESTS)}) do not apply."
         ]
-    plan = [(t, "annotation") for t in splits.ANNOTATION_TESTS] + [
+    return [(t, "annotation") for t in splits.ANNOTATION_TESTS] + [
         (t, "retrieval") for t in splits.RETRIEVAL_TESTS
-    ]
-    return plan + table4, notes
+    ] + table4, notes
 
 
 def setup_members(split: dict, test: str, available=None) -> tuple[list[str], list[str], int]:

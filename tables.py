@@ -535,12 +535,15 @@ def _metric_frame(table: str, records: list[dict], paper: dict | None) -> pd.Dat
                 row[metric, "diff"] = _cell(cell.get("diff"), "+")
                 row.update({(metric, "paper is"): _cell(cell.get("verdict"))} if aggregated else {})
         rows.append({**row, **_counts(record, aggregated)})
-    setup = {
-        "Train": "train",
-        "Test": "test",
-        **({"Task": "task", "Part": "part"} if table == "other" else {}),
-    }
-    return _frame(rows, records, setup)
+    return _frame(
+        rows,
+        records,
+        {
+            "Train": "train",
+            "Test": "test",
+            **({"Task": "task", "Part": "part"} if table == "other" else {}),
+        },
+    )
 
 
 def _gzsl_frame(records: list[dict]) -> pd.DataFrame:
@@ -608,10 +611,9 @@ def _frame(rows: list[dict], records: list[dict], setup: dict[str, str]) -> pd.D
         names=list(names),
     )
     frame = pd.DataFrame(rows, index=index)
-    two_levels = any(sub for _, sub in frame.columns)
-    frame.columns = (
+    frame.columns = (  # two levels when any column has a sub-column
         pd.MultiIndex.from_tuples(frame.columns)
-        if two_levels
+        if any(sub for _, sub in frame.columns)
         else [top for top, _ in frame.columns]
     )
     return frame

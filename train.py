@@ -634,10 +634,9 @@ def stamp_model(path: Path, config_sha256: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = cfg.build_parser(
+    args = cfg.build_parser(
         description=__doc__.split("\n\n")[0], epilog="Defaults: the paper's recipe."
-    )
-    args = parser.parse_args(argv)
+    ).parse_args(argv)
     try:
         cfg.check_backend()  # before Keras is imported
         run(cfg.config_from_args(args))

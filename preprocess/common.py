@@ -79,10 +79,12 @@ def store_tracks(
     )
     with MelStore(ds.mels_path(out), in_memory=False) as store:
         stored = list(store.track_ids)
-    failures = ds.read_csv_columns(
-        failures_path(ds.mels_path(out)), ("track_id", "path", "reason"), "audio failures"
+    return StoreResult(
+        stored=stored,
+        failures=ds.read_csv_columns(
+            failures_path(ds.mels_path(out)), ("track_id", "path", "reason"), "audio failures"
+        ),
     )
-    return StoreResult(stored=stored, failures=failures)
 
 
 def add_build_flags(parser: argparse.ArgumentParser) -> None:

@@ -91,10 +91,11 @@ class Labels:
 
 def tag_pairs(tags: dict) -> pd.DataFrame:
     """{track id: tag names} -> track_id,label rows in track order."""
-    pairs = [
-        (track, tag) for track in sorted(tags, key=track_number) for tag in sorted(tags[track])
-    ]
-    return pd.DataFrame(pairs, columns=["track_id", "label"], dtype=str)
+    return pd.DataFrame(
+        [(track, tag) for track in sorted(tags, key=track_number) for tag in sorted(tags[track])],
+        columns=["track_id", "label"],
+        dtype=str,
+    )
 
 
 def _keep_labels(annotations: pd.DataFrame, labels) -> pd.DataFrame:

@@ -506,8 +506,9 @@ def load_split(path, annotations: pd.DataFrame | str | Path | None = None) -> di
     if isinstance(annotations, pd.DataFrame):
         _check_made_from(split, annotations_sha256(annotations), f"split file {path}")
     elif annotations is not None:
-        digest = annotations_file_sha256(annotations)
-        _check_made_from(split, digest, f"split file {path}", str(annotations))
+        _check_made_from(
+            split, annotations_file_sha256(annotations), f"split file {path}", str(annotations)
+        )
     return split
 
 

@@ -48,6 +48,7 @@ from preprocess.common import (
     require_dir,
     run_cli,
     store_tracks,
+    write_dataset,
 )
 from preprocess.openmic import load_openmic, track_id_from_sample_key
 from preprocess.side_info import (
@@ -356,17 +357,15 @@ def build_fma(
         # After the audio: the final tracks are those in the store; their side information is
         # computed again.
         after = genre_side_info(store.stored, before.annotations, table, seed=seed)
-        ds.write_tracks(ds.tracks_path(out), tracks_frame(store.stored, audio))
-        ds.write_annotations(ds.annotations_path(out), after.annotations)
-        # a user's own side_info/<kind>.csv is left alone
-        for kind, (labels, matrix) in after.vectors.items():
-            ds.write_side_info(ds.side_info_path(out, kind), labels, matrix)
         failed = set(store.failures["track_id"])
         stored = set(store.stored)
         known = {padded: str(int(padded)) for padded in KNOWN_BROKEN_IDS}
-        return ds.summarize(
+        return write_dataset(
             out,
-            extra={
+            tracks_frame(store.stored, audio),
+            after.annotations,
+            after.vectors,
+            {
                 "source": "FMA (fma_metadata, fma_large) + OpenMIC-2018 instrument annotations",
                 "paper": PAPER_COUNTS,
                 "selection": selection.counts,

@@ -55,6 +55,7 @@ from preprocess.common import (
     require_dir,
     run_cli,
     store_tracks,
+    write_dataset,
 )
 from preprocess.jamendo_tsv import (
     CATEGORIES,
@@ -413,24 +414,21 @@ def build_jamendo(
             )
         annotations = chosen.annotations[chosen.annotations["track_id"].isin(set(stored))]
         final = sorted(annotations["label"].unique())
-        ds.write_tracks(
-            ds.tracks_path(out),
-            pd.DataFrame({"track_id": stored, "path": [paths[t] for t in stored]}),
-        )
-        ds.write_annotations(ds.annotations_path(out), annotations)
-        # rows of the labels that kept a positive
-        for kind, (names, matrix) in chosen.vectors.items():
-            rows = pd.Index(names).get_indexer(final)
-            ds.write_side_info(ds.side_info_path(out, kind), final, matrix[rows])
-        inputs = {category: metadata.files[category] for category in CATEGORIES}
-        inputs.update(
-            audio=None if audio is None else str(audio.resolve()),
-            word_splits=_file_facts(word_splits) if labels == "all" else None,
-            sha256_list=None if digests is None else _file_facts(sha256),
-        )
-        return ds.summarize(
+        inputs = {
+            **{category: metadata.files[category] for category in CATEGORIES},
+            "audio": None if audio is None else str(audio.resolve()),
+            "word_splits": _file_facts(word_splits) if labels == "all" else None,
+            "sha256_list": None if digests is None else _file_facts(sha256),
+        }
+        return write_dataset(
             out,
-            extra={
+            pd.DataFrame({"track_id": stored, "path": [paths[t] for t in stored]}),
+            annotations,
+            {  # the rows of the labels that kept a positive
+                kind: (final, matrix[pd.Index(names).get_indexer(final)])
+                for kind, (names, matrix) in chosen.vectors.items()
+            },
+            {
                 "source": "MTG-Jamendo (Bogdanov et al. 2019): autotagging TSV metadata, CC "
                 "BY-NC-SA 4.0",
                 "label_set": labels,

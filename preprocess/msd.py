@@ -46,6 +46,7 @@ from preprocess.common import (
     require_dir,
     run_cli,
     store_tracks,
+    write_dataset,
 )
 from preprocess.side_info import RANDOM_KIND, random_side_info
 from preprocess.store import DEFAULT_DTYPE, failures_path
@@ -370,20 +371,15 @@ def build_msd(
         # among them.
         annotations = labels.annotations[labels.annotations["track_id"].isin(set(store.stored))]
         tags = sorted(annotations["label"].unique())
-        ds.write_tracks(
-            ds.tracks_path(out),
-            pd.DataFrame({"track_id": store.stored, "path": [clips[t] for t in store.stored]}),
-        )
-        ds.write_annotations(ds.annotations_path(out), annotations)
-        ds.write_side_info(
-            ds.side_info_path(out, GLOVE_KIND), tags, np.stack([labels.glove[t] for t in tags])
-        )
-        ds.write_side_info(
-            ds.side_info_path(out, RANDOM_KIND), tags, random_side_info(tags, dim, seed=seed)
-        )
-        return ds.summarize(
+        return write_dataset(
             out,
-            extra={
+            pd.DataFrame({"track_id": store.stored, "path": [clips[t] for t in store.stored]}),
+            annotations,
+            {
+                GLOVE_KIND: (tags, np.stack([labels.glove[t] for t in tags])),
+                RANDOM_KIND: (tags, random_side_info(tags, dim, seed=seed)),
+            },
+            {
                 "source": "Million Song Dataset + Last.fm tags + GloVe",
                 "paper": PAPER_COUNTS,
                 "glove_path": str(Path(glove).resolve()),

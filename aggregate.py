@@ -466,9 +466,8 @@ def row_metrics(scores, labels, task: str) -> dict[str, np.ndarray]:
     or per test label (retrieval: columns): metrics.roc_auc, average_precision and apk (P@K) of
     each, NaN where undefined (labels all 0 or all 1). metrics.annotation_metrics /
     retrieval_metrics are their means over the defined ones."""
-    if task == "retrieval":
-        return metrics.per_label_metrics(scores, labels)
-    return metrics.per_track_metrics(scores, labels)
+    per_row = metrics.per_label_metrics if task == "retrieval" else metrics.per_track_metrics
+    return per_row(scores, labels)
 
 
 def paired_bootstrap(

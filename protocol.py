@@ -197,7 +197,8 @@ def changes_since_training(run_dir: Path, meta: dict, provenance: dict) -> list[
         recorded = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else {}
         recorded = {key: recorded.get(key) for key in ("model_sha256", "config_sha256")}
     except (ValueError, UnicodeDecodeError, AttributeError):
-        recorded, problems = {}, problems + [f"{summary} is damaged"]
+        recorded = {}
+        problems.append(f"{summary} is damaged")
     if recorded.get("model_sha256") not in (None, provenance["model_sha256"]):
         problems.append(
             f"{config.MODEL_FILE} is not the model this run trained (model_sha256 of {summary})"

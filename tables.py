@@ -163,10 +163,11 @@ def render_tables(records, fmt: str = "table") -> str:
             + "\n"
         )
     if fmt == "csv":
-        rows = [row for record in records for row in _long_rows(record, paper)]
-        return pd.DataFrame(rows, columns=LONG_FIELDS, dtype=object).to_csv(
-            index=False, lineterminator="\n"
-        )
+        return pd.DataFrame(
+            [row for record in records for row in _long_rows(record, paper)],
+            columns=LONG_FIELDS,
+            dtype=object,
+        ).to_csv(index=False, lineterminator="\n")
     if not records:
         return "No results to show.\n"
     return (
@@ -630,12 +631,16 @@ def render_comparison(rows: list[dict], fmt: str = "table", names=("A", "B")) ->
     if fmt == "json":
         return json.dumps(rows, indent=2) + "\n"
     if fmt == "csv":
-        flat = [
-            {**r, "ci95_low": r["ci95"] and r["ci95"][0], "ci95_high": r["ci95"] and r["ci95"][1]}
-            for r in rows
-        ]
         return pd.DataFrame(
-            flat, columns=SEED_COMPARISON_FIELDS if across_seeds else COMPARISON_FIELDS
+            [
+                {
+                    **r,
+                    "ci95_low": r["ci95"] and r["ci95"][0],
+                    "ci95_high": r["ci95"] and r["ci95"][1],
+                }
+                for r in rows
+            ],
+            columns=SEED_COMPARISON_FIELDS if across_seeds else COMPARISON_FIELDS,
         ).to_csv(index=False, lineterminator="\n")
     if across_seeds:
         return _seed_comparison(rows, fmt, names)

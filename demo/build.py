@@ -575,7 +575,8 @@ def build_demo(
 
     mels=False skips the mel store (tests of the corpus alone); the corpus then stays unfinished.
     """
-    out, params = resolved(out, "--out"), _check_sizes(seed, tracks, seconds)
+    out = resolved(out, "--out")
+    params = _check_sizes(seed, tracks, seconds)
     jobs = max(1, int(jobs or os.cpu_count() or 1))
     if not force and _is_finished(out, params):
         if progress:

@@ -245,10 +245,14 @@ def check_checksums(
     """{track id: why} for the existing files of `candidates` (track_id,path) whose sha256 differs
     from, or is missing in, `digests` ({path relative to audio_dir: sha256}). Missing files are left
     to the store."""
-    audio_dir, rejected = Path(audio_dir).resolve(), {}
-    rows = list(zip(candidates["track_id"], candidates["path"], strict=True))
+    audio_dir = Path(audio_dir).resolve()
+    rejected = {}
     for track, path in tqdm(
-        rows, desc="sha256", unit="file", disable=not progress, mininterval=1.0
+        list(zip(candidates["track_id"], candidates["path"], strict=True)),
+        desc="sha256",
+        unit="file",
+        disable=not progress,
+        mininterval=1.0,
     ):
         path = Path(path)
         if path.is_file():

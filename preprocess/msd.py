@@ -128,7 +128,8 @@ def lastfm_pairs_sqlite(db_path, vocabulary: set[str], min_value: float, progres
     """Positive pairs from lastfm_tags.db (tids(tid), tags(tag), tid_tag(tid, tag, val) with
     tid_tag.tid, .tag the ROWIDs of tids, tags) -> (DataFrame track_id,label of distinct pairs,
     TagCounts)."""
-    db_path, min_value = Path(db_path), _check_min_value(min_value)
+    db_path = Path(db_path)
+    min_value = _check_min_value(min_value)
     if not db_path.is_file():
         raise DatasetError(
             f"--lastfm-db {db_path}: file does not exist (the Last.fm dataset's lastfm_tags.db)."

@@ -708,11 +708,11 @@ def gather_runs(
         results = run_dir / RESULTS_FILE
         if is_external(run_dir):
             per_run[run_dir] = records = read_results(results)
-            notes.append(
+            notes += [
                 f"{run_dir}: reusing {RESULTS_FILE} ({len(records)} records; an external model's "
-                "results, never re-evaluated)"
-            )
-            notes += external_changes(run_dir)
+                "results, never re-evaluated)",
+                *external_changes(run_dir),
+            ]
             continue
         run = load_run(run_dir)
         records = read_results(results) if results.is_file() and not force else None

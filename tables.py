@@ -192,10 +192,10 @@ def layout(records) -> dict[str, list]:
     """{dataset: its tables (dataset_tables)} of records as results.json or aggregate.py holds them,
     checked and normalized; datasets in the order they first appear."""
     records = [_normalize(record, i) for i, record in enumerate(records)]
-    datasets = dict.fromkeys(r["dataset"] for r in records)
     paper = paper_index()
     return {
-        d: dataset_tables(d, [r for r in records if r["dataset"] == d], paper) for d in datasets
+        d: dataset_tables(d, [r for r in records if r["dataset"] == d], paper)
+        for d in dict.fromkeys(r["dataset"] for r in records)
     }
 
 
@@ -463,8 +463,9 @@ def _table4_rows(records: list[dict]) -> tuple[list[dict], list[dict], list[str]
             for role, lr in (("original", TrainConfig.lr), ("chosen", selection["chosen"]))
             if record["lr"] == lr
         ]
-        label = f"{record['variant']} ({' + '.join(roles)})"
-        (rows if roles else others).append({**record, "variant": label} if roles else record)
+        (rows if roles else others).append(
+            {**record, "variant": f"{record['variant']} ({' + '.join(roles)})"} if roles else record
+        )
         candidates = ", ".join(f"{lr}: {loss:.4f}" for lr, loss in selection["candidates"].items())
         lrs = [*selection["candidates"]]  # ascending
         notes += [

@@ -536,8 +536,11 @@ def _clean(out: Path) -> None:
 
 
 def _describe(params: dict | None) -> str:
-    keys = ("version", "seed", "tracks", "seconds")
-    return ", ".join(f"{k} {params.get(k)}" for k in keys) if params else "unknown parameters"
+    return (
+        ", ".join(f"{k} {params.get(k)}" for k in ("version", "seed", "tracks", "seconds"))
+        if params
+        else "unknown parameters"
+    )
 
 
 def _check_sizes(seed, tracks, seconds) -> dict:

@@ -597,8 +597,10 @@ def _gzsl_frame(records: list[dict]) -> pd.DataFrame:
 
 def _counts(record: dict, aggregated: bool) -> dict:
     """The count columns of a row: n (a table of aggregated records), evaluated, skipped."""
-    counts = {("n", ""): _cell(record.get("n_runs"))} if aggregated else {}
-    return {**counts, **{(count, ""): _cell(_count(record.get(count))) for count in COUNTS}}
+    return {
+        **({("n", ""): _cell(record.get("n_runs"))} if aggregated else {}),
+        **{(count, ""): _cell(_count(record.get(count))) for count in COUNTS},
+    }
 
 
 def _frame(rows: list[dict], records: list[dict], setup: dict[str, str]) -> pd.DataFrame:

@@ -114,8 +114,11 @@ def is_unfinished(run_dir) -> bool:
     """A training run (config.json) without train_summary.json: still training, or interrupted (an
     external model's result folder is never unfinished; a folder that is no run is none)."""
     run_dir = Path(run_dir)
-    ours = (run_dir / config.CONFIG_FILE).is_file() and not is_external(run_dir)
-    return ours and not (run_dir / config.SUMMARY_FILE).is_file()
+    return (
+        (run_dir / config.CONFIG_FILE).is_file()
+        and not is_external(run_dir)
+        and not (run_dir / config.SUMMARY_FILE).is_file()
+    )
 
 
 def variant_labels(settings: dict[Path, dict]) -> dict[Path, str]:
@@ -395,12 +398,11 @@ def compare_seeds(
             [by_setup[run][test, task, part] for run in pair] for pair in pairs.values()
         ]
         for metric in filter(METRIC_PATTERN.match, pair_records[0][0]):
-            diffs = [
+            if diffs := [
                 a[metric] - b[metric]
                 for a, b in pair_records
                 if None not in (a.get(metric), b.get(metric))
-            ]
-            if diffs:
+            ]:
                 rows.append(
                     {
                         "train": pair_records[0][0]["train"],
@@ -464,9 +466,8 @@ def row_metrics(scores, labels, task: str) -> dict[str, np.ndarray]:
     or per test label (retrieval: columns): metrics.roc_auc, average_precision and apk (P@K) of
     each, NaN where undefined (labels all 0 or all 1). metrics.annotation_metrics /
     retrieval_metrics are their means over the defined ones."""
-    if task == "retrieval":
-        return metrics.per_label_metrics(scores, labels)
-    return metrics.per_track_metrics(scores, labels)
+    per_row = metrics.per_label_metrics if task == "retrieval" else metrics.per_track_metrics
+    return per_row(scores, labels)
 
 
 def paired_bootstrap(
@@ -497,16 +498,19 @@ def paired_bootstrap(
         means[i] = diffs[:, rows].mean(axis=1)
     # (k,) each
     low, high = np.percentile(means, [50 * (1 - CONFIDENCE), 50 * (1 + CONFIDENCE)], axis=0)
-    out = {
-        name: {
-            "a": float(a[name][both].mean()),
-            "b": float(b[name][both].mean()),
-            "diff": float(diffs[i].mean()),
-            "ci95": [float(low[i]), float(high[i])],
-        }
-        for i, name in enumerate(names)
-    }
-    return out, used, int(both.size - used)
+    return (
+        {
+            name: {
+                "a": float(a[name][both].mean()),
+                "b": float(b[name][both].mean()),
+                "diff": float(diffs[i].mean()),
+                "ci95": [float(low[i]), float(high[i])],
+            }
+            for i, name in enumerate(names)
+        },
+        used,
+        int(both.size - used),
+    )
 
 
 def compare(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import json
 import math
 import os
 import re
@@ -397,14 +396,3 @@ def latest_run_dir(root: Path = RUNS_ROOT) -> Path:
             "(python train.py) or pass --run-dir."
         )
     return max(runs, key=lambda p: (p / CONFIG_FILE).stat().st_mtime)
-
-
-def read_run_config(run_dir) -> dict:
-    """The run's config.json as a dict (keys: "config" = TrainConfig fields, plus resolved
-    paths/checksums)."""
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: {run_dir} is not a training run directory."
-        )
-    return json.loads(path.read_text(encoding="utf-8"))

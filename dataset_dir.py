@@ -110,9 +110,9 @@ def resolve_side_info(dataset_dir, kind: str) -> Path:
         return Path(kind).resolve()
     path = side_info_path(dataset_dir, kind)
     if not path.is_file():
-        have = available_side_info(dataset_dir)
         raise DatasetError(
-            f"--side-info {kind!r}: no file {path}. This dataset has: {', '.join(have) or 'none'}."
+            f"--side-info {kind!r}: no file {path}. This dataset has: "
+            f"{', '.join(available_side_info(dataset_dir)) or 'none'}."
         )
     return path
 
@@ -144,8 +144,7 @@ def side_vectors(side_info: SideInfo, labels, source) -> np.ndarray:
     a vector."""
     labels = [str(label) for label in labels]
     positions = pd.Index(side_info.labels).get_indexer(labels)
-    missing = [label for label, pos in zip(labels, positions, strict=True) if pos < 0]
-    if missing:
+    if missing := [label for label, pos in zip(labels, positions, strict=True) if pos < 0]:
         raise DatasetError(
             f"{source}: {len(missing)} label(s) have no side-information vector: "
             f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}. Add a row for each "
@@ -176,8 +175,7 @@ def read_csv_columns(path, required, what: str) -> pd.DataFrame:
         ) from None
     if header is None:
         raise DatasetError(f"{what} file {path} is empty; expected a header {','.join(required)}.")
-    missing = [c for c in required if c not in header]
-    if missing:
+    if missing := [c for c in required if c not in header]:
         raise DatasetError(
             f"{what} file {path} lacks column(s) {', '.join(missing)}; expected header "
             f"{','.join(required)} (found {','.join(header)})."
@@ -256,13 +254,14 @@ def read_annotations(path) -> pd.DataFrame:
 
 def write_annotations(path, frame: pd.DataFrame) -> None:
     """Write annotations sorted by (track_id, label) so that the file is deterministic."""
-    out = (
+    atomic_write_text(
+        path,
         frame[["track_id", "label"]]
         .astype(str)
         .drop_duplicates()
         .sort_values(["track_id", "label"])
+        .to_csv(index=False),
     )
-    atomic_write_text(path, out.to_csv(index=False))
 
 
 def label_matrix(annotations: pd.DataFrame, track_ids, labels) -> np.ndarray:
@@ -313,9 +312,11 @@ def read_side_info(path) -> SideInfo:
         frame["label"].duplicated(),
         "label {label!r} repeats; keep one vector per label",
     )
-    # (n_labels, dim) float32
-    vectors = check_finite(frame.iloc[:, 1:].to_numpy(), f"{what} file {path}")
-    return SideInfo(labels=frame["label"].tolist(), vectors=vectors, source=str(path))
+    return SideInfo(
+        labels=frame["label"].tolist(),
+        vectors=check_finite(frame.iloc[:, 1:].to_numpy(), f"{what} file {path}"),  # (n, dim)
+        source=str(path),
+    )
 
 
 def side_info_sha256(info: SideInfo) -> str:

@@ -245,10 +245,13 @@ def cached_embeddings(
         labels = np.asarray(compute_labels(), dtype=np.float32)  # (len(label_names), d)
     if write and (missing or (label_names is not None and not labels_cached)):
         write_cache(path, fingerprint, list(known), tracks, label_names, labels)
-    info = {
-        "cached_tracks": len(set(track_ids)) - len(missing),
-        "computed_tracks": len(missing),
-        "labels_cached": bool(labels_cached),
-        "rejected": rejected,
-    }
-    return tracks[[known[t] for t in track_ids]], labels, info
+    return (
+        tracks[[known[t] for t in track_ids]],
+        labels,
+        {
+            "cached_tracks": len(set(track_ids)) - len(missing),
+            "computed_tracks": len(missing),
+            "labels_cached": bool(labels_cached),
+            "rejected": rejected,
+        },
+    )

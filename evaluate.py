@@ -264,25 +264,18 @@ def run_case_studies(args) -> str:
     """--query / --annotate / --neighbors on --run-dir (default: the latest run), as text."""
     run = protocol.load_run(args.run_dir or config.latest_run_dir())
     progress = not args.no_progress
-    top = case_studies.DEFAULT_TOP
-    results = {}
-    if args.query is not None:
-        results["query"] = case_studies.query(
-            run, args.query, args.top or top["query"], progress, args.batch_size
-        )
-    if args.annotate is not None:
-        results["annotate"] = case_studies.annotate(
-            run,
-            args.annotate,
-            args.top or top["annotate"],
-            args.max_seconds,
-            progress,
-            args.batch_size,
-        )
-    if args.neighbors is not None:
-        results["neighbors"] = case_studies.neighbors(
-            run, args.neighbors, args.top or top["neighbors"], progress
-        )
+    studies = {  # each case study, given how many rows it shows
+        "query": lambda top: case_studies.query(run, args.query, top, progress, args.batch_size),
+        "annotate": lambda top: case_studies.annotate(
+            run, args.annotate, top, args.max_seconds, progress, args.batch_size
+        ),
+        "neighbors": lambda top: case_studies.neighbors(run, args.neighbors, top, progress),
+    }
+    results = {  # those asked for, in this order
+        kind: study(args.top or case_studies.DEFAULT_TOP[kind])
+        for kind, study in studies.items()
+        if getattr(args, kind) is not None
+    }
     if args.format == "json":
         return json.dumps(results, indent=2) + "\n"
     return "\n".join(

@@ -137,11 +137,14 @@ def _summarize(per_row: dict[str, np.ndarray]) -> dict:
     AUC is."""
     defined = ~np.isnan(next(iter(per_row.values())))
     evaluated = int(defined.sum())
-    result = {
-        name: float(values[defined].mean()) if evaluated else float("nan")
-        for name, values in per_row.items()
+    return {
+        **{
+            name: float(values[defined].mean()) if evaluated else float("nan")
+            for name, values in per_row.items()
+        },
+        "evaluated": evaluated,
+        "skipped": int(defined.size - evaluated),
     }
-    return {**result, "evaluated": evaluated, "skipped": int(defined.size - evaluated)}
 
 
 # ---- Validation ----------------------------------------------------------------------------------

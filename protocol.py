@@ -116,9 +116,10 @@ class Run:
         4.1)."""
         import models
 
-        module = models.get_semantic_module(self.model)
         return np.asarray(
-            module.predict(np.asarray(vectors, dtype=np.float32), batch_size=1024, verbose=0)
+            models.get_semantic_module(self.model).predict(
+                np.asarray(vectors, dtype=np.float32), batch_size=1024, verbose=0
+            )
         )
 
 
@@ -196,7 +197,8 @@ def changes_since_training(run_dir: Path, meta: dict, provenance: dict) -> list[
         recorded = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else {}
         recorded = {key: recorded.get(key) for key in ("model_sha256", "config_sha256")}
     except (ValueError, UnicodeDecodeError, AttributeError):
-        recorded, problems = {}, problems + [f"{summary} is damaged"]
+        recorded = {}
+        problems.append(f"{summary} is damaged")
     if recorded.get("model_sha256") not in (None, provenance["model_sha256"]):
         problems.append(
             f"{config.MODEL_FILE} is not the model this run trained (model_sha256 of {summary})"
@@ -266,8 +268,15 @@ def load_run(run_dir) -> Run:
         raise EvaluationError(
             f"{run_dir / config.CONFIG_FILE}: seen_labels differ from the split's seen labels."
         )
-    finished = (run_dir / config.SUMMARY_FILE).is_file()
-    return Run(run_dir, meta, split, annotations, side_info, provenance, finished)
+    return Run(
+        run_dir,
+        meta,
+        split,
+        annotations,
+        side_info,
+        provenance,
+        finished=(run_dir / config.SUMMARY_FILE).is_file(),
+    )
 
 
 def model_stamp(path: Path) -> dict:
@@ -278,9 +287,10 @@ def model_stamp(path: Path) -> dict:
         with zipfile.ZipFile(path) as archive:
             if (member := archive.testzip()) is not None:
                 raise zipfile.BadZipFile(f"member {member} fails its CRC check")
-            names = archive.namelist()
             stamp = (
-                json.loads(archive.read(config.MODEL_STAMP)) if config.MODEL_STAMP in names else {}
+                json.loads(archive.read(config.MODEL_STAMP))
+                if config.MODEL_STAMP in archive.namelist()
+                else {}
             )
     except Exception as exc:  # zipfile raises many types for a truncated or damaged archive
         raise EvaluationError(
@@ -316,10 +326,9 @@ def _load_model(run: Run):
     elif kind == run.model_kind:
         want["labels"] = (None, run.meta["train"].get("n_labels"))
         found["labels"] = tuple(model.output_shape)
-    wrong = [
+    if wrong := [
         f"{key} {found[key]} (config.json: {want[key]})" for key in want if found[key] != want[key]
-    ]
-    if wrong:
+    ]:
         raise EvaluationError(
             f"run {run.run_dir}: {path.name} does not fit the run's config.json: "
             f"{'; '.join(wrong)}. It comes from another run; restore it or re-train."
@@ -346,9 +355,12 @@ def embed(
     _load_model's checks. A read-only run directory gets no cache written."""
 
     def compute_tracks(ids: list[str]) -> np.ndarray:
-        predict = lambda segments: run.predict(segments, batch_size)  # noqa: E731
         return embeddings.track_embeddings(
-            predict, store, [store.index(t) for t in ids], 8 * batch_size, progress
+            lambda segments: run.predict(segments, batch_size),
+            store,
+            [store.index(t) for t in ids],
+            8 * batch_size,
+            progress,
         )
 
     made_from = {
@@ -403,10 +415,9 @@ def setup_plan(model_kind: str, train_setup: str) -> tuple[list[tuple[str, str]]
             "the classification model scores only its seen labels (X): the zero-shot setups "
             f"({', '.join(splits.ANNOTATION_TESTS + splits.RETRIEVAL_TESTS)}) do not apply."
         ]
-    plan = [(t, "annotation") for t in splits.ANNOTATION_TESTS] + [
+    return [(t, "annotation") for t in splits.ANNOTATION_TESTS] + [
         (t, "retrieval") for t in splits.RETRIEVAL_TESTS
-    ]
-    return plan + table4, notes
+    ] + table4, notes
 
 
 def setup_members(split: dict, test: str, available=None) -> tuple[list[str], list[str], int]:
@@ -697,11 +708,11 @@ def gather_runs(
         results = run_dir / RESULTS_FILE
         if is_external(run_dir):
             per_run[run_dir] = records = read_results(results)
-            notes.append(
+            notes += [
                 f"{run_dir}: reusing {RESULTS_FILE} ({len(records)} records; an external model's "
-                "results, never re-evaluated)"
-            )
-            notes += external_changes(run_dir)
+                "results, never re-evaluated)",
+                *external_changes(run_dir),
+            ]
             continue
         run = load_run(run_dir)
         records = read_results(results) if results.is_file() and not force else None

@@ -212,8 +212,11 @@ def _row(r: dict) -> str:
 def _forest(block: dict, paper: dict) -> str:
     from matplotlib.lines import Line2D
 
-    columns = block["frame"].columns.get_level_values(0)
-    names = [m for m in dict.fromkeys(columns) if tables.METRIC_PATTERN.match(m)]
+    names = [
+        m
+        for m in dict.fromkeys(block["frame"].columns.get_level_values(0))
+        if tables.METRIC_PATTERN.match(m)
+    ]
     points = [
         (record, cell)
         for record in tables._sorted(block["records"], block["table"])

@@ -191,21 +191,26 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg.check_backend()  # before Keras is imported
-        if (
-            len(set(args.seeds)) != len(args.seeds)
-            or not 0 <= min(args.seeds) <= max(args.seeds) <= cfg.MAX_SEED
-        ):
-            raise ReproduceError(
+        out = resolved(args.out, "--out")
+        rules = [  # (holds, the message when it does not)
+            (
+                len(set(args.seeds)) == len(args.seeds)
+                and 0 <= min(args.seeds) <= max(args.seeds) <= cfg.MAX_SEED,
                 f"--seeds {' '.join(map(str, args.seeds))}: give distinct seeds in "
-                f"0..{cfg.MAX_SEED}."
-            )
-        if (out := resolved(args.out, "--out")).exists() and not out.is_dir():
-            raise ReproduceError(f"--out {out} is a file: pass a folder for the runs.")
-        if len(set(args.lr)) != len(args.lr):
-            raise ReproduceError(
+                f"0..{cfg.MAX_SEED}.",
+            ),
+            (
+                out.is_dir() or not out.exists(),
+                f"--out {out} is a file: pass a folder for the runs.",
+            ),
+            (
+                len(set(args.lr)) == len(args.lr),
                 f"--lr {' '.join(map(str, args.lr))}: give distinct values (one lr, or a grid of "
-                "two or more)."
-            )
+                "two or more).",
+            ),
+        ]
+        if broken := next((message for holds, message in rules if not holds), None):
+            raise ReproduceError(broken)
         # the other lrs of a grid: check_plan checks every run's flags before anything trains
         base = cfg.check_config(
             cfg.config_from_args(argparse.Namespace(**vars(args) | {"lr": args.lr[0]}))

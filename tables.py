@@ -163,10 +163,11 @@ def render_tables(records, fmt: str = "table") -> str:
             + "\n"
         )
     if fmt == "csv":
-        rows = [row for record in records for row in _long_rows(record, paper)]
-        return pd.DataFrame(rows, columns=LONG_FIELDS, dtype=object).to_csv(
-            index=False, lineterminator="\n"
-        )
+        return pd.DataFrame(
+            [row for record in records for row in _long_rows(record, paper)],
+            columns=LONG_FIELDS,
+            dtype=object,
+        ).to_csv(index=False, lineterminator="\n")
     if not records:
         return "No results to show.\n"
     return (
@@ -191,10 +192,10 @@ def layout(records) -> dict[str, list]:
     """{dataset: its tables (dataset_tables)} of records as results.json or aggregate.py holds them,
     checked and normalized; datasets in the order they first appear."""
     records = [_normalize(record, i) for i, record in enumerate(records)]
-    datasets = dict.fromkeys(r["dataset"] for r in records)
     paper = paper_index()
     return {
-        d: dataset_tables(d, [r for r in records if r["dataset"] == d], paper) for d in datasets
+        d: dataset_tables(d, [r for r in records if r["dataset"] == d], paper)
+        for d in dict.fromkeys(r["dataset"] for r in records)
     }
 
 
@@ -462,8 +463,9 @@ def _table4_rows(records: list[dict]) -> tuple[list[dict], list[dict], list[str]
             for role, lr in (("original", TrainConfig.lr), ("chosen", selection["chosen"]))
             if record["lr"] == lr
         ]
-        label = f"{record['variant']} ({' + '.join(roles)})"
-        (rows if roles else others).append({**record, "variant": label} if roles else record)
+        (rows if roles else others).append(
+            {**record, "variant": f"{record['variant']} ({' + '.join(roles)})"} if roles else record
+        )
         candidates = ", ".join(f"{lr}: {loss:.4f}" for lr, loss in selection["candidates"].items())
         lrs = [*selection["candidates"]]  # ascending
         notes += [
@@ -535,12 +537,15 @@ def _metric_frame(table: str, records: list[dict], paper: dict | None) -> pd.Dat
                 row[metric, "diff"] = _cell(cell.get("diff"), "+")
                 row.update({(metric, "paper is"): _cell(cell.get("verdict"))} if aggregated else {})
         rows.append({**row, **_counts(record, aggregated)})
-    setup = {
-        "Train": "train",
-        "Test": "test",
-        **({"Task": "task", "Part": "part"} if table == "other" else {}),
-    }
-    return _frame(rows, records, setup)
+    return _frame(
+        rows,
+        records,
+        {
+            "Train": "train",
+            "Test": "test",
+            **({"Task": "task", "Part": "part"} if table == "other" else {}),
+        },
+    )
 
 
 def _gzsl_frame(records: list[dict]) -> pd.DataFrame:
@@ -592,8 +597,10 @@ def _gzsl_frame(records: list[dict]) -> pd.DataFrame:
 
 def _counts(record: dict, aggregated: bool) -> dict:
     """The count columns of a row: n (a table of aggregated records), evaluated, skipped."""
-    counts = {("n", ""): _cell(record.get("n_runs"))} if aggregated else {}
-    return {**counts, **{(count, ""): _cell(_count(record.get(count))) for count in COUNTS}}
+    return {
+        **({("n", ""): _cell(record.get("n_runs"))} if aggregated else {}),
+        **{(count, ""): _cell(_count(record.get(count))) for count in COUNTS},
+    }
 
 
 def _frame(rows: list[dict], records: list[dict], setup: dict[str, str]) -> pd.DataFrame:
@@ -608,10 +615,9 @@ def _frame(rows: list[dict], records: list[dict], setup: dict[str, str]) -> pd.D
         names=list(names),
     )
     frame = pd.DataFrame(rows, index=index)
-    two_levels = any(sub for _, sub in frame.columns)
-    frame.columns = (
+    frame.columns = (  # two levels when any column has a sub-column
         pd.MultiIndex.from_tuples(frame.columns)
-        if two_levels
+        if any(sub for _, sub in frame.columns)
         else [top for top, _ in frame.columns]
     )
     return frame
@@ -628,12 +634,16 @@ def render_comparison(rows: list[dict], fmt: str = "table", names=("A", "B")) ->
     if fmt == "json":
         return json.dumps(rows, indent=2) + "\n"
     if fmt == "csv":
-        flat = [
-            {**r, "ci95_low": r["ci95"] and r["ci95"][0], "ci95_high": r["ci95"] and r["ci95"][1]}
-            for r in rows
-        ]
         return pd.DataFrame(
-            flat, columns=SEED_COMPARISON_FIELDS if across_seeds else COMPARISON_FIELDS
+            [
+                {
+                    **r,
+                    "ci95_low": r["ci95"] and r["ci95"][0],
+                    "ci95_high": r["ci95"] and r["ci95"][1],
+                }
+                for r in rows
+            ],
+            columns=SEED_COMPARISON_FIELDS if across_seeds else COMPARISON_FIELDS,
         ).to_csv(index=False, lineterminator="\n")
     if across_seeds:
         return _seed_comparison(rows, fmt, names)

@@ -368,7 +368,7 @@ def choose_run_dir(data: TrainingData) -> Path:
 def check_same_run(run_dir: Path, record: dict) -> None:
     """An existing run directory may only be resumed with the same configuration and data."""
     try:
-        existing = cfg.read_run_config(run_dir)
+        existing = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
         old, old_sums = dict(existing["config"]), dict(existing["checksums"])
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise RunDirError(
@@ -634,10 +634,9 @@ def stamp_model(path: Path, config_sha256: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = cfg.build_parser(
+    args = cfg.build_parser(
         description=__doc__.split("\n\n")[0], epilog="Defaults: the paper's recipe."
-    )
-    args = parser.parse_args(argv)
+    ).parse_args(argv)
     try:
         cfg.check_backend()  # before Keras is imported
         run(cfg.config_from_args(args))

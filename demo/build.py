@@ -536,18 +536,25 @@ def _clean(out: Path) -> None:
 
 
 def _describe(params: dict | None) -> str:
-    keys = ("version", "seed", "tracks", "seconds")
-    return ", ".join(f"{k} {params.get(k)}" for k in keys) if params else "unknown parameters"
+    return (
+        ", ".join(f"{k} {params.get(k)}" for k in ("version", "seed", "tracks", "seconds"))
+        if params
+        else "unknown parameters"
+    )
 
 
 def _check_sizes(seed, tracks, seconds) -> dict:
     """The build's parameters (as recorded in summary.json), or DemoError naming the bad flag."""
-    if int(tracks) < 1:
-        raise DemoError(f"--tracks {tracks}: need at least 1 track.")
-    if not 0.5 <= float(seconds) <= 60.0:
-        raise DemoError(f"--seconds {seconds}: clip length must be between 0.5 and 60 seconds.")
-    if int(seed) < 0:
-        raise DemoError(f"--seed {seed}: must be a non-negative integer.")
+    rules = [  # (holds, the message when it does not)
+        (int(tracks) >= 1, f"--tracks {tracks}: need at least 1 track."),
+        (
+            0.5 <= float(seconds) <= 60.0,
+            f"--seconds {seconds}: clip length must be between 0.5 and 60 seconds.",
+        ),
+        (int(seed) >= 0, f"--seed {seed}: must be a non-negative integer."),
+    ]
+    if broken := next((message for holds, message in rules if not holds), None):
+        raise DemoError(broken)
     return {
         "version": DEMO_VERSION,
         "seed": int(seed),
@@ -571,7 +578,8 @@ def build_demo(
 
     mels=False skips the mel store (tests of the corpus alone); the corpus then stays unfinished.
     """
-    out, params = resolved(out, "--out"), _check_sizes(seed, tracks, seconds)
+    out = resolved(out, "--out")
+    params = _check_sizes(seed, tracks, seconds)
     jobs = max(1, int(jobs or os.cpu_count() or 1))
     if not force and _is_finished(out, params):
         if progress:

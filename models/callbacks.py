@@ -185,7 +185,7 @@ def training_callbacks(model, config, run_dir: Path) -> tuple[list, TrainingBack
             for old in range(every, epoch + 2, every)[:-keep] if keep else ():
                 (run_dir / CHECKPOINT_DIR / f"epoch_{old:03d}.keras").unlink(missing_ok=True)
 
-    callbacks = [
+    return [
         keras.callbacks.TerminateOnNaN(raise_error=True),
         decayed_rate,
         plateau,
@@ -194,8 +194,7 @@ def training_callbacks(model, config, run_dir: Path) -> tuple[list, TrainingBack
         keras.callbacks.LambdaCallback(on_epoch_end=checkpoint),
         keras.callbacks.CSVLogger(str(run_dir / LOG_FILE), append=True),
         backup,
-    ]
-    return callbacks, backup
+    ], backup
 
 
 # ---- log.csv -------------------------------------------------------------------------------------

@@ -88,21 +88,28 @@ class Sampler:
     ):
         self.positives = np.asarray(positives).astype(bool)
         self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.n_negatives, self.batch_size, self.seed = int(n_negatives), int(batch_size), int(seed)
+        self.n_negatives = int(n_negatives)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
         self.stream = stream
         self.n_frames = int(n_frames)
         self.multiple = int(multiple)
         self.drop_last = bool(drop_last)
         self.redraw = stream == "train" if redraw is None else bool(redraw)
         self.part = part
-        if stream not in STREAMS:
-            raise ValueError(f"stream must be one of {', '.join(STREAMS)}, got {stream!r}")
-        if self.batch_size < 1 or self.multiple < 1 or self.batch_size % self.multiple:
-            raise ValueError(f"batch_size {batch_size} must be a positive multiple of {multiple}")
-        if self.positives.ndim != 2 or len(self.positives) != len(self.lengths):
-            raise ValueError(
-                f"{len(self.lengths)} tracks but positives of shape {self.positives.shape}"
-            )
+        rules = [  # (holds, the message when it does not)
+            (stream in STREAMS, f"stream must be one of {', '.join(STREAMS)}, got {stream!r}"),
+            (
+                self.batch_size >= 1 and self.multiple >= 1 and not self.batch_size % self.multiple,
+                f"batch_size {batch_size} must be a positive multiple of {multiple}",
+            ),
+            (
+                self.positives.ndim == 2 and len(self.positives) == len(self.lengths),
+                f"{len(self.lengths)} tracks but positives of shape {self.positives.shape}",
+            ),
+        ]
+        if broken := next((message for holds, message in rules if not holds), None):
+            raise ValueError(broken)
         self._orders: dict[int, np.ndarray] = {}
 
     @property
@@ -268,17 +275,13 @@ def training_batches(
             f"--batch-size {batch_size} and the {len(parts['valid'][0])} validation tracks must be "
             f"shared evenly by the {replicas} replicas of the --strategy."
         )
-    n_negatives, workers, batches = (
-        n_negatives * (label_vectors is not None),
-        workers if replicas == 1 else 1,
-        {},
-    )
+    batches = {}
     redraw = {"train": True, "valid": valid_draws == "every-epoch"}
     for stream, (rows, positives) in parts.items():
         sampler = Sampler(
             positives,
             store.lengths[rows],
-            n_negatives,
+            n_negatives * (label_vectors is not None),  # the classification model draws none
             batch_size,
             seed,
             stream,
@@ -289,7 +292,12 @@ def training_batches(
         )
         kind = RedrawnValidation if stream == "valid" and redraw["valid"] else Batches
         batches[stream] = kind(
-            store, rows, sampler, label_vectors, first_epoch if stream == "train" else None, workers
+            store,
+            rows,
+            sampler,
+            label_vectors,
+            first_epoch if stream == "train" else None,
+            workers if replicas == 1 else 1,  # several replicas load in this process
         )
     return batches
 

@@ -1,6 +1,6 @@
-"""What the dataset adapters (preprocess/fma.py, preprocess/msd.py) share: the output folder, the
-audio store step, the build flags, the CLI runner, the summary print, and the one GloVe reader (also
-used by evaluate's case studies)."""
+"""What the dataset adapters (preprocess/fma.py, msd.py, jamendo.py) share: the output folder, the
+audio store step, the dataset files and summary they end with, the build flags, the CLI runner, the
+summary print, and the one GloVe reader (also used by evaluate's case studies)."""
 
 from __future__ import annotations
 
@@ -79,10 +79,23 @@ def store_tracks(
     )
     with MelStore(ds.mels_path(out), in_memory=False) as store:
         stored = list(store.track_ids)
-    failures = ds.read_csv_columns(
-        failures_path(ds.mels_path(out)), ("track_id", "path", "reason"), "audio failures"
+    return StoreResult(
+        stored=stored,
+        failures=ds.read_csv_columns(
+            failures_path(ds.mels_path(out)), ("track_id", "path", "reason"), "audio failures"
+        ),
     )
-    return StoreResult(stored=stored, failures=failures)
+
+
+def write_dataset(out, tracks: pd.DataFrame, annotations: pd.DataFrame, vectors: dict, extra):
+    """The end of a build: tracks.csv (track_id,path), annotations.csv, side_info/<kind>.csv of
+    `vectors` ({kind: (labels, (n_labels, dim) vectors)}; a user's own side_info/<other>.csv is left
+    alone) and summary.json with `extra` merged in; returns the summary."""
+    ds.write_tracks(ds.tracks_path(out), tracks)
+    ds.write_annotations(ds.annotations_path(out), annotations)
+    for kind, (labels, matrix) in vectors.items():
+        ds.write_side_info(ds.side_info_path(out, kind), labels, matrix)
+    return ds.summarize(out, extra=extra)
 
 
 def add_build_flags(parser: argparse.ArgumentParser) -> None:

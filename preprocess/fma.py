@@ -48,6 +48,7 @@ from preprocess.common import (
     require_dir,
     run_cli,
     store_tracks,
+    write_dataset,
 )
 from preprocess.openmic import load_openmic, track_id_from_sample_key
 from preprocess.side_info import (
@@ -148,9 +149,12 @@ def read_track_genres(metadata_dir, progress: bool = True) -> dict[str, list[int
             "'track' and 'genres'); is this FMA's fma_metadata/tracks.csv?"
         )
     genres: dict[str, list[int]] = {}
-    rows = zip(frame.index, frame[GENRES_COLUMN], strict=True)
     for raw_id, text in tqdm(
-        rows, total=len(frame), desc="FMA genres", disable=not progress, mininterval=1.0
+        zip(frame.index, frame[GENRES_COLUMN], strict=True),
+        total=len(frame),
+        desc="FMA genres",
+        disable=not progress,
+        mininterval=1.0,
     ):
         if not str(raw_id).strip().isdecimal():
             raise DatasetError(f"FMA tracks file {path}: track id {raw_id!r} is not an integer.")
@@ -220,12 +224,15 @@ def select_tracks(
     annotated = {t for t, mask in zip(table.track_ids, table.y_mask, strict=True) if mask.any()}
     in_openmic = [t for t in table.track_ids if t in track_genres]
     candidates = sorted((t for t in in_openmic if t in annotated), key=int)
-    pairs = [
-        (t, label)
-        for t in candidates
-        for label in sorted({titles[g] for g in track_genres[t] if g in titles})
-    ]
-    annotations = pd.DataFrame(pairs, columns=["track_id", "label"], dtype=str)
+    annotations = pd.DataFrame(
+        [
+            (t, label)
+            for t in candidates
+            for label in sorted({titles[g] for g in track_genres[t] if g in titles})
+        ],
+        columns=["track_id", "label"],
+        dtype=str,
+    )
     track_ids = list(dict.fromkeys(annotations["track_id"]))
     counts = {
         "fma_tracks": len(track_genres),
@@ -277,10 +284,13 @@ def genre_side_info(
         for label in bad:
             dropped.setdefault(label, []).append(kind)
     kept = annotations[~annotations["label"].isin(set(dropped))].reset_index(drop=True)
-    vectors = {}
-    for kind, (labels, matrix) in computed.items():
-        keep = [i for i, label in enumerate(labels) if label not in dropped]
-        vectors[kind] = ([labels[i] for i in keep], matrix[keep])
+    vectors = {  # each kind's rows of the kept genres
+        kind: (
+            [label for label in labels if label not in dropped],
+            matrix[[i for i, label in enumerate(labels) if label not in dropped]],
+        )
+        for kind, (labels, matrix) in computed.items()
+    }
     labels = sorted(kept["label"].unique())
     vectors[RANDOM_KIND] = (labels, random_side_info(labels, 2 * len(table.instruments), seed=seed))
     kept_tracks = set(kept["track_id"])
@@ -356,17 +366,15 @@ def build_fma(
         # After the audio: the final tracks are those in the store; their side information is
         # computed again.
         after = genre_side_info(store.stored, before.annotations, table, seed=seed)
-        ds.write_tracks(ds.tracks_path(out), tracks_frame(store.stored, audio))
-        ds.write_annotations(ds.annotations_path(out), after.annotations)
-        # a user's own side_info/<kind>.csv is left alone
-        for kind, (labels, matrix) in after.vectors.items():
-            ds.write_side_info(ds.side_info_path(out, kind), labels, matrix)
         failed = set(store.failures["track_id"])
         stored = set(store.stored)
         known = {padded: str(int(padded)) for padded in KNOWN_BROKEN_IDS}
-        return ds.summarize(
+        return write_dataset(
             out,
-            extra={
+            tracks_frame(store.stored, audio),
+            after.annotations,
+            after.vectors,
+            {
                 "source": "FMA (fma_metadata, fma_large) + OpenMIC-2018 instrument annotations",
                 "paper": PAPER_COUNTS,
                 "selection": selection.counts,

@@ -138,10 +138,13 @@ def load_audio(path, max_seconds: float | None = None, excerpt: str = "start") -
     except AudioError:
         raise
     except Exception as exc:  # libsndfile and mpg123 raise several types for broken files
-        message = " ".join(str(exc).split()).replace(f"Error opening {str(path)!r}: ", "")
         # libsndfile's MP3 reader guesses "possibly a pipe" for any bytes it cannot parse; the path
         # is a regular file (checked above)
-        message = message.replace(_PIPE_GUESS, "Format not recognised.")
+        message = (
+            " ".join(str(exc).split())
+            .replace(f"Error opening {str(path)!r}: ", "")
+            .replace(_PIPE_GUESS, "Format not recognised.")
+        )
         raise file_error(
             path, f"cannot decode: not readable audio ({type(exc).__name__}: {message})"
         ) from None

@@ -55,6 +55,7 @@ from preprocess.common import (
     require_dir,
     run_cli,
     store_tracks,
+    write_dataset,
 )
 from preprocess.jamendo_tsv import (
     CATEGORIES,
@@ -91,10 +92,11 @@ class Labels:
 
 def tag_pairs(tags: dict) -> pd.DataFrame:
     """{track id: tag names} -> track_id,label rows in track order."""
-    pairs = [
-        (track, tag) for track in sorted(tags, key=track_number) for tag in sorted(tags[track])
-    ]
-    return pd.DataFrame(pairs, columns=["track_id", "label"], dtype=str)
+    return pd.DataFrame(
+        [(track, tag) for track in sorted(tags, key=track_number) for tag in sorted(tags[track])],
+        columns=["track_id", "label"],
+        dtype=str,
+    )
 
 
 def _keep_labels(annotations: pd.DataFrame, labels) -> pd.DataFrame:
@@ -243,10 +245,14 @@ def check_checksums(
     """{track id: why} for the existing files of `candidates` (track_id,path) whose sha256 differs
     from, or is missing in, `digests` ({path relative to audio_dir: sha256}). Missing files are left
     to the store."""
-    audio_dir, rejected = Path(audio_dir).resolve(), {}
-    rows = list(zip(candidates["track_id"], candidates["path"], strict=True))
+    audio_dir = Path(audio_dir).resolve()
+    rejected = {}
     for track, path in tqdm(
-        rows, desc="sha256", unit="file", disable=not progress, mininterval=1.0
+        list(zip(candidates["track_id"], candidates["path"], strict=True)),
+        desc="sha256",
+        unit="file",
+        disable=not progress,
+        mininterval=1.0,
     ):
         path = Path(path)
         if path.is_file():
@@ -260,27 +266,37 @@ def check_checksums(
 
 
 # The whole build ----------------------------------------------------------------------------------
+# DatasetError naming the first flag that cannot work or does not go with the others
 def _check_options(labels, audio, metadata_only, glove, clip_seconds, dim) -> None:
-    if labels not in LABEL_SETS:
-        raise DatasetError(f"--labels {labels!r}: choose one of {', '.join(LABEL_SETS)}.")
-    if (audio is None) != bool(metadata_only):
-        raise DatasetError(
-            "give exactly one of --audio (the MTG-Jamendo audio folder) and --metadata-only."
-        )
-    if labels == "all" and glove is None and not metadata_only:
-        raise DatasetError(
-            "--labels all needs --glove (e.g. glove.42B.300d.txt) for its side information."
-        )
-    if labels == "genre" and glove is not None:
-        raise DatasetError("--glove is used by --labels all only; leave it out for --labels genre.")
-    if not (math.isfinite(clip_seconds) and clip_seconds >= 0):
-        raise DatasetError(
-            f"--clip-seconds {clip_seconds}: must be >= 0 seconds (0 = the whole track)."
-        )
-    if dim < 1:
-        raise DatasetError(
-            f"--glove-dim {dim}: must be a positive dimension (300 for glove.42B.300d.txt)."
-        )
+    rules = [  # (holds, the message when it does not)
+        (labels in LABEL_SETS, f"--labels {labels!r}: choose one of {', '.join(LABEL_SETS)}."),
+        (
+            (audio is None) == bool(metadata_only),
+            "give exactly one of --audio (the MTG-Jamendo audio folder) and --metadata-only.",
+        ),
+        (
+            labels != "all" or glove is not None or metadata_only,
+            "--labels all needs --glove (e.g. glove.42B.300d.txt) for its side information.",
+        ),
+        (
+            labels != "genre" or glove is None,
+            "--glove is used by --labels all only; leave it out for --labels genre.",
+        ),
+        (
+            math.isfinite(clip_seconds) and clip_seconds >= 0,
+            f"--clip-seconds {clip_seconds}: must be >= 0 seconds (0 = the whole track).",
+        ),
+        (
+            dim >= 1,
+            f"--glove-dim {dim}: must be a positive dimension (300 for glove.42B.300d.txt).",
+        ),
+        (  # checked before the metadata and the store
+            glove is None or Path(glove).is_file(),
+            f"--glove {glove}: file does not exist (e.g. glove.42B.300d.txt, unzipped).",
+        ),
+    ]
+    if broken := next((message for holds, message in rules if not holds), None):
+        raise DatasetError(broken)
 
 
 def _check_label_set(out: Path, labels: str) -> None:
@@ -363,10 +379,6 @@ def build_jamendo(
             audio, "--audio", "the MTG-Jamendo audio folder (41/241.mp3 or 41/241.low.mp3 below it)"
         )
     )
-    if glove is not None and not Path(glove).is_file():  # checked before the metadata and the store
-        raise DatasetError(
-            f"--glove {glove}: file does not exist (e.g. glove.42B.300d.txt, unzipped)."
-        )
     _check_label_set(Path(out), labels)
     digests = read_sha256_list(sha256) if sha256 is not None and not metadata_only else None
     metadata = read_metadata(
@@ -406,24 +418,21 @@ def build_jamendo(
             )
         annotations = chosen.annotations[chosen.annotations["track_id"].isin(set(stored))]
         final = sorted(annotations["label"].unique())
-        ds.write_tracks(
-            ds.tracks_path(out),
-            pd.DataFrame({"track_id": stored, "path": [paths[t] for t in stored]}),
-        )
-        ds.write_annotations(ds.annotations_path(out), annotations)
-        # rows of the labels that kept a positive
-        for kind, (names, matrix) in chosen.vectors.items():
-            rows = pd.Index(names).get_indexer(final)
-            ds.write_side_info(ds.side_info_path(out, kind), final, matrix[rows])
-        inputs = {category: metadata.files[category] for category in CATEGORIES}
-        inputs.update(
-            audio=None if audio is None else str(audio.resolve()),
-            word_splits=_file_facts(word_splits) if labels == "all" else None,
-            sha256_list=None if digests is None else _file_facts(sha256),
-        )
-        return ds.summarize(
+        inputs = {
+            **{category: metadata.files[category] for category in CATEGORIES},
+            "audio": None if audio is None else str(audio.resolve()),
+            "word_splits": _file_facts(word_splits) if labels == "all" else None,
+            "sha256_list": None if digests is None else _file_facts(sha256),
+        }
+        return write_dataset(
             out,
-            extra={
+            pd.DataFrame({"track_id": stored, "path": [paths[t] for t in stored]}),
+            annotations,
+            {  # the rows of the labels that kept a positive
+                kind: (final, matrix[pd.Index(names).get_indexer(final)])
+                for kind, (names, matrix) in chosen.vectors.items()
+            },
+            {
                 "source": "MTG-Jamendo (Bogdanov et al. 2019): autotagging TSV metadata, CC "
                 "BY-NC-SA 4.0",
                 "label_set": labels,

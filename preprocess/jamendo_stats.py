@@ -13,7 +13,6 @@ DIR is any dataset directory (e.g. one built with `python -m preprocess.jamendo 
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 
 import pandas as pd
@@ -82,14 +81,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         row, stats = split_stats_row(args.dataset, args.name, args.seed)
-        text = io.StringIO()
-        pd.DataFrame([row], columns=list(COLUMNS)).to_csv(text, index=False)
-        atomic_write_text(args.out, text.getvalue())
+        text = pd.DataFrame([row], columns=list(COLUMNS)).to_csv(index=False)
+        atomic_write_text(args.out, text)
     except (ValueError, OSError) as exc:  # DatasetError, SplitError and OutputError are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(splits.format_statistics(stats))
-    print(text.getvalue(), end="")
+    print(text, end="")
     print(f"wrote {args.out}")
     return 0
 

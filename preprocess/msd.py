@@ -46,6 +46,7 @@ from preprocess.common import (
     require_dir,
     run_cli,
     store_tracks,
+    write_dataset,
 )
 from preprocess.side_info import RANDOM_KIND, random_side_info
 from preprocess.store import DEFAULT_DTYPE, failures_path
@@ -127,7 +128,8 @@ def lastfm_pairs_sqlite(db_path, vocabulary: set[str], min_value: float, progres
     """Positive pairs from lastfm_tags.db (tids(tid), tags(tag), tid_tag(tid, tag, val) with
     tid_tag.tid, .tag the ROWIDs of tids, tags) -> (DataFrame track_id,label of distinct pairs,
     TagCounts)."""
-    db_path, min_value = Path(db_path), _check_min_value(min_value)
+    db_path = Path(db_path)
+    min_value = _check_min_value(min_value)
     if not db_path.is_file():
         raise DatasetError(
             f"--lastfm-db {db_path}: file does not exist (the Last.fm dataset's lastfm_tags.db)."
@@ -370,20 +372,15 @@ def build_msd(
         # among them.
         annotations = labels.annotations[labels.annotations["track_id"].isin(set(store.stored))]
         tags = sorted(annotations["label"].unique())
-        ds.write_tracks(
-            ds.tracks_path(out),
-            pd.DataFrame({"track_id": store.stored, "path": [clips[t] for t in store.stored]}),
-        )
-        ds.write_annotations(ds.annotations_path(out), annotations)
-        ds.write_side_info(
-            ds.side_info_path(out, GLOVE_KIND), tags, np.stack([labels.glove[t] for t in tags])
-        )
-        ds.write_side_info(
-            ds.side_info_path(out, RANDOM_KIND), tags, random_side_info(tags, dim, seed=seed)
-        )
-        return ds.summarize(
+        return write_dataset(
             out,
-            extra={
+            pd.DataFrame({"track_id": store.stored, "path": [clips[t] for t in store.stored]}),
+            annotations,
+            {
+                GLOVE_KIND: (tags, np.stack([labels.glove[t] for t in tags])),
+                RANDOM_KIND: (tags, random_side_info(tags, dim, seed=seed)),
+            },
+            {
                 "source": "Million Song Dataset + Last.fm tags + GloVe",
                 "paper": PAPER_COUNTS,
                 "glove_path": str(Path(glove).resolve()),

@@ -90,8 +90,7 @@ def load_openmic(openmic_dir) -> OpenMIC:
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise DatasetError(f"{npz_path} is not a readable .npz file: {exc}") from None
     with archive:
-        missing = [k for k in ("Y_true", "Y_mask", "sample_key") if k not in archive.files]
-        if missing:
+        if missing := [k for k in ("Y_true", "Y_mask", "sample_key") if k not in archive.files]:
             raise DatasetError(
                 f"{npz_path} lacks array(s) {', '.join(missing)} (has {', '.join(archive.files)})."
             )
@@ -107,9 +106,11 @@ def load_openmic(openmic_dir) -> OpenMIC:
             sample_keys = _keys_from_partitions(npz_path.parent, len(y_true), npz_path)
         else:
             sample_keys = np.asarray(archive["sample_key"]).astype(str)
-    shapes = f"Y_true {y_true.shape}, Y_mask {y_mask.shape}, sample_key {sample_keys.shape}"
     if y_true.shape != y_mask.shape or y_true.ndim != 2 or sample_keys.shape != (len(y_true),):
-        raise DatasetError(f"{npz_path}: shapes {shapes} do not match (n, K), (n, K), (n,).")
+        raise DatasetError(
+            f"{npz_path}: shapes Y_true {y_true.shape}, Y_mask {y_mask.shape}, sample_key "
+            f"{sample_keys.shape} do not match (n, K), (n, K), (n,)."
+        )
     if y_true.shape[1] != len(instruments):
         raise DatasetError(
             f"{npz_path}: {y_true.shape[1]} instrument columns, {len(instruments)} in the class "
@@ -129,8 +130,10 @@ def write_openmic(openmic_dir, sample_keys, y_true, y_mask, instruments) -> None
         "sample_key": keys[order],
     }
     atomic_write(Path(openmic_dir) / NPZ_FILE, lambda tmp: np.savez_compressed(tmp, **arrays))
-    class_map = json.dumps({name: index for index, name in enumerate(instruments)}, indent=4)
-    atomic_write_text(Path(openmic_dir) / CLASS_MAP_FILE, class_map + "\n")
+    atomic_write_text(
+        Path(openmic_dir) / CLASS_MAP_FILE,
+        json.dumps({name: index for index, name in enumerate(instruments)}, indent=4) + "\n",
+    )
 
 
 def track_id_from_sample_key(sample_key: str) -> str:

@@ -89,8 +89,9 @@ def instrument_side_info(
 ) -> tuple[list[str], np.ndarray, list[str]]:
     """Label vectors from per-track instrument annotations -> (labels kept, (n_kept, 2K)
     standardized vectors, labels dropped because they cannot be standardized)."""
-    vectors = instrument_track_vectors(y_true, y_mask, flavour)
-    labels, sums = sum_by_label(track_ids, vectors, annotations)
+    labels, sums = sum_by_label(
+        track_ids, instrument_track_vectors(y_true, y_mask, flavour), annotations
+    )
     standardized, ok = standardize_rows(sums)
     kept = [lab for lab, good in zip(labels, ok, strict=True) if good]
     dropped = [lab for lab, good in zip(labels, ok, strict=True) if not good]
@@ -101,8 +102,7 @@ def random_side_info(labels, dim: int, seed: int = 0) -> np.ndarray:
     """The random baseline: (len(labels), dim) i.i.d. standard-normal vectors. A label's vector
     depends only on the seed and on its rank among the sorted labels, not on the input order."""
     order = np.argsort(np.asarray([str(lab) for lab in labels], dtype=object), kind="stable")
-    rng = np.random.default_rng(seed)
-    draws = rng.standard_normal((len(order), int(dim)))
+    draws = np.random.default_rng(seed).standard_normal((len(order), int(dim)))
     out = np.empty_like(draws)
     out[order] = draws
     return out

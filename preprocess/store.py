@@ -399,21 +399,26 @@ def _merge(out: Path, parts: list[Path], info: dict, progress: bool) -> dict:
 
 
 # --- build_store ----------------------------------------------------------------------------------
-def _check_options(jobs, max_seconds, min_seconds, dtype, chunk_tracks) -> int:
+def _check_options(jobs, max_seconds, min_seconds, dtype, chunk_tracks, excerpt) -> int:
     """AudioError naming the flag for a bad option; returns the number of worker processes."""
-    if chunk_tracks is not None and chunk_tracks < 1:
-        raise AudioError(f"--chunk-tracks {chunk_tracks}: must be >= 1.")
-    if dtype not in DTYPES:
-        raise AudioError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}.")
     check_seconds("--max-seconds", max_seconds)
     check_seconds("--min-seconds", min_seconds, allow_zero=True)
-    if max_seconds is not None and min_seconds is not None and min_seconds > max_seconds:
-        raise AudioError(
+    rules = [  # (holds, the message when it does not)
+        (
+            chunk_tracks is None or chunk_tracks >= 1,
+            f"--chunk-tracks {chunk_tracks}: must be >= 1.",
+        ),
+        (dtype in DTYPES, f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}."),
+        (
+            None in (max_seconds, min_seconds) or min_seconds <= max_seconds,
             f"--min-seconds {min_seconds} > --max-seconds {max_seconds}: every file would be "
-            "rejected."
-        )
-    if jobs is not None and jobs < 0:
-        raise AudioError(f"--jobs {jobs}: must be >= 1 (0 = one per CPU core).")
+            "rejected.",
+        ),
+        (jobs is None or jobs >= 0, f"--jobs {jobs}: must be >= 1 (0 = one per CPU core)."),
+        (excerpt in EXCERPTS, f"excerpt {excerpt!r}: choose one of {', '.join(EXCERPTS)}."),
+    ]
+    if broken := next((message for holds, message in rules if not holds), None):
+        raise AudioError(broken)
     return (
         int(jobs)
         if jobs
@@ -520,7 +525,7 @@ def build_store(
     "failures_csv"}.
     """
     started = time.perf_counter()
-    jobs = _check_options(jobs, max_seconds, min_seconds, dtype, chunk_tracks)
+    jobs = _check_options(jobs, max_seconds, min_seconds, dtype, chunk_tracks, excerpt)
     tracks = select_tracks(audio_dir, tracks_csv)
     out = Path(out).expanduser().absolute()
     if out.is_dir():
@@ -528,8 +533,6 @@ def build_store(
     options = {"max_seconds": max_seconds, "min_seconds": min_seconds, "dtype": dtype}
     # only then in the digest: stores built before this option stay "already done"
     if excerpt != "start":
-        if excerpt not in EXCERPTS:
-            raise AudioError(f"excerpt {excerpt!r}: choose one of {', '.join(EXCERPTS)}.")
         options["excerpt"] = excerpt
     previous = _previous(out)  # refusals come before anything is created
     sources = _fingerprints(tracks, previous.get("sources", {}))

@@ -179,21 +179,28 @@ def _generator(seed: int, stream: int) -> np.random.Generator:
 
 
 def _check_parameters(seed, unseen_fraction, valid_fraction) -> tuple[int, float, float]:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise SplitError(f"--seed must be a non-negative integer, got {seed!r}.")
-    if not 0.0 < float(unseen_fraction) < 1.0:
-        raise SplitError(
-            f"--unseen-fraction must be in (0, 1) (paper: 0.2), got {unseen_fraction}."
-        )
-    if not 0.0 <= float(valid_fraction) < 1.0:
-        raise SplitError(f"--valid-fraction must be in [0, 1) (paper: 0.1), got {valid_fraction}.")
+    rules = [  # (holds, the message when it does not)
+        (
+            not isinstance(seed, bool) and isinstance(seed, (int, np.integer)) and seed >= 0,
+            f"--seed must be a non-negative integer, got {seed!r}.",
+        ),
+        (
+            0.0 < float(unseen_fraction) < 1.0,
+            f"--unseen-fraction must be in (0, 1) (paper: 0.2), got {unseen_fraction}.",
+        ),
+        (
+            0.0 <= float(valid_fraction) < 1.0,
+            f"--valid-fraction must be in [0, 1) (paper: 0.1), got {valid_fraction}.",
+        ),
+    ]
+    if broken := next((message for holds, message in rules if not holds), None):
+        raise SplitError(broken)
     return int(seed), float(unseen_fraction), float(valid_fraction)
 
 
 def _labels_of_tracks(annotations: pd.DataFrame, source: str) -> dict[str, set[str]]:
     """{track_id: set of labels} of a (track_id, label) DataFrame, or SplitError naming `source`."""
-    missing = [c for c in ("track_id", "label") if c not in annotations.columns]
-    if missing:
+    if missing := [c for c in ("track_id", "label") if c not in annotations.columns]:
         raise SplitError(
             f"{source}: lacks column(s) {', '.join(missing)}; expected header track_id,label "
             f"(found {','.join(map(str, annotations.columns)) or 'no columns'})."
@@ -499,8 +506,9 @@ def load_split(path, annotations: pd.DataFrame | str | Path | None = None) -> di
     if isinstance(annotations, pd.DataFrame):
         _check_made_from(split, annotations_sha256(annotations), f"split file {path}")
     elif annotations is not None:
-        digest = annotations_file_sha256(annotations)
-        _check_made_from(split, digest, f"split file {path}", str(annotations))
+        _check_made_from(
+            split, annotations_file_sha256(annotations), f"split file {path}", str(annotations)
+        )
     return split
 
 

@@ -76,7 +76,8 @@ def run(args) -> dict:
     name = None
     if args.dataset is not None:
         dataset_dir = resolve_dataset_dir(args.dataset, must_exist=True)
-        annotations_csv, name = annotations_path(dataset_dir), dataset_name(dataset_dir)
+        annotations_csv = annotations_path(dataset_dir)
+        name = dataset_name(dataset_dir)
         out = args.out or splits.default_split_path(dataset_dir, args.seed)
     elif args.out is None:
         raise splits.SplitError("--out is required with --annotations (the split JSON to write).")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import config
 import metrics
 import splits
 import tables
+from aggregate import _read_json as read_json_object
 from aggregate import _scores_by_test
 from fileio import OutputError, atomic_write_text
 from protocol import LABEL_MAP_FILE, read_config
@@ -328,5 +328,5 @@ def _png(axes) -> str:
     )
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+def _read_json(path: Path) -> dict:  # a damaged file: one EvaluationError naming it
+    return read_json_object(path) if path.is_file() else {}

@@ -357,10 +357,8 @@ def stage_fma_embed(args, work: Path) -> dict:
         "unit": "tracks",
         "segments": total_segments,
         "segments_per_s": total_segments / seconds,
-        # against the faster bare predict: one call on all, or calls of the same size as embed's
-        "embed_vs_predict": min(
-            median(times["predict_one_call"]), median(times["predict_in_chunks"])
-        )
+        # against the faster bare predict: one call on all, or calls of the size embed makes
+        "embed_vs_predict": min(median(times[way]) for way in ways if way != "embed")
         / median(times["embed"]),
         "subset_segments": len(segments),
         "subset_seconds": {way: median(values) for way, values in times.items()},
@@ -776,12 +774,12 @@ def fma_estimate(stages: dict, args) -> dict:
     split_hours = SEEDS * stages["fma_split_make"]["seconds"] * scale / 3600
     decode_hours = FMA["tracks"] * FMA["seconds"] / DECODE_REALTIME_PER_CORE / os.cpu_count() / 3600
 
-    def hours(train, valid, predict) -> float:
+    def hours(train, valid, predict, epochs_per_run=args.epochs_assumed) -> float:
         epochs = sum(
             runs[g] * (train_sizes[g] / train + valid_sizes[g] / valid + overhead) for g in runs
         )
         evaluation = n_runs * FMA["tracks"] * (predict + score_per_track)
-        return (args.epochs_assumed * epochs + evaluation) / 3600 + split_hours
+        return (epochs_per_run * epochs + evaluation) / 3600 + split_hours
 
     gpu_predict = segments_per_track / GPU["predict"]
     return {
@@ -792,8 +790,7 @@ def fma_estimate(stages: dict, args) -> dict:
         "runs": n_runs,
         "store_decode_hours_this_machine": round(decode_hours, 2),
         "cpu_this_machine_by_epochs": {
-            e: round(hours(train_rate, valid_rate, embed_per_track) * e / args.epochs_assumed, 2)
-            for e in (20, 200)
+            e: round(hours(train_rate, valid_rate, embed_per_track, e), 2) for e in (20, 200)
         },
     }
 

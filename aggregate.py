@@ -63,6 +63,7 @@ from protocol import (
     gather_runs,
     is_external,
     read_config,
+    read_json_object,
 )
 from tables import METRIC_PATTERN
 
@@ -88,7 +89,7 @@ def run_identity(run_dir) -> tuple[dict, tuple]:
     directory holds now never get here: protocol.gather_runs refuses them."""
     run_dir = Path(run_dir)
     if is_external(run_dir):
-        meta = _read_json(run_dir / EXTERNAL_FILE)
+        meta = read_json_object(run_dir / EXTERNAL_FILE)
         split = meta.get("split") if isinstance(meta.get("split"), dict) else {}
         settings = {
             "external": meta.get("name"),
@@ -221,7 +222,7 @@ def aggregate_runs(per_run: dict[Path, list[dict]]) -> tuple[list[dict], list[st
             key = (*(record.get(k) for k in KEY_FIELDS), experiment[run])
             groups.setdefault(key, []).append((run, record))
     summaries = {  # {} for a run without one (unfinished, or an external model)
-        run: _read_json(path) if (path := run / config.SUMMARY_FILE).is_file() else {}
+        run: read_json_object(path) if (path := run / config.SUMMARY_FILE).is_file() else {}
         for run in per_run
     }
     selections = lr_selections(identity, summaries)
@@ -679,15 +680,3 @@ def _check_resamples(resamples: int) -> None:
             f"--resamples must be at least {MIN_RESAMPLES}, got {resamples}: the 2.5th and 97.5th "
             "percentiles of fewer resamples rest on a handful of them."
         )
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise EvaluationError(
-            f"{path} is not valid JSON ({exc}); restore it or rewrite it."
-        ) from None
-    if not isinstance(value, dict):
-        raise EvaluationError(f"{path} is not a JSON object; restore it or rewrite it.")
-    return value

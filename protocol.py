@@ -138,6 +138,20 @@ _CONFIG_FIELDS = {
 }
 
 
+def read_json_object(path: Path) -> dict:
+    """The JSON object in the file `path` (train_summary.json, external.json); one EvaluationError
+    naming the file otherwise."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EvaluationError(
+            f"{path} is not valid JSON ({exc}); restore it or rewrite it."
+        ) from None
+    if not isinstance(value, dict):
+        raise EvaluationError(f"{path} is not a JSON object; restore it or rewrite it.")
+    return value
+
+
 def read_config(run_dir: Path) -> dict:
     """config.json of a run directory, with the fields evaluation reads; one EvaluationError naming
     what is wrong."""
@@ -152,7 +166,7 @@ def read_config(run_dir: Path) -> dict:
             f"{run_dir} has no {config.CONFIG_FILE}: not a training run directory "
             "(pass a directory written by train.py)."
         )
-    try:
+    try:  # not read_json_object: a non-object is reported by the first field it lacks
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise EvaluationError(

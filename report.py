@@ -26,10 +26,9 @@ import config
 import metrics
 import splits
 import tables
-from aggregate import _read_json as read_json_object
 from aggregate import _scores_by_test
 from fileio import OutputError, atomic_write_text
-from protocol import LABEL_MAP_FILE, read_config
+from protocol import LABEL_MAP_FILE, read_config, read_json_object
 
 # marks a page of ours: the only existing file write_report replaces
 GENERATOR = '<meta name="generator" content="zsl-music report">'

@@ -568,7 +568,7 @@ def compare_runs(
         )
     rows = []
     notes = []
-    scores = {run: _scores_by_test(run) for run in per_run}
+    scores = {run: scores_by_test(run) for run in per_run}
     for test, task in common:
         a, b = _aligned_scores(run_a, scores[run_a], run_b, scores[run_b], test)
         values = {}
@@ -609,7 +609,7 @@ def compare_runs(
     return rows, notes
 
 
-def _scores_by_test(run_dir: Path) -> dict[str, Path]:
+def scores_by_test(run_dir: Path) -> dict[str, Path]:
     """{test setup: scores/<setup>.npz} of a run, by the test name each file stores."""
     found = {}
     for path in sorted((Path(run_dir) / SCORES_DIR).glob("*.npz")):

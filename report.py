@@ -26,7 +26,7 @@ import config
 import metrics
 import splits
 import tables
-from aggregate import _scores_by_test
+from aggregate import scores_by_test
 from fileio import OutputError, atomic_write_text
 from protocol import LABEL_MAP_FILE, read_config, read_json_object
 
@@ -114,9 +114,7 @@ def build_page(records: list[dict], notes: list[str]) -> str:
         "unseen (their number in brackets), whisker = their standard deviation; dashed line = "
         "chance (0.5). Runs "
         "without scores/ (left out): "
-        + html.escape(
-            ", ".join(n for n, run in names.items() if not _scores_by_test(run)) or "none"
-        )
+        + html.escape(", ".join(n for n, run in names.items() if not scores_by_test(run)) or "none")
         + ".</p>",
         _per_label_figure(per_label) if per_label else "<p>No retrieval scores to show.</p>",
         "<h2>5. Training</h2><p class=note>Loss and val_loss per epoch (log.csv); dashed line: "
@@ -262,7 +260,7 @@ def per_label_auc(records: list[dict]) -> dict:
     for record in (r for r in records if (r["task"], r["part"], r["test"]) in zero_shot):
         per_label = values.setdefault((record["dataset"], _series(record), record["test"]), {})
         for path in filter(
-            None, (_scores_by_test(Path(r)).get(record["test"]) for r in record["runs"])
+            None, (scores_by_test(Path(r)).get(record["test"]) for r in record["runs"])
         ):
             with np.load(path, allow_pickle=False) as npz:
                 auc = metrics.per_label_metrics(npz["scores"], npz["labels"])["AUC-l"]  # (m,)
